@@ -1,0 +1,1 @@
+//! Internet checksum arithmetic (RFC 1071, incremental updates per RFC 1624).

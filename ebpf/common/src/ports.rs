@@ -1,0 +1,1 @@
+//! External port choice (RFC 6056-style randomization, range and parity preservation).

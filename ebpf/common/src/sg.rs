@@ -1,0 +1,1 @@
+//! IPv6 security-group map ABI. (Filled in by the security-group work.)

@@ -1,0 +1,116 @@
+//! podgate's kernel side: thin entry points that dispatch on the address family and turn every
+//! error into an explicit, counted verdict.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
+
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod sg;
+#[cfg(target_arch = "bpf")]
+mod snat;
+#[cfg(target_arch = "bpf")]
+mod verdict;
+
+#[cfg(target_arch = "bpf")]
+mod programs {
+    use aya_ebpf::{
+        bindings::{TC_ACT_OK, xdp_action},
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
+    use podgate_common::stats::Counter;
+
+    use crate::{
+        packet::{EtherType, ether_type},
+        sg, snat,
+        verdict::{Verdict, tc_verdict, xdp_verdict},
+    };
+
+    /// TC ingress of a pod's host-side veth: everything the pod sends.
+    #[classifier]
+    pub fn pod_ingress(ctx: TcContext) -> i32 {
+        tc_verdict(&ctx, try_pod_ingress(&ctx))
+    }
+
+    fn try_pod_ingress(ctx: &TcContext) -> Result<Verdict, Counter> {
+        match ether_type(ctx)? {
+            EtherType::Ipv4 => snat::egress::pod_v4(ctx),
+            EtherType::Ipv6 => sg::pod_egress_v6(ctx),
+            EtherType::Arp => Ok(Verdict::Pass(Counter::LocalPass)),
+            EtherType::Other => Ok(Verdict::Pass(Counter::NotOurs)),
+        }
+    }
+
+    /// TC egress of a pod's host-side veth: everything delivered to the pod.
+    #[classifier]
+    pub fn pod_egress(ctx: TcContext) -> i32 {
+        tc_verdict(&ctx, try_pod_egress(&ctx))
+    }
+
+    fn try_pod_egress(ctx: &TcContext) -> Result<Verdict, Counter> {
+        match ether_type(ctx)? {
+            EtherType::Ipv6 => sg::pod_ingress_v6(ctx),
+            // IPv4 toward the pod was already reverse-translated at the uplink.
+            _ => Ok(Verdict::Pass(Counter::NotOurs)),
+        }
+    }
+
+    /// XDP on the uplink: reverse NAT of IPv4 replies, early drop of denied IPv6.
+    #[xdp]
+    pub fn uplink_xdp(ctx: XdpContext) -> u32 {
+        xdp_verdict(&ctx, try_uplink_xdp(&ctx))
+    }
+
+    fn try_uplink_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
+        match ether_type(ctx)? {
+            EtherType::Ipv4 => snat::reverse::uplink_v4_xdp(ctx),
+            EtherType::Ipv6 => sg::uplink_v6_xdp(ctx),
+            _ => Ok(Verdict::Pass(Counter::NotOurs)),
+        }
+    }
+
+    /// TC ingress on the uplink: the same reverse path where XDP is not wanted.
+    #[classifier]
+    pub fn uplink_tc(ctx: TcContext) -> i32 {
+        tc_verdict(&ctx, try_uplink_tc(&ctx))
+    }
+
+    fn try_uplink_tc(ctx: &TcContext) -> Result<Verdict, Counter> {
+        match ether_type(ctx)? {
+            EtherType::Ipv4 => snat::reverse::uplink_v4_tc(ctx),
+            _ => Ok(Verdict::Pass(Counter::NotOurs)),
+        }
+    }
+
+    /// The same program type as `pod_ingress` doing nothing: the floor for benchmarks.
+    #[classifier]
+    pub fn noop_tc(_ctx: TcContext) -> i32 {
+        TC_ACT_OK
+    }
+
+    /// The XDP floor for benchmarks.
+    #[xdp]
+    pub fn noop_xdp(_ctx: XdpContext) -> u32 {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    panic!("podgate-ebpf only builds for bpfel-unknown-none; build the userspace crate instead");
+}

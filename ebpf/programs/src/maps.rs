@@ -1,0 +1,46 @@
+//! Every map, in one place, so that names and sizes are easy to audit against the pins.
+#![allow(non_upper_case_globals)]
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use podgate_common::{
+    NodeConfig, Pod,
+    nat::{Claim4, Ct4, Endpoint4, FragKey4, FragVal4, Flow4, Mapping4},
+    stats::COUNTER_SLOTS,
+};
+
+#[btf_map(name = "node")]
+pub static NODE: Array<NodeConfig, 1> = Array::new();
+
+/// Keyed by the ifindex of each host-side veth of a pod.
+#[btf_map(name = "pods")]
+pub static PODS: HashMap<u32, Pod, 4096> = HashMap::new();
+
+/// Pod IPv4 → the ifindex key in `pods` of its IPv4 veth.
+#[btf_map(name = "pods_v4")]
+pub static PODS_V4: HashMap<[u8; 4], u32, 4096> = HashMap::new();
+
+/// Pod IPv6 (/128) → the ifindex key in `pods` of its IPv6 veth.
+#[btf_map(name = "pods_v6")]
+pub static PODS_V6: HashMap<[u8; 16], u32, 4096> = HashMap::new();
+
+#[btf_map(name = "stats")]
+pub static STATS: PerCpuArray<u64, { COUNTER_SLOTS as usize }> = PerCpuArray::new();
+
+#[btf_map(name = "events")]
+pub static EVENTS: RingBuf<podgate_common::Event, { 256 * 1024 }> = RingBuf::new();
+
+// Sized for RFC 7857 port overlapping: ≥ 1M flows per node address.
+#[btf_map(name = "nat4_map")]
+pub static NAT4_MAP: LruHashMap<Endpoint4, Mapping4, 1048576> = LruHashMap::new();
+
+#[btf_map(name = "nat4_claim")]
+pub static NAT4_CLAIM: LruHashMap<Claim4, Endpoint4, 1048576> = LruHashMap::new();
+
+#[btf_map(name = "ct4")]
+pub static CT4: LruHashMap<Flow4, Ct4, 1048576> = LruHashMap::new();
+
+#[btf_map(name = "frag4")]
+pub static FRAG4: LruHashMap<FragKey4, FragVal4, 8192> = LruHashMap::new();

@@ -1,0 +1,72 @@
+//! Bounds-checked access to packet bytes, shared by the TC and XDP programs.
+
+use aya_ebpf::programs::{TcContext, XdpContext};
+use podgate_common::stats::Counter;
+
+/// Direct packet access for both program types.
+pub trait Packet {
+    fn start(&self) -> usize;
+    fn end(&self) -> usize;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.data()
+    }
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+}
+
+/// A pointer to a `T` at `offset`, or `DropMalformed` when the packet is too short: a truncated
+/// header is never passed on by default.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*const T, Counter> {
+    let start = ctx.start();
+    let end = ctx.end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(Counter::DropMalformed);
+    }
+    Ok((start + offset) as *const T)
+}
+
+#[inline(always)]
+pub fn ptr_at_mut<T>(ctx: &impl Packet, offset: usize) -> Result<*mut T, Counter> {
+    ptr_at::<T>(ctx, offset).map(|p| p as *mut T)
+}
+
+pub const ETH_HLEN: usize = 14;
+
+pub enum EtherType {
+    Ipv4,
+    Ipv6,
+    Arp,
+    Other,
+}
+
+/// The EtherType of an untagged Ethernet frame.
+#[inline(always)]
+pub fn ether_type(ctx: &impl Packet) -> Result<EtherType, Counter> {
+    let p: *const [u8; 2] = ptr_at(ctx, 12)?;
+    // SAFETY: ptr_at checked the bounds.
+    let et = u16::from_be_bytes(unsafe { *p });
+    Ok(match et {
+        0x0800 => EtherType::Ipv4,
+        0x86dd => EtherType::Ipv6,
+        0x0806 => EtherType::Arp,
+        _ => EtherType::Other,
+    })
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("{} bytes", podgate::EBPF_OBJECT.len());
+}

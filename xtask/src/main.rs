@@ -1,0 +1,50 @@
+//! Developer tasks: `cargo xtask <verb>`. One module per verb.
+
+mod bench;
+mod build;
+mod demo;
+mod lab;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "podgate developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install what building and testing podgate needs (idempotent; prints what it installs).
+    Setup(setup::Args),
+    /// Build the workspace (the eBPF object is built and embedded by the userspace crate).
+    Build(build::Args),
+    /// Build podgate and run it on this host: `cargo xtask run -- <podgate args>`.
+    Run(run::Args),
+    /// The namespace lab: a node, its pods and an "internet", all in network namespaces.
+    Lab(lab::Args),
+    /// Lab up, podgate on it, traffic from every pod, what the endpoints saw, lab down.
+    Demo(demo::Args),
+    /// Everything: host unit tests, BPF test_run tests, namespace integration tests.
+    Test(test::Args),
+    /// Benchmarks.
+    Bench(bench::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().verb {
+        Verb::Setup(a) => setup::run(a),
+        Verb::Build(a) => build::run(a),
+        Verb::Run(a) => run::run(a),
+        Verb::Lab(a) => lab::run(a),
+        Verb::Demo(a) => demo::run(a),
+        Verb::Test(a) => test::run(a),
+        Verb::Bench(a) => bench::run(a),
+    }
+}

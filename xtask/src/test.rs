@@ -1,0 +1,93 @@
+//! `cargo xtask test`: every test in one run, one summary line at the end.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{setup, util::{show, workspace_root}};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Extra arguments for `cargo test` (after `--`), e.g. a test-name filter.
+    #[arg(last = true)]
+    cargo_args: Vec<String>,
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+    suites: u64,
+}
+
+impl Tally {
+    /// Parses libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
+    fn add_line(&mut self, line: &str) -> bool {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return false;
+        };
+        self.suites += 1;
+        for part in rest.split(';') {
+            let mut it = part.split_whitespace().rev();
+            let (Some(word), Some(n)) = (it.next(), it.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match word {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+        true
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    setup::ensure()?;
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the tests load eBPF programs and build network namespaces: run them as root");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root())
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(&args.cargo_args)
+        .stdout(Stdio::piped());
+    println!("test: {}", show(&cmd));
+    let mut child = cmd.spawn().with_context(|| format!("could not start `{}`", show(&cmd)))?;
+    let mut tally = Tally::default();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child.wait()?;
+    println!(
+        "summary: {} passed, {} failed, {} skipped ({} suites)",
+        tally.passed, tally.failed, tally.ignored, tally.suites
+    );
+    if !status.success() || tally.failed > 0 {
+        bail!("tests failed ({status})");
+    }
+    if tally.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn parses_libtest_result_lines() {
+        let mut t = Tally::default();
+        assert!(t.add_line("test result: ok. 3 passed; 1 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.1s"));
+        assert!(!t.add_line("running 3 tests"));
+        assert_eq!((t.passed, t.failed, t.ignored, t.suites), (3, 1, 2, 1));
+    }
+}

@@ -1,4 +1,12 @@
-//! podgate's userspace: configuration, loading and pinning, map access, and the CLI verbs.
+//! podgate's userspace: configuration, loading and pinning, map access, garbage collection.
+//! The `podgate` binary (src/main.rs and src/cli/) is a thin layer over this library.
+
+pub mod config;
+pub mod dataplane;
+pub mod nat;
+pub mod netif;
+pub mod pins;
+pub mod sg_maps;
 
 /// The eBPF object built by `build.rs` (BTF included).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podgate"));

@@ -1,3 +1,77 @@
-fn main() {
-    println!("{} bytes", podgate::EBPF_OBJECT.len());
+//! The `podgate` binary: the daemon (`run`) and the CLI verbs, one module per verb.
+
+mod cli;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "podgate", version, about = "eBPF SNAT and IPv6 security groups for IPv6-only pods")]
+pub struct Cli {
+    /// Where podgate's maps, programs and links are pinned (a directory on a bpffs).
+    /// For `run` the config's node.pin_root wins when set.
+    #[arg(long, global = true, env = "PODGATE_PIN_ROOT", default_value = podgate::config::DEFAULT_PIN_ROOT)]
+    pin_root: PathBuf,
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug`.
+    #[arg(long, global = true, env = "PODGATE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Load, attach, fill the maps from a config file and keep running (GC, signals).
+    Run(cli::run::Args),
+    /// Register, unregister and list pods at runtime.
+    #[command(subcommand)]
+    Pod(cli::pod::PodVerb),
+    /// IPv4 SNAT mappings.
+    #[command(subcommand)]
+    Nat(cli::nat::NatVerb),
+    /// IPv4 connection tracking.
+    #[command(subcommand)]
+    Ct(cli::ct::CtVerb),
+    /// Counters per verdict and drop reason.
+    Stats(cli::stats::Args),
+    /// What is loaded, pinned and attached.
+    Status(cli::status::Args),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(cli::config::ConfigVerb),
+    /// One garbage-collection pass over conntrack and NAT state (the daemon runs these itself).
+    Gc(cli::gc::Args),
+    /// Detach all programs; with --purge also delete every pinned map (all state).
+    Reset(cli::reset::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let pins = podgate::pins::Pins::new(&cli.pin_root);
+    let result = match cli.verb {
+        Verb::Run(a) => cli::run::run(a, cli.pin_root),
+        Verb::Pod(v) => cli::pod::run(v, &pins),
+        Verb::Nat(v) => cli::nat::run(v, &pins),
+        Verb::Ct(v) => cli::ct::run(v, &pins),
+        Verb::Stats(a) => cli::stats::run(a, &pins),
+        Verb::Status(a) => cli::status::run(a, &pins),
+        Verb::Config(v) => cli::config::run(v),
+        Verb::Gc(a) => cli::gc::run(a, &pins),
+        Verb::Reset(a) => cli::reset::run(a, &pins),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -25,6 +25,7 @@ pub mod map_names {
     pub const PODS_V6: &str = "pods_v6";
     pub const STATS: &str = "stats";
     pub const EVENTS: &str = "events";
+    pub const POD_NAMES: &str = "pod_names";
 }
 
 /// `NodeConfig::flags` bits.
@@ -103,6 +104,21 @@ pub struct Pod {
     pub groups: [u32; MAX_POD_GROUPS],
 }
 
+/// Value of `pod_names` (keyed by `Pod::id`): only userspace reads it, so that pinned state alone
+/// says which pod is which.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub len: u32,
+    pub name: [u8; 252],
+}
+
+impl Default for PodName {
+    fn default() -> Self {
+        Self { len: 0, name: [0; 252] }
+    }
+}
+
 /// A ring-buffer event for `podgate monitor`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -135,6 +151,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::Pod {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::PodName {}
 }
 
 /// Compile-time layout checks: a silent size change would corrupt every pinned map.

@@ -26,6 +26,10 @@ pub static PODS_V4: HashMap<[u8; 4], u32, 4096> = HashMap::new();
 #[btf_map(name = "pods_v6")]
 pub static PODS_V6: HashMap<[u8; 16], u32, 4096> = HashMap::new();
 
+/// Written and read by userspace only: pod id → name.
+#[btf_map(name = "pod_names")]
+pub static POD_NAMES: HashMap<u32, podgate_common::PodName, 4096> = HashMap::new();
+
 #[btf_map(name = "stats")]
 pub static STATS: PerCpuArray<u64, { COUNTER_SLOTS as usize }> = PerCpuArray::new();
 

@@ -1,0 +1,10 @@
+pub mod config;
+pub mod ct;
+pub mod gc;
+pub mod nat;
+pub mod pod;
+pub mod reset;
+pub mod run;
+pub mod stats;
+pub mod status;
+pub mod table;

@@ -1,0 +1,542 @@
+//! `podgate.toml`: parsing and validation. Every error names the field and the value, and a file
+//! that fails validation changes nothing (validation happens before anything touches the kernel).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use podgate_common::Timeouts;
+use serde::Deserialize;
+use thiserror::Error;
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/podgate";
+pub const DEFAULT_POD_IPV4_CIDR: &str = "169.254.172.0/22";
+pub const DEFAULT_SNAT_PORTS: &str = "32768-65535";
+pub const DEFAULT_POD_QUOTA: u32 = 16384;
+pub const MAX_GROUPS_LIMIT: u32 = 16;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field} = {value:?}: {reason}")]
+    Invalid {
+        field: String,
+        value: String,
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The file as written; `Config::validate` turns it into a `Config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub node: RawNode,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub pods: Vec<RawPod>,
+    #[serde(default)]
+    pub security_groups: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub daemon: RawDaemon,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub uplink: String,
+    pub ipv4: Option<String>,
+    pub pod_prefix: String,
+    pub pod_ipv4_cidr: Option<String>,
+    pub snat_ports: Option<String>,
+    pub pin_root: Option<String>,
+    /// "xdp" (default) or "tc": where reverse NAT runs on the uplink.
+    pub reverse_path: Option<String>,
+    /// "auto" (default: driver mode, generic where the driver has none), "native", "generic".
+    pub xdp_mode: Option<String>,
+    /// "redirect" (default: FIB lookup + bpf_redirect) or "stack".
+    pub forwarding: Option<String>,
+    /// "address-dependent" (default) or "endpoint-independent".
+    pub filtering: Option<String>,
+    pub pod_quota: Option<u32>,
+    pub max_groups_per_pod: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub udp: Option<u32>,
+    pub tcp_established: Option<u32>,
+    pub tcp_transitory: Option<u32>,
+    pub icmp: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Seconds between conntrack/NAT garbage-collection passes.
+    pub gc_interval: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPod {
+    pub name: String,
+    pub ipv6: String,
+    pub ipv4: String,
+    pub veth: String,
+    pub veth_v4: Option<String>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversePath {
+    Xdp,
+    Tc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    Redirect,
+    Stack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filtering {
+    AddressDependent,
+    EndpointIndependent,
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub uplink: String,
+    /// `None`: the uplink's first IPv4, read when the dataplane starts.
+    pub ipv4: Option<Ipv4Addr>,
+    pub pod_prefix: Ipv6Net,
+    pub pod_ipv4_cidr: Ipv4Net,
+    pub port_min: u16,
+    pub port_max: u16,
+    pub pin_root: PathBuf,
+    pub reverse_path: ReversePath,
+    pub xdp_mode: XdpMode,
+    pub forwarding: Forwarding,
+    pub filtering: Filtering,
+    pub pod_quota: u32,
+    pub max_groups_per_pod: u32,
+    pub timeouts: Timeouts,
+    pub gc_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    pub name: String,
+    pub ipv6: Ipv6Addr,
+    pub ipv4: Ipv4Addr,
+    pub veth: String,
+    pub veth_v4: Option<String>,
+    pub security_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeSettings,
+    pub pods: Vec<PodSpec>,
+    /// Security groups, kept as TOML until the rule compiler takes them.
+    pub security_groups: BTreeMap<String, toml::Value>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<input>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Self::validate(raw)
+    }
+
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let node = validate_node(&raw.node, &raw.timeouts, &raw.daemon)?;
+        let mut pods = Vec::with_capacity(raw.pods.len());
+        for (i, p) in raw.pods.iter().enumerate() {
+            pods.push(validate_pod(node.pod_prefix, node.pod_ipv4_cidr, p, &format!("pods[{i}]"))?);
+        }
+        check_unique(&pods)?;
+        for (i, p) in pods.iter().enumerate() {
+            if p.security_groups.len() as u32 > node.max_groups_per_pod {
+                return Err(invalid(
+                    format!("pods[{i}].security_groups"),
+                    p.security_groups.join(","),
+                    format!("at most {} groups per pod", node.max_groups_per_pod),
+                ));
+            }
+            for g in &p.security_groups {
+                if !raw.security_groups.contains_key(g) {
+                    return Err(invalid(
+                        format!("pods[{i}].security_groups"),
+                        g,
+                        "no [security_groups.<name>] table with this name",
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            node,
+            pods,
+            security_groups: raw.security_groups,
+        })
+    }
+}
+
+fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSettings, ConfigError> {
+    if n.uplink.is_empty() || n.uplink.len() > 15 {
+        return Err(invalid("node.uplink", &n.uplink, "not an interface name (1 to 15 characters)"));
+    }
+    let ipv4 = n
+        .ipv4
+        .as_deref()
+        .map(|s| Ipv4Addr::from_str(s).map_err(|_| invalid("node.ipv4", s, "not an IPv4 address")))
+        .transpose()?;
+    let pod_prefix = Ipv6Net::from_str(&n.pod_prefix)
+        .map_err(|_| invalid("node.pod_prefix", &n.pod_prefix, "not an IPv6 prefix"))?;
+    if pod_prefix.prefix_len() != 80 {
+        return Err(invalid(
+            "node.pod_prefix",
+            &n.pod_prefix,
+            "must be the node's delegated /80",
+        ));
+    }
+    if pod_prefix.network() != pod_prefix.addr() {
+        return Err(invalid("node.pod_prefix", &n.pod_prefix, "host bits are set"));
+    }
+    let cidr_s = n.pod_ipv4_cidr.as_deref().unwrap_or(DEFAULT_POD_IPV4_CIDR);
+    let pod_ipv4_cidr = Ipv4Net::from_str(cidr_s)
+        .map_err(|_| invalid("node.pod_ipv4_cidr", cidr_s, "not an IPv4 prefix"))?;
+    if pod_ipv4_cidr.network() != pod_ipv4_cidr.addr() {
+        return Err(invalid("node.pod_ipv4_cidr", cidr_s, "host bits are set"));
+    }
+    if let Some(ip) = ipv4
+        && pod_ipv4_cidr.contains(&ip)
+    {
+        return Err(invalid(
+            "node.ipv4",
+            ip,
+            format!("inside node.pod_ipv4_cidr {pod_ipv4_cidr}: it would never leave the node"),
+        ));
+    }
+    let ports_s = n.snat_ports.as_deref().unwrap_or(DEFAULT_SNAT_PORTS);
+    let (port_min, port_max) = parse_port_range(ports_s)
+        .ok_or_else(|| invalid("node.snat_ports", ports_s, "expected \"LOW-HIGH\" with 1024 <= LOW <= HIGH <= 65535"))?;
+    if port_min < 1024 || port_max - port_min < 63 {
+        return Err(invalid(
+            "node.snat_ports",
+            ports_s,
+            "the range must start at 1024 or above (ports below 1024 map below 1024 by themselves) and hold at least 64 ports",
+        ));
+    }
+    let pin_root = PathBuf::from(n.pin_root.as_deref().unwrap_or(DEFAULT_PIN_ROOT));
+    if !pin_root.is_absolute() {
+        return Err(invalid("node.pin_root", pin_root.display(), "must be an absolute path on a bpffs"));
+    }
+    let reverse_path = match n.reverse_path.as_deref().unwrap_or("xdp") {
+        "xdp" => ReversePath::Xdp,
+        "tc" => ReversePath::Tc,
+        other => return Err(invalid("node.reverse_path", other, "expected \"xdp\" or \"tc\"")),
+    };
+    let xdp_mode = match n.xdp_mode.as_deref().unwrap_or("auto") {
+        "auto" => XdpMode::Auto,
+        "native" => XdpMode::Native,
+        "generic" => XdpMode::Generic,
+        other => {
+            return Err(invalid("node.xdp_mode", other, "expected \"auto\", \"native\" or \"generic\""));
+        }
+    };
+    let forwarding = match n.forwarding.as_deref().unwrap_or("redirect") {
+        "redirect" => Forwarding::Redirect,
+        "stack" => Forwarding::Stack,
+        other => return Err(invalid("node.forwarding", other, "expected \"redirect\" or \"stack\"")),
+    };
+    let filtering = match n.filtering.as_deref().unwrap_or("address-dependent") {
+        "address-dependent" => Filtering::AddressDependent,
+        "endpoint-independent" => Filtering::EndpointIndependent,
+        other => {
+            return Err(invalid(
+                "node.filtering",
+                other,
+                "expected \"address-dependent\" or \"endpoint-independent\"",
+            ));
+        }
+    };
+    let pod_quota = n.pod_quota.unwrap_or(DEFAULT_POD_QUOTA);
+    if pod_quota == 0 {
+        return Err(invalid("node.pod_quota", pod_quota, "must be at least 1"));
+    }
+    let max_groups_per_pod = n.max_groups_per_pod.unwrap_or(5);
+    if !(1..=MAX_GROUPS_LIMIT).contains(&max_groups_per_pod) {
+        return Err(invalid(
+            "node.max_groups_per_pod",
+            max_groups_per_pod,
+            format!("must be 1 to {MAX_GROUPS_LIMIT}"),
+        ));
+    }
+    let d_t = Timeouts::default();
+    let timeouts = Timeouts {
+        udp: t.udp.unwrap_or(d_t.udp),
+        tcp_established: t.tcp_established.unwrap_or(d_t.tcp_established),
+        tcp_transitory: t.tcp_transitory.unwrap_or(d_t.tcp_transitory),
+        icmp: t.icmp.unwrap_or(d_t.icmp),
+    };
+    for (field, v) in [
+        ("timeouts.udp", timeouts.udp),
+        ("timeouts.tcp_established", timeouts.tcp_established),
+        ("timeouts.tcp_transitory", timeouts.tcp_transitory),
+        ("timeouts.icmp", timeouts.icmp),
+    ] {
+        if v == 0 {
+            return Err(invalid(field, v, "must be at least 1 second"));
+        }
+    }
+    let gc_interval_secs = d.gc_interval.unwrap_or(10);
+    if gc_interval_secs == 0 {
+        return Err(invalid("daemon.gc_interval", gc_interval_secs, "must be at least 1 second"));
+    }
+    Ok(NodeSettings {
+        uplink: n.uplink.clone(),
+        ipv4,
+        pod_prefix,
+        pod_ipv4_cidr,
+        port_min,
+        port_max,
+        pin_root,
+        reverse_path,
+        xdp_mode,
+        forwarding,
+        filtering,
+        pod_quota,
+        max_groups_per_pod,
+        timeouts,
+        gc_interval_secs,
+    })
+}
+
+/// Validates one pod against the node's prefixes; `field` is its path for messages (`pods[2]`).
+pub fn validate_pod(
+    pod_prefix: Ipv6Net,
+    pod_ipv4_cidr: Ipv4Net,
+    p: &RawPod,
+    field: &str,
+) -> Result<PodSpec, ConfigError> {
+    if p.name.is_empty() {
+        return Err(invalid(format!("{field}.name"), &p.name, "must not be empty"));
+    }
+    let ipv6 = Ipv6Addr::from_str(&p.ipv6)
+        .map_err(|_| invalid(format!("{field}.ipv6"), &p.ipv6, "not an IPv6 address"))?;
+    if !pod_prefix.contains(&ipv6) {
+        return Err(invalid(
+            format!("{field}.ipv6"),
+            &p.ipv6,
+            format!("outside the node's pod prefix {pod_prefix}"),
+        ));
+    }
+    if ipv6 == pod_prefix.network() {
+        return Err(invalid(format!("{field}.ipv6"), &p.ipv6, "is the prefix's subnet-router anycast address"));
+    }
+    let ipv4 = Ipv4Addr::from_str(&p.ipv4)
+        .map_err(|_| invalid(format!("{field}.ipv4"), &p.ipv4, "not an IPv4 address"))?;
+    if !pod_ipv4_cidr.contains(&ipv4)
+        || ipv4 == pod_ipv4_cidr.network()
+        || ipv4 == pod_ipv4_cidr.broadcast()
+    {
+        return Err(invalid(
+            format!("{field}.ipv4"),
+            &p.ipv4,
+            format!("not a host address of node.pod_ipv4_cidr {pod_ipv4_cidr}"),
+        ));
+    }
+    for (f, v) in [("veth", Some(&p.veth)), ("veth_v4", p.veth_v4.as_ref())] {
+        if let Some(v) = v
+            && (v.is_empty() || v.len() > 15)
+        {
+            return Err(invalid(format!("{field}.{f}"), v, "not an interface name (1 to 15 characters)"));
+        }
+    }
+    if p.veth_v4.as_deref() == Some(p.veth.as_str()) {
+        return Err(invalid(format!("{field}.veth_v4"), &p.veth, "same as veth: leave veth_v4 out for a single-veth pod"));
+    }
+    Ok(PodSpec {
+        name: p.name.clone(),
+        ipv6,
+        ipv4,
+        veth: p.veth.clone(),
+        veth_v4: p.veth_v4.clone(),
+        security_groups: p.security_groups.clone(),
+    })
+}
+
+/// Names, addresses and interfaces must each belong to one pod only.
+pub fn check_unique(pods: &[PodSpec]) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    let mut v6 = HashSet::new();
+    let mut v4 = HashSet::new();
+    let mut ifs = HashSet::new();
+    for (i, p) in pods.iter().enumerate() {
+        if !names.insert(p.name.as_str()) {
+            return Err(invalid(format!("pods[{i}].name"), &p.name, "duplicate pod name"));
+        }
+        if !v6.insert(p.ipv6) {
+            return Err(invalid(format!("pods[{i}].ipv6"), p.ipv6, "address used by another pod"));
+        }
+        if !v4.insert(p.ipv4) {
+            return Err(invalid(format!("pods[{i}].ipv4"), p.ipv4, "address used by another pod"));
+        }
+        for (f, v) in [("veth", Some(&p.veth)), ("veth_v4", p.veth_v4.as_ref())] {
+            if let Some(v) = v
+                && !ifs.insert(v.as_str())
+            {
+                return Err(invalid(format!("pods[{i}].{f}"), v, "interface used by another pod"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `"LOW-HIGH"` or a single port.
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+        None => {
+            let p = s.trim().parse().ok()?;
+            (p, p)
+        }
+    };
+    (lo <= hi).then_some((lo, hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[node]
+uplink = "eni"
+ipv4 = "198.51.100.2"
+pod_prefix = "2001:db8:0:1::/80"
+
+[[pods]]
+name = "a"
+ipv6 = "2001:db8:0:1::a"
+ipv4 = "169.254.172.10"
+veth = "vetha"
+veth_v4 = "v4a"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config_and_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node.port_min, 32768);
+        assert_eq!(c.node.port_max, 65535);
+        assert_eq!(c.node.pod_ipv4_cidr.to_string(), "169.254.172.0/22");
+        assert_eq!(c.node.pin_root, PathBuf::from(DEFAULT_PIN_ROOT));
+        assert_eq!(c.node.timeouts, Timeouts::default());
+        assert_eq!(c.pods.len(), 1);
+        assert_eq!(c.pods[0].veth_v4.as_deref(), Some("v4a"));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&GOOD.replace("uplink = \"eni\"", "uplink = \"eni\"\nuplnk = 1"));
+        assert!(e.contains("uplnk"), "{e}");
+    }
+
+    #[test]
+    fn prefix_must_be_80() {
+        let e = err(&GOOD.replace("::/80", "::/64"));
+        assert!(e.contains("node.pod_prefix") && e.contains("/80"), "{e}");
+    }
+
+    #[test]
+    fn pod_outside_prefix() {
+        let e = err(&GOOD.replace("2001:db8:0:1::a", "2001:db8:0:2::a"));
+        assert!(e.contains("pods[0].ipv6") && e.contains("outside"), "{e}");
+    }
+
+    #[test]
+    fn pod_ipv4_outside_range() {
+        let e = err(&GOOD.replace("169.254.172.10", "192.0.2.10"));
+        assert!(e.contains("pods[0].ipv4"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_address() {
+        let twice = format!(
+            "{GOOD}\n[[pods]]\nname = \"b\"\nipv6 = \"2001:db8:0:1::a\"\nipv4 = \"169.254.172.11\"\nveth = \"vethb\"\n"
+        );
+        let e = err(&twice);
+        assert!(e.contains("pods[1].ipv6") && e.contains("another pod"), "{e}");
+    }
+
+    #[test]
+    fn bad_port_range() {
+        let e = err(&GOOD.replace("pod_prefix", "snat_ports = \"70000-80000\"\npod_prefix"));
+        assert!(e.contains("node.snat_ports"), "{e}");
+        let e = err(&GOOD.replace("pod_prefix", "snat_ports = \"100-2000\"\npod_prefix"));
+        assert!(e.contains("node.snat_ports"), "{e}");
+    }
+
+    #[test]
+    fn unknown_group_reference() {
+        let e = err(&GOOD.replace("veth_v4 = \"v4a\"", "veth_v4 = \"v4a\"\nsecurity_groups = [\"web\"]"));
+        assert!(e.contains("security_groups") && e.contains("web"), "{e}");
+    }
+
+    #[test]
+    fn port_range_parser() {
+        assert_eq!(parse_port_range("1024-2047"), Some((1024, 2047)));
+        assert_eq!(parse_port_range("443"), Some((443, 443)));
+        assert_eq!(parse_port_range("9-1"), None);
+        assert_eq!(parse_port_range("x"), None);
+    }
+}

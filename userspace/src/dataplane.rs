@@ -1,0 +1,562 @@
+//! Loading, pinning, adopting and attaching. `install` loads the embedded object once, adopting
+//! pinned maps (so a restarted or upgraded daemon keeps every mapping and flow) and re-pinning the
+//! programs; everything else works from the pins, so CLI verbs and the daemon share one path.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    pin::PinError as AyaPinError,
+    programs::{
+        ProgramError, SchedClassifier, Xdp,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+        xdp::{XdpLink, XdpMode},
+        LinkOrder,
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use podgate_common::{
+    ABI_VERSION, MAX_POD_GROUPS, NodeConfig, Pod, PodName, map_names, node_flags, stats,
+};
+use thiserror::Error;
+
+use crate::{
+    config::{Filtering, Forwarding, NodeSettings, PodSpec, ReversePath, XdpMode as CfgXdpMode},
+    netif::{self, NetifError},
+    pins::{PinError, Pins},
+};
+
+/// Programs and where they go.
+pub const POD_INGRESS: &str = "pod_ingress";
+pub const POD_EGRESS: &str = "pod_egress";
+pub const UPLINK_XDP: &str = "uplink_xdp";
+pub const UPLINK_TC: &str = "uplink_tc";
+const TC_PROGRAMS: &[&str] = &[POD_INGRESS, POD_EGRESS, UPLINK_TC];
+const XDP_PROGRAMS: &[&str] = &[UPLINK_XDP];
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(transparent)]
+    Pins(#[from] PinError),
+    #[error(transparent)]
+    Netif(#[from] NetifError),
+    #[error(
+        "pinned state in {root} has map ABI version {found}, this podgate uses {ours}; \
+         migration between these versions is not implemented: stop the old dataplane with \
+         `podgate reset --pin-root {root}` (drops all flows) and start again"
+    )]
+    AbiMismatch { root: PathBuf, found: u32, ours: u32 },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: AyaPinError,
+    },
+    #[error("link {path}: {source}")]
+    Link {
+        path: PathBuf,
+        #[source]
+        source: LinkError,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no podgate state under {root} (is the daemon started? `podgate run --config FILE`)")]
+    NotInstalled { root: PathBuf },
+    #[error("pod {name:?} is not registered")]
+    UnknownPod { name: String },
+    #[error("pod {name:?} conflicts with registered pod {other:?}: {what}")]
+    PodConflict { name: String, other: String, what: String },
+    #[error("no free pod id (4096 pods registered)")]
+    PodIdsExhausted,
+}
+
+fn map_err(name: &str) -> impl FnOnce(MapError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Map { name: name.into(), source }
+}
+
+fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> DataplaneError + '_ {
+    move |source| DataplaneError::Program { name: name.into(), source }
+}
+
+/// Every map podgate pins (the names in the object and under the pin root).
+pub fn all_map_names() -> Vec<&'static str> {
+    use podgate_common::nat::map_names as nat;
+    let mut v = vec![
+        map_names::NODE,
+        map_names::PODS,
+        map_names::PODS_V4,
+        map_names::PODS_V6,
+        map_names::POD_NAMES,
+        map_names::STATS,
+        map_names::EVENTS,
+        nat::NAT4_MAP,
+        nat::NAT4_CLAIM,
+        nat::CT4,
+        nat::FRAG4,
+    ];
+    v.extend_from_slice(crate::sg_maps::MAP_NAMES);
+    v
+}
+
+/// Loads the embedded object, adopting existing pins, and pins maps and programs. Returns the
+/// names of the maps that were adopted (not created).
+pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
+    pins.prepare()?;
+    check_abi(pins)?;
+    let names = all_map_names();
+    let adopted: Vec<String> = names
+        .iter()
+        .filter(|n| pins.map(n).exists())
+        .map(|n| n.to_string())
+        .collect();
+    let paths: Vec<(&str, PathBuf)> = names.iter().map(|n| (*n, pins.map(n))).collect();
+    let mut loader = EbpfLoader::new();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(DataplaneError::Load)?;
+    for name in TC_PROGRAMS {
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(prog_err(name))?;
+        p.load().map_err(prog_err(name))?;
+        repin(pins.prog(name), |path| p.pin(path))?;
+    }
+    for name in XDP_PROGRAMS {
+        let p: &mut Xdp = ebpf
+            .program_mut(name)
+            .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(prog_err(name))?;
+        p.load().map_err(prog_err(name))?;
+        repin(pins.prog(name), |path| p.pin(path))?;
+    }
+    Ok(adopted)
+}
+
+/// Replaces a program pin: links already attached keep the old program until `attach_*` updates
+/// them, so nothing stops forwarding in between.
+fn repin(
+    path: PathBuf,
+    pin: impl FnOnce(&Path) -> Result<(), AyaPinError>,
+) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(DataplaneError::Io { path, source }),
+    }
+    pin(&path).map_err(|source| DataplaneError::Pin { path, source })
+}
+
+/// Refuses pinned maps written by a podgate with another map layout.
+fn check_abi(pins: &Pins) -> Result<(), DataplaneError> {
+    if !pins.exists() {
+        return Ok(());
+    }
+    let path = pins.map(map_names::NODE);
+    let data = MapData::from_pin(&path).map_err(map_err(map_names::NODE))?;
+    let info = data.info().map_err(map_err(map_names::NODE))?;
+    let found = if info.value_size() as usize != std::mem::size_of::<NodeConfig>() {
+        // A different layout cannot even be read as ours.
+        u32::MAX
+    } else {
+        let map = Map::from_map_data(data).map_err(map_err(map_names::NODE))?;
+        let arr: Array<MapData, NodeConfig> = Array::try_from(map).map_err(map_err(map_names::NODE))?;
+        arr.get(&0, 0).map_err(map_err(map_names::NODE))?.abi_version
+    };
+    // 0: the map exists but was never filled (a start that failed half-way).
+    if found != 0 && found != ABI_VERSION {
+        return Err(DataplaneError::AbiMismatch {
+            root: pins.root().to_owned(),
+            found,
+            ours: ABI_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Opens a pinned map by name.
+pub fn open_map(pins: &Pins, name: &str) -> Result<Map, DataplaneError> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotInstalled { root: pins.root().to_owned() });
+    }
+    let data = MapData::from_pin(&path).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+pub fn node_map(pins: &Pins) -> Result<Array<MapData, NodeConfig>, DataplaneError> {
+    Array::try_from(open_map(pins, map_names::NODE)?).map_err(map_err(map_names::NODE))
+}
+
+pub fn pods_map(pins: &Pins) -> Result<HashMap<MapData, u32, Pod>, DataplaneError> {
+    HashMap::try_from(open_map(pins, map_names::PODS)?).map_err(map_err(map_names::PODS))
+}
+
+pub fn stats_map(pins: &Pins) -> Result<PerCpuArray<MapData, u64>, DataplaneError> {
+    PerCpuArray::try_from(open_map(pins, map_names::STATS)?).map_err(map_err(map_names::STATS))
+}
+
+pub fn read_node(pins: &Pins) -> Result<NodeConfig, DataplaneError> {
+    node_map(pins)?.get(&0, 0).map_err(map_err(map_names::NODE))
+}
+
+/// The `node` entry for these settings.
+pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> NodeConfig {
+    let mut flags = 0;
+    if node.forwarding == Forwarding::Redirect {
+        flags |= node_flags::FIB_REDIRECT;
+    }
+    if node.filtering == Filtering::EndpointIndependent {
+        flags |= node_flags::FILTER_EIF;
+    }
+    NodeConfig {
+        abi_version: ABI_VERSION,
+        flags,
+        ipv4: ipv4.octets(),
+        uplink_ifindex,
+        pod_prefix: node.pod_prefix.network().octets(),
+        pod_ipv4_net: node.pod_ipv4_cidr.network().octets(),
+        pod_ipv4_prefix_len: node.pod_ipv4_cidr.prefix_len() as u32,
+        port_min: node.port_min,
+        port_max: node.port_max,
+        pod_quota: node.pod_quota,
+        timeouts: node.timeouts,
+    }
+}
+
+/// Writes the node entry: the uplink address is resolved now unless configured.
+pub fn write_node(pins: &Pins, node: &NodeSettings) -> Result<NodeConfig, DataplaneError> {
+    let uplink_ifindex = netif::ifindex(&node.uplink)?;
+    let ipv4 = match node.ipv4 {
+        Some(ip) => ip,
+        None => netif::first_ipv4(&node.uplink)?,
+    };
+    let cfg = node_config(node, ipv4, uplink_ifindex);
+    node_map(pins)?.set(0, cfg, 0).map_err(map_err(map_names::NODE))?;
+    Ok(cfg)
+}
+
+/// Attaches (or atomically re-points) a TC program on `ifname`. A pinned link from an earlier
+/// run is updated in place with BPF_LINK_UPDATE, so traffic never sees the interface without a
+/// program; otherwise a new tcx link is created and pinned.
+pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Result<(), DataplaneError> {
+    let mut p = SchedClassifier::from_pin(pins.prog(prog)).map_err(prog_err(prog))?;
+    let link_path = pins.link(ifname, prog);
+    let id = if link_path.exists() {
+        let old = take_pinned_link(&link_path)?;
+        let link = SchedClassifierLink::try_from(old).map_err(|source| DataplaneError::Link {
+            path: link_path.clone(),
+            source,
+        })?;
+        p.attach_to_link(link).map_err(prog_err(prog))?
+    } else {
+        netif::ifindex(ifname)?;
+        p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .map_err(prog_err(prog))?
+    };
+    let link = p.take_link(id).map_err(prog_err(prog))?;
+    let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+        path: link_path.clone(),
+        source,
+    })?;
+    fd.pin(&link_path).map_err(|source| DataplaneError::Pin { path: link_path, source })?;
+    Ok(())
+}
+
+/// The XDP counterpart of `attach_tc`.
+pub fn attach_xdp(pins: &Pins, ifname: &str, prog: &str, mode: CfgXdpMode) -> Result<(), DataplaneError> {
+    let mut p = Xdp::from_pin(pins.prog(prog), XdpAttachType::Interface).map_err(prog_err(prog))?;
+    let link_path = pins.link(ifname, prog);
+    let id = if link_path.exists() {
+        let old = take_pinned_link(&link_path)?;
+        let link = XdpLink::try_from(old).map_err(|source| DataplaneError::Link {
+            path: link_path.clone(),
+            source,
+        })?;
+        p.attach_to_link(link).map_err(prog_err(prog))?
+    } else {
+        netif::ifindex(ifname)?;
+        match mode {
+            CfgXdpMode::Native => p.attach(ifname, XdpMode::Driver),
+            CfgXdpMode::Generic => p.attach(ifname, XdpMode::Skb),
+            CfgXdpMode::Auto => p
+                .attach(ifname, XdpMode::Driver)
+                .or_else(|_| p.attach(ifname, XdpMode::Skb)),
+        }
+        .map_err(prog_err(prog))?
+    };
+    let link = p.take_link(id).map_err(prog_err(prog))?;
+    let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
+        path: link_path.clone(),
+        source,
+    })?;
+    fd.pin(&link_path).map_err(|source| DataplaneError::Pin { path: link_path, source })?;
+    Ok(())
+}
+
+/// Takes a pinned link out of bpffs, keeping it alive through the returned fd.
+fn take_pinned_link(path: &Path) -> Result<FdLink, DataplaneError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| DataplaneError::Link {
+        path: path.to_owned(),
+        source,
+    })?;
+    pinned.unpin().map_err(|source| DataplaneError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Detaches every pinned link on `ifname`; returns how many.
+pub fn detach_interface(pins: &Pins, ifname: &str) -> Result<usize, DataplaneError> {
+    let mut n = 0;
+    for path in list_links(pins)? {
+        if link_ifname(&path).as_deref() == Some(ifname) {
+            // Dropping the last fd of an unpinned link detaches it.
+            drop(take_pinned_link(&path)?);
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn link_ifname(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    Pins::parse_link_name(file).map(|(ifname, _)| ifname)
+}
+
+pub fn list_links(pins: &Pins) -> Result<Vec<PathBuf>, DataplaneError> {
+    let dir = pins.links_dir();
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(DataplaneError::Io { path: dir, source }),
+    };
+    let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Attaches the uplink program chosen by the configuration, and removes the other one.
+pub fn attach_uplink(pins: &Pins, node: &NodeSettings) -> Result<(), DataplaneError> {
+    match node.reverse_path {
+        ReversePath::Xdp => {
+            remove_link(pins, &node.uplink, UPLINK_TC)?;
+            attach_xdp(pins, &node.uplink, UPLINK_XDP, node.xdp_mode)
+        }
+        ReversePath::Tc => {
+            remove_link(pins, &node.uplink, UPLINK_XDP)?;
+            attach_tc(pins, &node.uplink, UPLINK_TC, TcAttachType::Ingress)
+        }
+    }
+}
+
+fn remove_link(pins: &Pins, ifname: &str, prog: &str) -> Result<(), DataplaneError> {
+    let path = pins.link(ifname, prog);
+    if path.exists() {
+        drop(take_pinned_link(&path)?);
+    }
+    Ok(())
+}
+
+/// A registered pod, as read back from the maps.
+#[derive(Debug, Clone)]
+pub struct PodEntry {
+    pub name: String,
+    pub pod: Pod,
+    /// Every host-side ifindex keyed to this pod.
+    pub ifindexes: Vec<u32>,
+}
+
+/// All registered pods, one entry per pod, ordered by id.
+pub fn list_pods(pins: &Pins) -> Result<Vec<PodEntry>, DataplaneError> {
+    let pods = pods_map(pins)?;
+    let names: HashMap<MapData, u32, PodName> =
+        HashMap::try_from(open_map(pins, map_names::POD_NAMES)?).map_err(map_err(map_names::POD_NAMES))?;
+    let mut by_id: std::collections::BTreeMap<u32, PodEntry> = Default::default();
+    for item in pods.iter() {
+        let (ifindex, pod) = item.map_err(map_err(map_names::PODS))?;
+        let e = by_id.entry(pod.id).or_insert_with(|| PodEntry {
+            name: names
+                .get(&pod.id, 0)
+                .map(|n| String::from_utf8_lossy(&n.name[..(n.len as usize).min(n.name.len())]).into_owned())
+                .unwrap_or_else(|_| format!("pod-{}", pod.id)),
+            pod,
+            ifindexes: Vec::new(),
+        });
+        e.ifindexes.push(ifindex);
+    }
+    Ok(by_id.into_values().collect())
+}
+
+/// Registers a pod: maps first (so its first packet finds it), then the programs on its veths.
+/// A pod already registered under the same name is updated in place (its NAT state is kept).
+pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Result<Pod, DataplaneError> {
+    let ifindex = netif::ifindex(&spec.veth)?;
+    let ifindex_v4 = match &spec.veth_v4 {
+        Some(v) => netif::ifindex(v)?,
+        None => ifindex,
+    };
+    let existing = list_pods(pins)?;
+    let mut id = None;
+    let mut mappings = 0;
+    for e in &existing {
+        if e.name == spec.name {
+            id = Some(e.pod.id);
+            mappings = e.pod.mappings;
+            continue;
+        }
+        let clash = if e.pod.ipv6 == spec.ipv6.octets() {
+            Some(format!("both use {}", spec.ipv6))
+        } else if e.pod.ipv4 == spec.ipv4.octets() {
+            Some(format!("both use {}", spec.ipv4))
+        } else if e.ifindexes.contains(&ifindex) || e.ifindexes.contains(&ifindex_v4) {
+            Some("both use the same host interface".to_string())
+        } else {
+            None
+        };
+        if let Some(what) = clash {
+            return Err(DataplaneError::PodConflict { name: spec.name.clone(), other: e.name.clone(), what });
+        }
+    }
+    let id = match id {
+        Some(id) => id,
+        None => (1..=4096u32)
+            .find(|i| !existing.iter().any(|e| e.pod.id == *i))
+            .ok_or(DataplaneError::PodIdsExhausted)?,
+    };
+    let mut g = [0u32; MAX_POD_GROUPS];
+    for (slot, v) in g.iter_mut().zip(groups) {
+        *slot = *v;
+    }
+    let pod = Pod {
+        id,
+        ifindex,
+        ifindex_v4,
+        ipv4: spec.ipv4.octets(),
+        ipv6: spec.ipv6.octets(),
+        mappings,
+        quota,
+        group_count: groups.len().min(MAX_POD_GROUPS) as u32,
+        groups: g,
+    };
+    let mut name = PodName::default();
+    let bytes = spec.name.as_bytes();
+    let n = bytes.len().min(name.name.len());
+    name.name[..n].copy_from_slice(&bytes[..n]);
+    name.len = n as u32;
+    let mut names: HashMap<MapData, u32, PodName> =
+        HashMap::try_from(open_map(pins, map_names::POD_NAMES)?).map_err(map_err(map_names::POD_NAMES))?;
+    names.insert(id, name, 0).map_err(map_err(map_names::POD_NAMES))?;
+    let mut pods = pods_map(pins)?;
+    pods.insert(ifindex, pod, 0).map_err(map_err(map_names::PODS))?;
+    pods.insert(ifindex_v4, pod, 0).map_err(map_err(map_names::PODS))?;
+    let mut v4: HashMap<MapData, [u8; 4], u32> =
+        HashMap::try_from(open_map(pins, map_names::PODS_V4)?).map_err(map_err(map_names::PODS_V4))?;
+    v4.insert(pod.ipv4, ifindex_v4, 0).map_err(map_err(map_names::PODS_V4))?;
+    let mut v6: HashMap<MapData, [u8; 16], u32> =
+        HashMap::try_from(open_map(pins, map_names::PODS_V6)?).map_err(map_err(map_names::PODS_V6))?;
+    v6.insert(pod.ipv6, ifindex, 0).map_err(map_err(map_names::PODS_V6))?;
+
+    attach_tc(pins, &spec.veth, POD_INGRESS, TcAttachType::Ingress)?;
+    attach_tc(pins, &spec.veth, POD_EGRESS, TcAttachType::Egress)?;
+    if let Some(v4if) = &spec.veth_v4 {
+        attach_tc(pins, v4if, POD_INGRESS, TcAttachType::Ingress)?;
+    }
+    Ok(pod)
+}
+
+/// Unregisters a pod: programs off its veths, then its map entries and its NAT/conntrack state.
+pub fn remove_pod(pins: &Pins, name: &str) -> Result<PodEntry, DataplaneError> {
+    let entry = list_pods(pins)?
+        .into_iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| DataplaneError::UnknownPod { name: name.into() })?;
+    for links in list_links(pins)? {
+        let Some(ifname) = link_ifname(&links) else { continue };
+        // A veth deleted before its pod took its links with it; only the stale pin is left.
+        let ours_or_stale = match netif::ifindex(&ifname) {
+            Ok(idx) => entry.ifindexes.contains(&idx),
+            Err(_) => true,
+        };
+        if ours_or_stale {
+            drop(take_pinned_link(&links)?);
+        }
+    }
+    let mut pods = pods_map(pins)?;
+    for idx in &entry.ifindexes {
+        ignore_missing(pods.remove(idx)).map_err(map_err(map_names::PODS))?;
+    }
+    let mut v4: HashMap<MapData, [u8; 4], u32> =
+        HashMap::try_from(open_map(pins, map_names::PODS_V4)?).map_err(map_err(map_names::PODS_V4))?;
+    ignore_missing(v4.remove(&entry.pod.ipv4)).map_err(map_err(map_names::PODS_V4))?;
+    let mut v6: HashMap<MapData, [u8; 16], u32> =
+        HashMap::try_from(open_map(pins, map_names::PODS_V6)?).map_err(map_err(map_names::PODS_V6))?;
+    ignore_missing(v6.remove(&entry.pod.ipv6)).map_err(map_err(map_names::PODS_V6))?;
+    let mut names: HashMap<MapData, u32, PodName> =
+        HashMap::try_from(open_map(pins, map_names::POD_NAMES)?).map_err(map_err(map_names::POD_NAMES))?;
+    ignore_missing(names.remove(&entry.pod.id)).map_err(map_err(map_names::POD_NAMES))?;
+    crate::nat::flush_pod(pins, Ipv4Addr::from(entry.pod.ipv4))?;
+    crate::sg_maps::flush_pod(pins, Ipv6Addr::from(entry.pod.ipv6))?;
+    Ok(entry)
+}
+
+pub fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
+/// Sums the per-CPU counters: (counter, total).
+pub fn read_stats(pins: &Pins) -> Result<Vec<(stats::Counter, u64)>, DataplaneError> {
+    let m = stats_map(pins)?;
+    let mut out = Vec::new();
+    for &c in stats::Counter::ALL {
+        let v = m.get(&(c as u32), 0).map_err(map_err(map_names::STATS))?;
+        out.push((c, v.iter().sum()));
+    }
+    Ok(out)
+}
+
+/// Detaches every podgate link and, with `purge`, removes the whole pin root (all state).
+pub fn reset(pins: &Pins, purge: bool) -> Result<usize, DataplaneError> {
+    let mut n = 0;
+    for path in list_links(pins)? {
+        drop(take_pinned_link(&path)?);
+        n += 1;
+    }
+    if purge && pins.root().exists() {
+        std::fs::remove_dir_all(pins.root()).map_err(|source| DataplaneError::Io {
+            path: pins.root().to_owned(),
+            source,
+        })?;
+    }
+    Ok(n)
+}

@@ -1,0 +1,66 @@
+//! Interface lookups in the caller's network namespace.
+
+use std::{ffi::CString, net::Ipv4Addr};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetifError {
+    #[error("interface {name:?} does not exist in this network namespace")]
+    NoSuchInterface { name: String },
+    #[error("interface {name:?} has no IPv4 address (set node.ipv4 explicitly)")]
+    NoIpv4 { name: String },
+    #[error("getifaddrs: {0}")]
+    Getifaddrs(std::io::Error),
+}
+
+pub fn ifindex(name: &str) -> Result<u32, NetifError> {
+    let c = CString::new(name).map_err(|_| NetifError::NoSuchInterface { name: name.into() })?;
+    // SAFETY: valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(NetifError::NoSuchInterface { name: name.into() });
+    }
+    Ok(idx)
+}
+
+/// The first IPv4 address configured on `name`.
+pub fn first_ipv4(name: &str) -> Result<Ipv4Addr, NetifError> {
+    ifindex(name)?;
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: out-pointer; freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(NetifError::Getifaddrs(std::io::Error::last_os_error()));
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: getifaddrs returns a valid linked list until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        let ifname = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy();
+        if ifname != name || unsafe { (*ifa.ifa_addr).sa_family } as i32 != libc::AF_INET {
+            continue;
+        }
+        let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+        found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        break;
+    }
+    unsafe { libc::freeifaddrs(head) };
+    found.ok_or_else(|| NetifError::NoIpv4 { name: name.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback() {
+        assert_eq!(ifindex("lo").unwrap(), 1);
+        assert_eq!(first_ipv4("lo").unwrap(), Ipv4Addr::LOCALHOST);
+        assert!(matches!(ifindex("nonexistent0"), Err(NetifError::NoSuchInterface { .. })));
+    }
+}

@@ -35,6 +35,8 @@ enum Verb {
     Ct(cli::ct::CtVerb),
     /// Counters per verdict and drop reason.
     Stats(cli::stats::Args),
+    /// Live drop and new-flow events (5-tuple, pod, reason or rule).
+    Monitor(cli::monitor::Args),
     /// What is loaded, pinned and attached.
     Status(cli::status::Args),
     /// Configuration files.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Verb::Ct(v) => cli::ct::run(v, &pins),
         Verb::Stats(a) => cli::stats::run(a, &pins),
         Verb::Status(a) => cli::status::run(a, &pins),
+        Verb::Monitor(a) => cli::monitor::run(a, &pins),
         Verb::Config(v) => cli::config::run(v),
         Verb::Gc(a) => cli::gc::run(a, &pins),
         Verb::Reset(a) => cli::reset::run(a, &pins),

@@ -1,6 +1,7 @@
 pub mod config;
 pub mod ct;
 pub mod gc;
+pub mod monitor;
 pub mod nat;
 pub mod pod;
 pub mod reset;

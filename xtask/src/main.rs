@@ -8,6 +8,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Verb {
     Test(test::Args),
     /// Benchmarks.
     Bench(bench::Args),
+    /// Boot other kernels in QEMU and run the verifier and test_run suite there.
+    VmTest(vm::Args),
 }
 
 fn main() -> Result<()> {
@@ -46,5 +49,6 @@ fn main() -> Result<()> {
         Verb::Demo(a) => demo::run(a),
         Verb::Test(a) => test::run(a),
         Verb::Bench(a) => bench::run(a),
+        Verb::VmTest(a) => vm::run(a),
     }
 }

@@ -18,6 +18,7 @@ pub const DEFAULT_POD_IPV4_CIDR: &str = "169.254.172.0/22";
 pub const DEFAULT_SNAT_PORTS: &str = "32768-65535";
 pub const DEFAULT_POD_QUOTA: u32 = 16384;
 pub const MAX_GROUPS_LIMIT: u32 = 16;
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9542";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -94,6 +95,8 @@ pub struct RawTimeouts {
 pub struct RawDaemon {
     /// Seconds between conntrack/NAT garbage-collection passes.
     pub gc_interval: Option<u64>,
+    /// Prometheus endpoint, "ADDR:PORT" (default loopback) or "off".
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +154,7 @@ pub struct NodeSettings {
     pub max_groups_per_pod: u32,
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,7 +343,14 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
     if gc_interval_secs == 0 {
         return Err(invalid("daemon.gc_interval", gc_interval_secs, "must be at least 1 second"));
     }
+    let metrics = match d.metrics.as_deref().unwrap_or(DEFAULT_METRICS) {
+        "off" => None,
+        s => Some(std::net::SocketAddr::from_str(s).map_err(|_| {
+            invalid("daemon.metrics", s, "expected ADDR:PORT (e.g. \"127.0.0.1:9542\") or \"off\"")
+        })?),
+    };
     Ok(NodeSettings {
+        metrics,
         uplink: n.uplink.clone(),
         ipv4,
         pod_prefix,

@@ -1,8 +1,10 @@
 //! podgate's userspace: configuration, loading and pinning, map access, garbage collection.
 //! The `podgate` binary (src/main.rs and src/cli/) is a thin layer over this library.
 
+pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod nat;
 pub mod netif;
 pub mod pins;

@@ -39,6 +39,8 @@ enum Verb {
     Monitor(cli::monitor::Args),
     /// What is loaded, pinned and attached.
     Status(cli::status::Args),
+    /// The chained CNI plugin (reads CNI_COMMAND and the network config on stdin).
+    Cni,
     /// Configuration files.
     #[command(subcommand)]
     Config(cli::config::ConfigVerb),
@@ -49,6 +51,14 @@ enum Verb {
 }
 
 fn main() -> ExitCode {
+    // Container runtimes run CNI plugins by file name (installed as `podgate` or a link to it)
+    // with CNI_COMMAND set and no arguments; `podgate cni` is the explicit form.
+    let args: Vec<String> = std::env::args().collect();
+    if (args.len() == 1 && std::env::var_os("CNI_COMMAND").is_some())
+        || args.get(1).map(String::as_str) == Some("cni")
+    {
+        return cli::cni::main();
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -67,6 +77,7 @@ fn main() -> ExitCode {
         Verb::Status(a) => cli::status::run(a, &pins),
         Verb::Monitor(a) => cli::monitor::run(a, &pins),
         Verb::Config(v) => cli::config::run(v),
+        Verb::Cni => unreachable!("handled before argument parsing"),
         Verb::Gc(a) => cli::gc::run(a, &pins),
         Verb::Reset(a) => cli::reset::run(a, &pins),
     };

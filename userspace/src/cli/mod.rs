@@ -1,3 +1,4 @@
+pub mod cni;
 pub mod config;
 pub mod ct;
 pub mod gc;

@@ -1,12 +1,18 @@
 //! The daemon: validate everything, install or adopt the pinned dataplane, attach, fill the maps,
 //! then garbage-collect until a signal. Exiting leaves the dataplane attached and forwarding.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, bail};
 use podgate::{
     config::Config,
-    dataplane, nat, netif,
+    dataplane,
+    metrics::{self, DaemonMetrics},
+    nat, netif,
     pins::Pins,
 };
 use tracing::{debug, info, warn};
@@ -81,16 +87,38 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
 
 async fn daemon_loop(pins: &Pins, cfg: &Config) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let metrics = Arc::new(Mutex::new(DaemonMetrics::default()));
+    if let Some(addr) = cfg.node.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("daemon.metrics: cannot listen on {addr}"))?;
+        info!(%addr, "metrics at http://{addr}/metrics");
+        tokio::spawn(serve_metrics(listener, pins.clone(), metrics.clone()));
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.node.gc_interval_secs));
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match nat::gc(pins, &cfg.node.timeouts, nat::boottime_ns()) {
-                    Ok(r) if r.flows_expired + r.mappings_expired > 0 => info!(?r, "gc"),
-                    Ok(r) => debug!(?r, "gc"),
-                    Err(e) => warn!("gc pass failed: {e:#}"),
+                let started = std::time::Instant::now();
+                let r = nat::gc(pins, &cfg.node.timeouts, nat::boottime_ns());
+                let mut m = metrics.lock().expect("metrics lock");
+                m.gc_runs += 1;
+                m.gc_seconds_total += started.elapsed().as_secs_f64();
+                match r {
+                    Ok(r) => {
+                        if r.flows_expired + r.mappings_expired > 0 {
+                            info!(?r, "gc");
+                        } else {
+                            debug!(?r, "gc");
+                        }
+                        m.last_gc = r;
+                    }
+                    Err(e) => {
+                        m.gc_errors += 1;
+                        warn!("gc pass failed: {e:#}");
+                    }
                 }
             }
             _ = term.recv() => break,
@@ -99,4 +127,42 @@ async fn daemon_loop(pins: &Pins, cfg: &Config) -> Result<()> {
     }
     info!("exiting; programs stay attached and maps pinned (`podgate reset` removes them)");
     Ok(())
+}
+
+/// A minimal HTTP/1.0 responder: Prometheus needs nothing more than GET /metrics.
+async fn serve_metrics(listener: tokio::net::TcpListener, pins: Pins, d: Arc<Mutex<DaemonMetrics>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            // Out of fds or similar: back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let pins = pins.clone();
+        let d = d.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = if path == "/metrics" {
+                let snapshot = d.lock().expect("metrics lock").clone();
+                match metrics::render(&pins, &snapshot) {
+                    Ok(b) => ("200 OK", b),
+                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                }
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
+    }
 }

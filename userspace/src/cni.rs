@@ -1,0 +1,219 @@
+//! CNI 1.0 chained plugin logic: derive a pod from the previous plugin's result, register it on
+//! ADD, remove it and all its state on DEL. Pure parts (parsing, pod derivation) are separate from
+//! the parts that touch maps, so they are unit-tested without a kernel.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use thiserror::Error;
+
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+
+/// CNI error codes (spec §Error): 1-99 are the spec's, 100+ the plugin's.
+#[derive(Debug, Error)]
+pub enum CniError {
+    #[error("incompatible CNI version {0:?} (supported: {SUPPORTED_VERSIONS:?})")]
+    IncompatibleVersion(String),
+    #[error("missing or bad environment variable {0}")]
+    InvalidEnv(&'static str),
+    #[error("cannot decode the network configuration: {0}")]
+    Decode(String),
+    #[error("invalid network configuration: {0}")]
+    InvalidConfig(String),
+    #[error("{0}")]
+    Plugin(String),
+}
+
+impl CniError {
+    pub fn code(&self) -> u32 {
+        match self {
+            CniError::IncompatibleVersion(_) => 1,
+            CniError::InvalidEnv(_) => 4,
+            CniError::Decode(_) => 6,
+            CniError::InvalidConfig(_) => 7,
+            CniError::Plugin(_) => 100,
+        }
+    }
+
+    /// The error object a runtime expects on stdout.
+    pub fn to_json(&self, cni_version: &str) -> Value {
+        serde_json::json!({
+            "cniVersion": cni_version,
+            "code": self.code(),
+            "msg": self.to_string(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub plugin_type: String,
+    /// Where podgate's state is pinned (default /sys/fs/bpf/podgate).
+    #[serde(default, rename = "pin_root")]
+    pub pin_root: Option<String>,
+    #[serde(default)]
+    pub prev_result: Option<PrevResult>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PrevResult {
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    #[serde(default)]
+    pub ips: Vec<IpConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Interface {
+    pub name: String,
+    #[serde(default)]
+    pub sandbox: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct IpConfig {
+    pub address: String,
+    #[serde(default)]
+    pub interface: Option<usize>,
+}
+
+/// The pod to register, derived from prevResult.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniPod {
+    pub name: String,
+    pub ipv6: Ipv6Addr,
+    pub ipv4: Ipv4Addr,
+    pub veth: String,
+    pub veth_v4: Option<String>,
+}
+
+/// `ns/name@cid12` from CNI_ARGS when the runtime gives the Kubernetes names, else `cni@cid12`:
+/// the container id keeps a replaced pod's late DEL from removing its successor.
+pub fn pod_name(container_id: &str, cni_args: &str) -> String {
+    let mut ns = None;
+    let mut pod = None;
+    for kv in cni_args.split(';') {
+        match kv.split_once('=') {
+            Some(("K8S_POD_NAMESPACE", v)) if !v.is_empty() => ns = Some(v),
+            Some(("K8S_POD_NAME", v)) if !v.is_empty() => pod = Some(v),
+            _ => {}
+        }
+    }
+    let cid: String = container_id.chars().take(12).collect();
+    match (ns, pod) {
+        (Some(ns), Some(pod)) => format!("{ns}/{pod}@{cid}"),
+        _ => format!("cni@{cid}"),
+    }
+}
+
+/// The host-side peer of container interface `idx`: ptp and bridge list a host interface just
+/// before the container interface it pairs with.
+fn host_peer(ifaces: &[Interface], idx: usize) -> Option<&str> {
+    ifaces[..idx.min(ifaces.len())]
+        .iter()
+        .rev()
+        .find(|i| i.sandbox.as_deref().is_none_or(str::is_empty))
+        .map(|i| i.name.as_str())
+}
+
+pub fn derive_pod(prev: &PrevResult, name: String) -> Result<CniPod, CniError> {
+    let mut v6: Option<(Ipv6Addr, Option<usize>)> = None;
+    let mut v4: Option<(Ipv4Addr, Option<usize>)> = None;
+    for ip in &prev.ips {
+        let addr = ip.address.split('/').next().unwrap_or("");
+        match addr.parse::<IpAddr>() {
+            Ok(IpAddr::V6(a)) if v6.is_none() && !a.is_unicast_link_local() => v6 = Some((a, ip.interface)),
+            Ok(IpAddr::V4(a)) if v4.is_none() => v4 = Some((a, ip.interface)),
+            Ok(_) => {}
+            Err(_) => {
+                return Err(CniError::InvalidConfig(format!("prevResult.ips: bad address {:?}", ip.address)));
+            }
+        }
+    }
+    let (ipv6, if6) = v6.ok_or_else(|| CniError::InvalidConfig("prevResult has no IPv6 address for the pod".into()))?;
+    let (ipv4, if4) = v4.ok_or_else(|| CniError::InvalidConfig("prevResult has no IPv4 address for the pod".into()))?;
+    let peer = |idx: Option<usize>, fam: &str| -> Result<String, CniError> {
+        let found = match idx {
+            Some(i) => host_peer(&prev.interfaces, i),
+            None => prev
+                .interfaces
+                .iter()
+                .find(|i| i.sandbox.as_deref().is_none_or(str::is_empty))
+                .map(|i| i.name.as_str()),
+        };
+        found
+            .map(str::to_string)
+            .ok_or_else(|| CniError::InvalidConfig(format!("prevResult names no host-side interface for the {fam} address")))
+    };
+    let veth = peer(if6, "IPv6")?;
+    let veth4 = peer(if4, "IPv4")?;
+    Ok(CniPod {
+        name,
+        ipv6,
+        ipv4,
+        veth_v4: (veth4 != veth).then_some(veth4),
+        veth,
+    })
+}
+
+pub fn check_version(v: &str) -> Result<(), CniError> {
+    if SUPPORTED_VERSIONS.contains(&v) {
+        Ok(())
+    } else {
+        Err(CniError::IncompatibleVersion(v.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prev(json: &str) -> PrevResult {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            pod_name("0123456789abcdef", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0"),
+            "default/web-0@0123456789ab"
+        );
+        assert_eq!(pod_name("abc", ""), "cni@abc");
+    }
+
+    #[test]
+    fn ptp_single_veth() {
+        let p = prev(
+            r#"{"interfaces":[{"name":"veth1a2b"},{"name":"eth0","sandbox":"/run/netns/x"}],
+               "ips":[{"address":"2001:db8:0:1::a/128","interface":1},{"address":"169.254.172.10/22","interface":1}]}"#,
+        );
+        let pod = derive_pod(&p, "n".into()).unwrap();
+        assert_eq!(pod.veth, "veth1a2b");
+        assert_eq!(pod.veth_v4, None);
+        assert_eq!(pod.ipv6, "2001:db8:0:1::a".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(pod.ipv4, Ipv4Addr::new(169, 254, 172, 10));
+    }
+
+    #[test]
+    fn eks_two_veths() {
+        let p = prev(
+            r#"{"interfaces":[{"name":"vethA"},{"name":"eth0","sandbox":"/x"},{"name":"vethB"},{"name":"v4if0","sandbox":"/x"}],
+               "ips":[{"address":"2001:db8:0:1::a/128","interface":1},{"address":"169.254.172.10/22","interface":3}]}"#,
+        );
+        let pod = derive_pod(&p, "n".into()).unwrap();
+        assert_eq!((pod.veth.as_str(), pod.veth_v4.as_deref()), ("vethA", Some("vethB")));
+    }
+
+    #[test]
+    fn missing_family_is_an_error() {
+        let p = prev(r#"{"interfaces":[{"name":"v"}],"ips":[{"address":"2001:db8:0:1::a/128"}]}"#);
+        let e = derive_pod(&p, "n".into()).unwrap_err();
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("IPv4"));
+    }
+}

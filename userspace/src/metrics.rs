@@ -1,0 +1,86 @@
+//! Prometheus text exposition of the dataplane's state, rendered from the pinned maps on each
+//! scrape (so it is exact, and costs nothing between scrapes).
+
+use std::fmt::Write as _;
+
+use podgate_common::NodeConfig;
+
+use crate::{
+    dataplane::{self, DataplaneError},
+    nat::{self, GcReport},
+    pins::Pins,
+};
+
+/// What the daemon itself knows (not in any map).
+#[derive(Debug, Default, Clone)]
+pub struct DaemonMetrics {
+    pub gc_runs: u64,
+    pub gc_seconds_total: f64,
+    pub last_gc: GcReport,
+    pub gc_errors: u64,
+}
+
+pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> {
+    let mut out = String::new();
+    let node: NodeConfig = dataplane::read_node(pins)?;
+    let w = &mut out;
+    let _ = writeln!(w, "# HELP podgate_packets_total Packets by verdict or drop reason.");
+    let _ = writeln!(w, "# TYPE podgate_packets_total counter");
+    for (c, v) in dataplane::read_stats(pins)? {
+        let kind = if c.is_drop() { "drop" } else { "verdict" };
+        let _ = writeln!(w, "podgate_packets_total{{kind=\"{kind}\",reason=\"{}\"}} {v}", c.name());
+    }
+    let mappings = nat::mappings(pins)?;
+    let flows = nat::flows(pins)?;
+    let _ = writeln!(w, "# HELP podgate_map_entries Entries in each state map.");
+    let _ = writeln!(w, "# TYPE podgate_map_entries gauge");
+    let _ = writeln!(w, "podgate_map_entries{{map=\"nat4_map\"}} {}", mappings.len());
+    let _ = writeln!(w, "podgate_map_entries{{map=\"ct4\"}} {}", flows.len());
+    let _ = writeln!(w, "# HELP podgate_map_capacity Maximum entries of each state map.");
+    let _ = writeln!(w, "# TYPE podgate_map_capacity gauge");
+    for name in [podgate_common::nat::map_names::NAT4_MAP, podgate_common::nat::map_names::CT4] {
+        if let Ok(m) = dataplane::open_map(pins, name)
+            && let Some(info) = map_info(&m)
+        {
+            let _ = writeln!(w, "podgate_map_capacity{{map=\"{name}\"}} {info}");
+        }
+    }
+    let pool = u64::from(node.port_max - node.port_min) + 1;
+    let _ = writeln!(w, "# HELP podgate_port_pool_size External ports per protocol and remote address.");
+    let _ = writeln!(w, "# TYPE podgate_port_pool_size gauge");
+    let _ = writeln!(w, "podgate_port_pool_size {pool}");
+    let _ = writeln!(w, "# HELP podgate_pod_mappings NAT mappings held by each pod, and its quota.");
+    let _ = writeln!(w, "# TYPE podgate_pod_mappings gauge");
+    let _ = writeln!(w, "# TYPE podgate_pod_quota gauge");
+    for p in dataplane::list_pods(pins)? {
+        let held = mappings.iter().filter(|(k, _)| k.addr == p.pod.ipv4).count();
+        let _ = writeln!(w, "podgate_pod_mappings{{pod=\"{}\"}} {held}", escape(&p.name));
+        let _ = writeln!(w, "podgate_pod_quota{{pod=\"{}\"}} {}", escape(&p.name), p.pod.quota);
+    }
+    let _ = writeln!(w, "# HELP podgate_gc_runs_total Garbage-collection passes.");
+    let _ = writeln!(w, "# TYPE podgate_gc_runs_total counter");
+    let _ = writeln!(w, "podgate_gc_runs_total {}", d.gc_runs);
+    let _ = writeln!(w, "# TYPE podgate_gc_errors_total counter");
+    let _ = writeln!(w, "podgate_gc_errors_total {}", d.gc_errors);
+    let _ = writeln!(w, "# HELP podgate_gc_seconds_total Time spent in garbage collection.");
+    let _ = writeln!(w, "# TYPE podgate_gc_seconds_total counter");
+    let _ = writeln!(w, "podgate_gc_seconds_total {}", d.gc_seconds_total);
+    let _ = writeln!(w, "# HELP podgate_gc_last_expired Entries the last GC pass expired.");
+    let _ = writeln!(w, "# TYPE podgate_gc_last_expired gauge");
+    let _ = writeln!(w, "podgate_gc_last_expired{{map=\"ct4\"}} {}", d.last_gc.flows_expired);
+    let _ = writeln!(w, "podgate_gc_last_expired{{map=\"nat4_map\"}} {}", d.last_gc.mappings_expired);
+    Ok(out)
+}
+
+fn map_info(m: &aya::maps::Map) -> Option<u32> {
+    use aya::maps::Map;
+    let data = match m {
+        Map::LruHashMap(d) | Map::HashMap(d) => d,
+        _ => return None,
+    };
+    data.info().ok().map(|i| i.max_entries())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -545,6 +545,11 @@ impl Lab {
         Ok(g)
     }
 
+    /// The background processes recorded for this lab (servers and `spawn_*` children).
+    pub fn processes(&self) -> Vec<ProcId> {
+        processes(&self.name)
+    }
+
     /// What the internet endpoint saw: `(protocol, source address)` per request, in order.
     pub fn endpoint_seen(&self) -> Vec<(String, IpAddr)> {
         fs::read_to_string(state::dir(&self.name).join("endpoint.log"))
@@ -745,6 +750,15 @@ pub fn down(name: &str) -> Result<DownReport> {
         bail!("lab {name} down: {}", errors.join("; "));
     }
     Ok(report)
+}
+
+/// The processes recorded in lab `name`'s state (alive or not).
+pub fn processes(name: &str) -> Vec<ProcId> {
+    state::read(name)
+        .ok()
+        .flatten()
+        .map(|st| st.procs.into_iter().map(|(id, _)| id).collect())
+        .unwrap_or_default()
 }
 
 /// Labs that exist in any form: a state directory or a namespace of the right shape.

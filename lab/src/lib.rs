@@ -654,8 +654,12 @@ impl Lab {
     /// Takes the lab down now, reporting what was removed.
     pub fn down(mut self) -> Result<DownReport> {
         self.armed = false;
+        let stopped: Vec<String> =
+            self.servers.iter().map(|s| format!("process {} ({})", s.pid(), s.what())).collect();
         self.servers.clear();
-        down(&self.name)
+        let mut report = down(&self.name)?;
+        report.removed.splice(0..0, stopped);
+        Ok(report)
     }
 }
 

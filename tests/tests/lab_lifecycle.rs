@@ -58,7 +58,7 @@ fn lab_up_is_complete_and_down_leaves_nothing() {
 }
 
 #[test]
-fn dropping_the_lab_takes_it_down() {
+fn lab_dropping_the_lab_takes_it_down() {
     let (name, procs) = {
         let lab = lab::test_lab("drop", 1);
         fake_pins(&lab);
@@ -68,7 +68,7 @@ fn dropping_the_lab_takes_it_down() {
 }
 
 #[test]
-fn down_by_name_cleans_a_crashed_run() {
+fn lab_down_by_name_cleans_a_crashed_run() {
     let lab = lab::test_lab("crash", 2);
     let name = lab.name().to_string();
     // A process the test started, recorded, and one nobody recorded (as a crashed daemon
@@ -94,7 +94,7 @@ fn down_by_name_cleans_a_crashed_run() {
 }
 
 #[test]
-fn a_second_lab_of_the_same_name_is_refused_and_harms_nothing() {
+fn lab_a_second_lab_of_the_same_name_is_refused_and_harms_nothing() {
     let lab = lab::test_lab("twice", 1);
     let err = Lab::up(LabSpec::new(lab.name(), 1)).err().expect("second up must fail");
     assert!(format!("{err:#}").contains("exists"), "{err:#}");
@@ -104,7 +104,7 @@ fn a_second_lab_of_the_same_name_is_refused_and_harms_nothing() {
 }
 
 #[test]
-fn the_written_config_follows_the_contract() {
+fn lab_the_written_config_follows_the_contract() {
     let lab = lab::test_lab("config", 3);
     let text = fs::read_to_string(lab.config_path()).unwrap();
     let cfg: toml::Table = text.parse().expect("valid TOML");

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use podgate_tests::lab::{self, Family, INTERNET_V6, NODE_V4};
 
 #[test]
-fn ipv6_pods_reach_the_internet() {
+fn lab_ipv6_pods_reach_the_internet() {
     let lab = lab::test_lab("v6", 3);
     for pod in lab.pods() {
         let want = IpAddr::V6(pod.ipv6);
@@ -28,7 +28,7 @@ fn ipv6_pods_reach_the_internet() {
 }
 
 #[test]
-fn ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
+fn lab_ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
     let lab = lab::test_lab("v4", 2);
     // The endpoint itself answers IPv4 (from the node's address), so a failure below is the
     // missing translation and not a broken endpoint.
@@ -56,7 +56,7 @@ fn ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
 }
 
 #[test]
-fn iperf3_runs_over_ipv6() {
+fn lab_iperf3_runs_over_ipv6() {
     let lab = lab::test_lab("iperf", 1);
     let server = INTERNET_V6.to_string();
     let out = lab

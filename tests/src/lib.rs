@@ -134,3 +134,5 @@ fn xdp_md_ctx(ifindex: u32, len: usize) -> Vec<u8> {
     ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
     ctx
 }
+/// The namespace lab for integration tests (tests/tests/lab_*.rs).
+pub mod lab;

@@ -34,6 +34,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
     "python3",
     "procps",
+    "containernetworking-plugins",
 ];
 
 const BPF_LINKER_SERIES: &str = "0.13";

@@ -1,0 +1,163 @@
+//! The chained CNI plugin exactly as a runtime drives it: Debian's reference `ptp` plugin with
+//! `host-local` IPAM creates the pod's veth and addresses, then `podgate cni` registers the pod
+//! from prevResult; CHECK, DEL, DEL of an unknown container and malformed input follow.
+
+use std::{
+    io::Write as _,
+    process::{Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use podgate_lab::{Lab, LabSpec, ns_command, sweep_orphans};
+
+const PODGATE: &str = env!("CARGO_BIN_EXE_podgate");
+const CNI_PATH: &str = "/usr/lib/cni";
+
+/// A network namespace for the container, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Self {
+        let st = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+        assert!(st.success(), "ip netns add {name}");
+        Self(name)
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Runs a CNI plugin in the node namespace (where the host side of the pod lives).
+fn cni(lab: &Lab, plugin: &str, command: &str, container: &str, netns: &str, args: &str, stdin: &str) -> Output {
+    let mut cmd = ns_command(&lab.node_ns(), &[plugin]);
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", CNI_PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{plugin} {command} did not finish in 30 s");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pod_names(lab: &Lab) -> Vec<String> {
+    let o = ns_command(&lab.node_ns(), &[PODGATE, "--pin-root", lab.pin_root().to_str().unwrap(), "pod", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn cni_add_check_del_with_the_reference_plugins() {
+    assert!(
+        std::path::Path::new(&format!("{CNI_PATH}/ptp")).exists(),
+        "the reference CNI plugins are missing: `cargo xtask setup` installs containernetworking-plugins"
+    );
+    sweep_orphans();
+    let lab = Lab::up(LabSpec::new(format!("c{}-cni", std::process::id()), 1)).unwrap();
+    let root = lab.pin_root();
+    let cfg = lab.config_path();
+    let _daemon = lab
+        .spawn_logged(&lab.node_ns(), &[PODGATE, "run", "--config", cfg.to_str().unwrap()], "podgate.log")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !root.join("links").read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        thread::sleep(Duration::from_millis(100));
+    }
+    let netns = Netns::new(format!("pgc-{}", std::process::id()));
+    let ipam_dir = lab.state_dir().join("ipam");
+    let container = "0123456789abcdef0123456789abcdef";
+    let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0";
+    let ptp_conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podgate-test",
+        "type": "ptp",
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": ipam_dir,
+            "ranges": [
+                [{"subnet": "2001:db8:0:1::/80", "rangeStart": "2001:db8:0:1::100", "rangeEnd": "2001:db8:0:1::1ff"}],
+                [{"subnet": "169.254.172.0/22", "rangeStart": "169.254.173.10", "rangeEnd": "169.254.173.250", "gateway": "169.254.172.1"}]
+            ]
+        }
+    });
+    let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "ADD", container, &netns.path(), k8s, &ptp_conf.to_string());
+    assert!(out.status.success(), "ptp ADD: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let prev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chained = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podgate-test",
+        "type": "podgate",
+        "pin_root": root,
+        "prevResult": prev,
+    });
+
+    // ADD registers the pod before returning, and passes prevResult on.
+    let out = cni(&lab, PODGATE, "ADD", container, &netns.path(), k8s, &chained.to_string());
+    assert!(out.status.success(), "podgate ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["ips"], prev["ips"]);
+    let name = "shop/web-0@0123456789ab".to_string();
+    assert!(pod_names(&lab).contains(&name), "{:?}", pod_names(&lab));
+
+    let out = cni(&lab, PODGATE, "CHECK", container, &netns.path(), k8s, &chained.to_string());
+    assert!(out.status.success(), "CHECK: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Malformed input: an error object, exit 1, nothing registered.
+    let out = cni(&lab, PODGATE, "ADD", "ffffffffffff", &netns.path(), "", "{\"cniVersion\": \"1.0.0\", ");
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("error JSON on stdout");
+    assert_eq!(err["code"], 6, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("decode"));
+    assert!(pod_names(&lab).contains(&name), "{:?}", pod_names(&lab));
+
+    // A chained ADD without prevResult is a config error (code 7), also with nothing registered.
+    let no_prev = serde_json::json!({"cniVersion": "1.0.0", "name": "x", "type": "podgate", "pin_root": root});
+    let out = cni(&lab, PODGATE, "ADD", "eeeeeeeeeeee", &netns.path(), "", &no_prev.to_string());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success() && err["code"] == 7, "{err}");
+    assert_eq!(pod_names(&lab).len(), 2);
+
+    // DEL of a container podgate never saw succeeds (spec: DEL is idempotent).
+    let out = cni(&lab, PODGATE, "DEL", "aaaaaaaaaaaa", &netns.path(), "", &chained.to_string());
+    assert!(out.status.success(), "DEL unknown: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(pod_names(&lab).len(), 2);
+
+    // DEL removes the pod and its links.
+    let out = cni(&lab, PODGATE, "DEL", container, &netns.path(), k8s, &chained.to_string());
+    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(pod_names(&lab), vec!["pod0".to_string()]);
+    let links: Vec<_> = root.join("links").read_dir().unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(links.len(), 4, "only the uplink and pod0 should stay attached: {links:?}");
+    let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "DEL", container, &netns.path(), k8s, &ptp_conf.to_string());
+    assert!(out.status.success(), "ptp DEL: {}", String::from_utf8_lossy(&out.stderr));
+
+    let out = cni(&lab, PODGATE, "VERSION", "", "", "", "");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["supportedVersions"].as_array().unwrap().iter().any(|s| s == "1.0.0"));
+}

@@ -102,6 +102,34 @@ impl Env {
         env
     }
 
+    /// Routes and neighbours for the FIB fast path, inside the test's namespace: the internet
+    /// behind a gateway on the uplink, pod A's address on its veth.
+    pub fn with_fib() -> Self {
+        let env = Self::with(Config { flags: podgate_common::node_flags::FIB_REDIRECT, ..Default::default() });
+        ip(&["addr", "add", "192.0.2.10/24", "dev", "pgup"]);
+        ip(&["route", "add", "198.51.100.0/24", "via", "192.0.2.1", "dev", "pgup"]);
+        ip(&["neigh", "add", "192.0.2.1", "lladdr", "02:00:00:00:00:fe", "dev", "pgup", "nud", "permanent"]);
+        ip(&["addr", "add", "169.254.172.1/32", "dev", "pga"]);
+        ip(&["route", "add", "169.254.172.10/32", "dev", "pga"]);
+        ip(&["neigh", "add", "169.254.172.10", "lladdr", "02:00:00:00:00:0a", "dev", "pga", "nud", "permanent"]);
+        let st = Command::new("sysctl").args(["-qw", "net.ipv4.conf.all.forwarding=1"]).status().expect("sysctl");
+        assert!(st.success());
+        for n in ["pga", "pgup"] {
+            let st = Command::new("sysctl").args(["-qw", &format!("net.ipv4.conf.{n}.forwarding=1")]).status().expect("sysctl");
+            assert!(st.success());
+        }
+        env
+    }
+
+    pub fn mac(name: &str) -> [u8; 6] {
+        // Not /sys/class/net: sysfs shows the namespace it was mounted in, not this thread's.
+        let out = Command::new("ip").args(["-br", "link", "show", name]).output().expect("ip");
+        let s = String::from_utf8(out.stdout).unwrap();
+        let mac = s.split_whitespace().nth(2).expect("mac column");
+        let v: Vec<u8> = mac.split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+        v.try_into().unwrap()
+    }
+
     pub fn add_pod(&mut self, ifindex: u32, addr: [u8; 4], quota: u32) {
         let pod = Pod { id: ifindex, ifindex, ifindex_v4: ifindex, ipv4: addr, quota, ..Default::default() };
         let mut pods: HashMap<_, u32, Pod> = HashMap::try_from(self.h.ebpf.map_mut("pods").unwrap()).unwrap();

@@ -4,7 +4,7 @@
 //! Every type that crosses the kernel boundary is `#[repr(C)]` with explicit padding, so that the
 //! layout is the same in both compilations and `bpftool map dump` shows every byte under a name.
 //! Addresses are stored as byte arrays in network order; ports and numbers in host order.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod csum;
 pub mod nat;

@@ -125,3 +125,139 @@ const _: () = {
     assert!(core::mem::size_of::<FragKey4>() == 12);
     assert!(core::mem::size_of::<FragVal4>() == 16);
 };
+
+/// Where the programs read time: `bpf_ktime_get_boot_ns`, i.e. `CLOCK_BOOTTIME` in nanoseconds.
+/// Userspace must compare `*_ns` fields against `clock_gettime(CLOCK_BOOTTIME)` (it keeps counting
+/// during suspend, like the kernel's own conntrack timeouts), never `CLOCK_MONOTONIC` or wall time.
+pub const CLOCK: &str = "CLOCK_BOOTTIME";
+
+/// How long a `frag4` entry is useful: the IPv4 reassembly timeout of Linux
+/// (`net.ipv4.ipfrag_time`, 30 s).
+pub const FRAG_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The idle timeout of one flow, from its protocol and (for TCP) its `tcp::TcpState`.
+pub const fn ct_timeout_ns(proto: u8, state: u8, t: &crate::Timeouts) -> u64 {
+    let secs = match proto {
+        PROTO_TCP => {
+            if crate::tcp::TcpState::from_u8(state).is_long_lived() {
+                t.tcp_established
+            } else {
+                t.tcp_transitory
+            }
+        }
+        PROTO_UDP => t.udp,
+        _ => t.icmp,
+    };
+    secs as u64 * NS_PER_SEC
+}
+
+/// Whether the daemon's GC should delete this `ct4` entry. `now_ns` is `CLOCK_BOOTTIME`. An
+/// entry stamped in the future (clock read on another CPU a moment later) is never expired.
+pub const fn ct_expired(flow: &Flow4, ct: &Ct4, now_ns: u64, t: &crate::Timeouts) -> bool {
+    now_ns > ct.last_seen_ns && now_ns - ct.last_seen_ns > ct_timeout_ns(flow.proto, ct.state, t)
+}
+
+/// The idle timeout of a mapping: the longest one its protocol can have, because the mapping is
+/// refreshed only by outbound packets (RFC 4787 REQ-6) while a flow may be quiet outbound.
+pub const fn mapping_timeout_ns(proto: u8, t: &crate::Timeouts) -> u64 {
+    let secs = match proto {
+        PROTO_TCP => {
+            if t.tcp_established > t.tcp_transitory {
+                t.tcp_established
+            } else {
+                t.tcp_transitory
+            }
+        }
+        PROTO_UDP => t.udp,
+        _ => t.icmp,
+    };
+    secs as u64 * NS_PER_SEC
+}
+
+/// Whether the GC may delete this `nat4_map` entry. It must also check that no live `ct4` entry
+/// of the same endpoint remains (`live_flows == 0`): a mapping never dies under a live flow.
+///
+/// GC order for one endpoint: delete its expired `ct4` entries; for each deleted flow, delete the
+/// `nat4_claim` entry `Claim4 { remote: flow.remote_addr (or 0.0.0.0 in EIF mode), ext_port:
+/// ct.ext_port, proto }` if it still points at this endpoint and no other live flow of the
+/// endpoint uses that remote and port; then, when `mapping_expired`, delete the mapping (and its
+/// 0.0.0.0 claim if it points at this endpoint) and decrement `Pod::mappings` of
+/// `Mapping4::pod_ifindex` (saturating).
+pub const fn mapping_expired(ep: &Endpoint4, m: &Mapping4, live_flows: u32, now_ns: u64, t: &crate::Timeouts) -> bool {
+    live_flows == 0 && now_ns > m.last_seen_ns && now_ns - m.last_seen_ns > mapping_timeout_ns(ep.proto, t)
+}
+
+/// Whether the GC may delete this `frag4` entry.
+pub const fn frag_expired(v: &FragVal4, now_ns: u64) -> bool {
+    now_ns > v.seen_ns && now_ns - v.seen_ns > FRAG_TIMEOUT_NS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Timeouts, tcp::TcpState};
+
+    const S: u64 = NS_PER_SEC;
+
+    fn flow(proto: u8) -> Flow4 {
+        Flow4 { proto, ..Default::default() }
+    }
+
+    fn ct(state: TcpState, last: u64) -> Ct4 {
+        Ct4 { state: state as u8, last_seen_ns: last, ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_meet_the_rfc_minimums() {
+        let t = Timeouts::default();
+        // RFC 4787 REQ-5/5c, RFC 5382 REQ-5, RFC 5508 REQ-2.
+        assert!(ct_timeout_ns(PROTO_UDP, 0, &t) >= 300 * S);
+        assert!(ct_timeout_ns(PROTO_TCP, TcpState::Established as u8, &t) >= 7440 * S);
+        assert!(ct_timeout_ns(PROTO_TCP, TcpState::SynOut as u8, &t) >= 240 * S);
+        assert!(ct_timeout_ns(PROTO_TCP, TcpState::Rst as u8, &t) >= 240 * S);
+        assert!(ct_timeout_ns(PROTO_ICMP, 0, &t) >= 60 * S);
+    }
+
+    #[test]
+    fn expiry_by_protocol_and_state() {
+        let t = Timeouts::default();
+        let base = 1_000 * S;
+        // UDP idle 119 s and 299 s: alive; 301 s: gone.
+        assert!(!ct_expired(&flow(PROTO_UDP), &ct(TcpState::None, base), base + 299 * S, &t));
+        assert!(ct_expired(&flow(PROTO_UDP), &ct(TcpState::None, base), base + 301 * S, &t));
+        // ICMP query: 59 s alive, 61 s gone.
+        assert!(!ct_expired(&flow(PROTO_ICMP), &ct(TcpState::None, base), base + 59 * S, &t));
+        assert!(ct_expired(&flow(PROTO_ICMP), &ct(TcpState::None, base), base + 61 * S, &t));
+        // TCP established survives 2 h 4 min, a reset one only 4 min.
+        let tcp = flow(PROTO_TCP);
+        assert!(!ct_expired(&tcp, &ct(TcpState::Established, base), base + 7440 * S, &t));
+        assert!(ct_expired(&tcp, &ct(TcpState::Established, base), base + 7441 * S, &t));
+        assert!(!ct_expired(&tcp, &ct(TcpState::Rst, base), base + 239 * S, &t));
+        assert!(ct_expired(&tcp, &ct(TcpState::Rst, base), base + 241 * S, &t));
+        assert!(ct_expired(&tcp, &ct(TcpState::FinBoth, base), base + 241 * S, &t));
+        assert!(!ct_expired(&tcp, &ct(TcpState::FinOut, base), base + 241 * S, &t));
+        // A stamp from the future never expires.
+        assert!(!ct_expired(&tcp, &ct(TcpState::SynOut, base + S), base, &t));
+    }
+
+    #[test]
+    fn mapping_lives_while_a_flow_does() {
+        let t = Timeouts::default();
+        let ep = Endpoint4 { proto: PROTO_UDP, ..Default::default() };
+        let m = Mapping4 { last_seen_ns: S, ..Default::default() };
+        assert!(!mapping_expired(&ep, &m, 1, 10_000 * S, &t));
+        assert!(mapping_expired(&ep, &m, 0, 10_000 * S, &t));
+        assert!(!mapping_expired(&ep, &m, 0, 300 * S, &t));
+        let tcp = Endpoint4 { proto: PROTO_TCP, ..Default::default() };
+        assert!(!mapping_expired(&tcp, &m, 0, 7000 * S, &t));
+    }
+
+    #[test]
+    fn frag_expiry() {
+        let v = FragVal4 { seen_ns: S, ..Default::default() };
+        assert!(!frag_expired(&v, 30 * S));
+        assert!(frag_expired(&v, 32 * S));
+    }
+}

@@ -1,9 +1,279 @@
-use aya_ebpf::programs::TcContext;
-use podgate_common::stats::Counter;
+//! Pod → outside: anti-spoofing, mapping and flow creation, source rewrite.
 
-use crate::verdict::Verdict;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
+use podgate_common::{
+    NodeConfig, Pod, csum,
+    nat::{Claim4, Ct4, Endpoint4, Flow4, Mapping4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    node_flags, ports,
+    stats::Counter,
+    tcp::{self, Dir, TcpState},
+};
 
-/// IPv4 sent by a pod. Not built yet: passes untranslated and is counted as such.
-pub fn pod_v4(_ctx: &TcContext) -> Result<Verdict, Counter> {
-    Ok(Verdict::Pass(Counter::NotOurs))
+use super::{
+    Ctx, fwd, in_prefix,
+    ip::{self, IP_SRC, Ip4},
+    now_ns,
+};
+use crate::{
+    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS},
+    packet::ptr_at,
+    verdict::{Verdict, count},
+};
+
+/// Random candidates tried before a new mapping gives up (each one an atomic claim). With a
+/// range half full, 16 tries miss a free port with probability 2^-16.
+const PORT_TRIES: u32 = 16;
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+
+/// Headers the programs read, pulled into the linear area up front: Ethernet, IPv4 with options,
+/// a TCP header, and for ICMP errors the embedded IPv4 header with options and 20 bytes of L4.
+const PULL_LEN: u32 = 14 + 60 + 8 + 60 + 20;
+
+/// Makes sure the headers sit in the skb's linear data, where direct packet access sees them.
+#[inline(always)]
+pub fn pull(ctx: &TcContext) {
+    let len = ctx.len();
+    let want = if len < PULL_LEN { len } else { PULL_LEN };
+    if ctx.data_end() - ctx.data() < want as usize {
+        // A failure leaves the data short; the bounds checks then count it as malformed.
+        let _ = ctx.pull_data(want);
+    }
+}
+
+/// The transport fields a translation touches, for TCP, UDP and ICMP echo (identifier as port).
+#[derive(Clone, Copy)]
+pub struct L4 {
+    /// Offset of the pod-side port (source outbound, destination inbound) or ICMP identifier.
+    pub port_off: usize,
+    pub csum_off: usize,
+    /// Source and destination ports as on the wire (ICMP: identifier and 0).
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+}
+
+/// Reads the transport header of a TCP/UDP packet or ICMP echo message. `outbound` selects the
+/// port the NAT rewrites (source outbound, destination inbound) and, for ICMP, the echo type.
+#[inline(always)]
+pub fn l4(ctx: &impl crate::packet::Packet, ip: &Ip4, outbound: bool) -> Result<L4, Counter> {
+    match ip.proto {
+        PROTO_TCP => {
+            let h: *const [u8; 20] = ptr_at(ctx, ip.l4)?;
+            // SAFETY: bounds checked by ptr_at.
+            let h = unsafe { *h };
+            Ok(L4 {
+                port_off: if outbound { ip.l4 } else { ip.l4 + 2 },
+                csum_off: ip.l4 + 16,
+                sport: u16::from_be_bytes([h[0], h[1]]),
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                tcp_flags: h[13],
+            })
+        }
+        PROTO_UDP => {
+            let h: *const [u8; 8] = ptr_at(ctx, ip.l4)?;
+            let h = unsafe { *h };
+            Ok(L4 {
+                port_off: if outbound { ip.l4 } else { ip.l4 + 2 },
+                csum_off: ip.l4 + 6,
+                sport: u16::from_be_bytes([h[0], h[1]]),
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                tcp_flags: 0,
+            })
+        }
+        PROTO_ICMP => {
+            let h: *const [u8; 8] = ptr_at(ctx, ip.l4)?;
+            let h = unsafe { *h };
+            let want = if outbound { ICMP_ECHO_REQUEST } else { 0 };
+            if h[0] != want || h[1] != 0 {
+                return Err(Counter::DropUnsupportedProto);
+            }
+            Ok(L4 {
+                port_off: ip.l4 + 4,
+                csum_off: ip.l4 + 2,
+                sport: u16::from_be_bytes([h[4], h[5]]),
+                dport: 0,
+                tcp_flags: 0,
+            })
+        }
+        _ => Err(Counter::DropUnsupportedProto),
+    }
+}
+
+/// Rewrites the pod-side address and port of a translated packet and every checksum covering
+/// them. `field` is IP_SRC outbound, IP_DST inbound.
+#[inline(always)]
+pub fn rewrite<C: Ctx>(ctx: &C, ip: &Ip4, l: &L4, field: usize, old_addr: [u8; 4], new_addr: [u8; 4], old_port: u16, new_port: u16) -> Result<(), Counter> {
+    ip::set_addr(ctx, ip.l3, field, old_addr, new_addr)?;
+    if ip.proto == PROTO_ICMP {
+        // No pseudo-header: only the identifier is covered.
+        let c = ip::get_u16(ctx, l.csum_off)?;
+        ip::set_u16(ctx, l.port_off, new_port)?;
+        return ip::set_u16(ctx, l.csum_off, csum::update16(c, old_port, new_port));
+    }
+    let udp = ip.proto == PROTO_UDP;
+    ip::set_u16(ctx, l.port_off, new_port)?;
+    ctx.l4_csum_addr(l.csum_off, old_addr, new_addr, udp)?;
+    ctx.l4_csum_port(l.csum_off, old_port, new_port, udp)
+}
+
+/// IPv4 sent by a pod (TC ingress of its IPv4 host veth).
+#[inline(always)]
+pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
+    pull(ctx);
+    let ifindex = ctx.ifindex();
+    let pod = PODS.get_ptr_mut(ifindex).ok_or(Counter::DropUnknownPod)?;
+    let node = *NODE.get(0).ok_or(Counter::DropInternalError)?;
+    let ip = ip::parse_outer(ctx)?;
+    // SAFETY: map value pointer, valid for the program run.
+    if ip.src != unsafe { (*pod).ipv4 } {
+        return Ok(Verdict::Drop(Counter::DropSpoofV4));
+    }
+    if in_prefix(ip.dst, node.pod_ipv4_net, node.pod_ipv4_prefix_len) {
+        return Ok(Verdict::Pass(Counter::LocalPass));
+    }
+    if ip.is_later_fragment() {
+        // Every translated datagram from a pod leaves with the node's address, whatever its
+        // ports: a later fragment needs no state, so fragment order does not matter outbound.
+        ip::set_addr(ctx, ip.l3, IP_SRC, ip.src, node.ipv4)?;
+        return fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::FragTranslated);
+    }
+    let l = l4(ctx, &ip, true)?;
+    let now = now_ns();
+    let ep = Endpoint4 { addr: ip.src, port: l.sport, proto: ip.proto, _pad: 0 };
+    let flow = Flow4 {
+        pod_addr: ip.src,
+        remote_addr: ip.dst,
+        pod_port: l.sport,
+        remote_port: l.dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let ext = match CT4.get_ptr_mut(&flow) {
+        Some(ct) => {
+            // SAFETY: map value pointer; concurrent updates of these plain fields race benignly.
+            unsafe {
+                if ip.proto == PROTO_TCP {
+                    let s = tcp::next(TcpState::from_u8((*ct).state), Dir::Out, l.tcp_flags);
+                    if s as u8 != (*ct).state {
+                        (*ct).state = s as u8;
+                        (*ct).state_ns = now;
+                    }
+                }
+                (*ct).last_seen_ns = now;
+                (*ct).packets_out += 1;
+            }
+            // Outbound packets refresh the mapping (RFC 4787 REQ-6).
+            if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
+                unsafe { (*m).last_seen_ns = now };
+            }
+            unsafe { (*ct).ext_port }
+        }
+        None => new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now)?,
+    };
+    rewrite(ctx, &ip, &l, IP_SRC, ip.src, node.ipv4, l.sport, ext)?;
+    fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::SnatOut)
+}
+
+/// The remote a claim is made for: the flow's remote (address-dependent filtering, port
+/// overlapping) or 0.0.0.0 (endpoint-independent filtering).
+#[inline(always)]
+fn claim_remote(node: &NodeConfig, remote: [u8; 4]) -> [u8; 4] {
+    if node.flags & node_flags::FILTER_EIF != 0 { [0; 4] } else { remote }
+}
+
+#[inline(always)]
+fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow: &Flow4, tcp_flags: u8, now: u64) -> Result<u16, Counter> {
+    let remote = claim_remote(node, flow.remote_addr);
+    let ext = match NAT4_MAP.get_ptr_mut(ep) {
+        Some(m) => {
+            // SAFETY: map value pointer.
+            let ext = unsafe {
+                (*m).last_seen_ns = now;
+                (*m).ext_port
+            };
+            claim_for_flow(ep, remote, ext, node)?
+        }
+        None => create_mapping(ifindex, pod, node, ep, remote, now)?,
+    };
+    let state = if ep.proto == PROTO_TCP { tcp::next(TcpState::None, Dir::Out, tcp_flags) as u8 } else { 0 };
+    let ct = Ct4 {
+        ext_port: ext,
+        state,
+        flags: 0,
+        pod_ifindex: ifindex,
+        created_ns: now,
+        last_seen_ns: now,
+        state_ns: now,
+        packets_out: 1,
+        packets_in: 0,
+    };
+    CT4.insert(flow, &ct, 0).map_err(|_| Counter::DropMapFull)?;
+    count(Counter::SnatNewFlow);
+    Ok(ext)
+}
+
+/// Makes sure the endpoint's external port is claimed toward `remote`. When another endpoint
+/// already holds that port toward this remote (port overlapping made them meet), this one flow
+/// gets its own port instead: endpoint independence yields only where the alternative would be
+/// mis-delivery (RFC 4787 REQ-3).
+#[inline(always)]
+fn claim_for_flow(ep: &Endpoint4, remote: [u8; 4], ext: u16, node: &NodeConfig) -> Result<u16, Counter> {
+    let key = Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 };
+    if let Some(owner) = NAT4_CLAIM.get_ptr(&key) {
+        // SAFETY: map value pointer.
+        return if unsafe { *owner } == *ep { Ok(ext) } else { claim_new(ep, remote, node) };
+    }
+    if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
+        return Ok(ext);
+    }
+    match NAT4_CLAIM.get_ptr(&key) {
+        Some(owner) if unsafe { *owner } == *ep => Ok(ext),
+        _ => claim_new(ep, remote, node),
+    }
+}
+
+/// Claims a fresh random port (range and parity kept) toward `remote`, atomically.
+#[inline(always)]
+fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, Counter> {
+    let mut i = 0;
+    while i < PORT_TRIES {
+        // SAFETY: plain helper call.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let cand = ports::candidate(ep.port, r, node.port_min, node.port_max);
+        let key = Claim4 { remote, ext_port: cand, proto: ep.proto, _pad: 0 };
+        if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
+            return Ok(cand);
+        }
+        i += 1;
+    }
+    Err(Counter::DropPortExhausted)
+}
+
+#[inline(always)]
+fn create_mapping(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, remote: [u8; 4], now: u64) -> Result<u16, Counter> {
+    // SAFETY: map value pointer.
+    let (quota, held) = unsafe { ((*pod).quota, (*pod).mappings) };
+    let quota = if quota != 0 { quota } else { node.pod_quota };
+    // Checked before the atomic increment: concurrent CPUs may overshoot by at most one each.
+    if quota != 0 && held >= quota {
+        return Err(Counter::DropPodQuota);
+    }
+    let ext = claim_new(ep, remote, node)?;
+    let m = Mapping4 { ext_port: ext, _pad: 0, pod_ifindex: ifindex, created_ns: now, last_seen_ns: now };
+    if NAT4_MAP.insert(ep, &m, BPF_NOEXIST as u64).is_err() {
+        // Another CPU mapped this endpoint first: give our claim back and use its port.
+        let _ = NAT4_CLAIM.remove(&Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 });
+        let theirs = NAT4_MAP.get_ptr(ep).ok_or(Counter::DropMapFull)?;
+        // SAFETY: map value pointer.
+        let ext = unsafe { (*theirs).ext_port };
+        return claim_for_flow(ep, remote, ext, node);
+    }
+    // Not atomic: Rust's `core` offers no atomic read-modify-write on the BPF target without
+    // unstable intrinsics. A lost increment under a cross-CPU race lets a pod overshoot its
+    // quota by at most one per racing CPU; the daemon's GC recounts `mappings` from `nat4_map`.
+    // SAFETY: map value pointer, valid for the program run.
+    unsafe { (*pod).mappings = (*pod).mappings.wrapping_add(1) };
+    count(Counter::SnatNewMapping);
+    Ok(ext)
 }

@@ -1,12 +1,153 @@
+//! Outside → pod: replies to the node's IPv4 are translated back to the pod that owns the
+//! external port; everything else for the node is left to the stack.
+
 use aya_ebpf::programs::{TcContext, XdpContext};
-use podgate_common::stats::Counter;
+use podgate_common::{
+    NodeConfig,
+    nat::{Claim4, Ct4, Endpoint4, Flow4, FragKey4, FragVal4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    stats::Counter,
+    tcp::{self, Dir, TcpState},
+};
 
-use crate::verdict::Verdict;
+use super::{
+    Ctx,
+    egress::{self, l4, rewrite},
+    fwd, icmp,
+    ip::{self, IP_DST, Ip4},
+    now_ns,
+};
+use crate::{
+    maps::{CT4, FRAG4, NAT4_CLAIM, NAT4_MAP, NODE},
+    verdict::{Verdict, count},
+};
 
-pub fn uplink_v4_xdp(_ctx: &XdpContext) -> Result<Verdict, Counter> {
-    Ok(Verdict::Pass(Counter::NotOurs))
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAM_PROBLEM: u8 = 12;
+
+pub fn uplink_v4_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
+    reverse(ctx)
 }
 
-pub fn uplink_v4_tc(_ctx: &TcContext) -> Result<Verdict, Counter> {
-    Ok(Verdict::Pass(Counter::NotOurs))
+pub fn uplink_v4_tc(ctx: &TcContext) -> Result<Verdict, Counter> {
+    egress::pull(ctx);
+    reverse(ctx)
+}
+
+/// The pod endpoint that owns `ext_port` toward `remote`: the address-dependent claim first,
+/// then the endpoint-independent one.
+#[inline(always)]
+pub fn owner(proto: u8, ext_port: u16, remote: [u8; 4]) -> Option<Endpoint4> {
+    let k = Claim4 { remote, ext_port, proto, _pad: 0 };
+    if let Some(ep) = NAT4_CLAIM.get_ptr(&k) {
+        // SAFETY: map value pointer.
+        return Some(unsafe { *ep });
+    }
+    let k = Claim4 { remote: [0; 4], ext_port, proto, _pad: 0 };
+    NAT4_CLAIM.get_ptr(&k).map(|ep| unsafe { *ep })
+}
+
+#[inline(always)]
+fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
+    let node = *NODE.get(0).ok_or(Counter::DropInternalError)?;
+    let ip = ip::parse_outer(ctx)?;
+    if ip.dst != node.ipv4 {
+        return Ok(Verdict::Pass(Counter::NotOurs));
+    }
+    if ip.is_later_fragment() {
+        return later_fragment(ctx, &node, &ip);
+    }
+    match ip.proto {
+        PROTO_TCP | PROTO_UDP => {}
+        PROTO_ICMP => match ip::get_u8(ctx, ip.l4)? {
+            ICMP_ECHO_REPLY => {}
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => return icmp::error_in(ctx, &node, &ip),
+            // Echo requests and the rest are for the node itself.
+            _ => return Ok(Verdict::Pass(Counter::NotOurs)),
+        },
+        _ => return Ok(Verdict::Pass(Counter::NotOurs)),
+    }
+    let l = l4(ctx, &ip, false)?;
+    // Inbound, the NAT's port is the destination (ICMP: the identifier, in `sport`).
+    let (ext, remote_port) = if ip.proto == PROTO_ICMP { (l.sport, 0) } else { (l.dport, l.sport) };
+    let Some(ep) = owner(ip.proto, ext, ip.src) else {
+        // No mapping: possibly the node's own traffic.
+        return Ok(Verdict::Pass(Counter::NotOurs));
+    };
+    track_in(&ip, &ep, remote_port, l.tcp_flags);
+    rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
+    if ip.is_first_fragment() {
+        let k = FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 };
+        let v = FragVal4 { new_addr: ep.addr, ifindex: 0, seen_ns: now_ns() };
+        // Losing this entry only costs the later fragments (counted as orphans there).
+        let _ = FRAG4.insert(&k, &v, 0);
+    }
+    fwd::forward(ctx, &node, &ip, ip.src, ep.addr, Counter::RevNat)
+}
+
+/// Updates (or recreates) the flow's conntrack from an inbound packet. The mapping itself is not
+/// refreshed: only outbound traffic keeps it alive (RFC 4787 REQ-6, RFC 7857 §7.1).
+#[inline(always)]
+fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8) {
+    let now = now_ns();
+    let flow = Flow4 {
+        pod_addr: ep.addr,
+        remote_addr: ip.src,
+        pod_port: ep.port,
+        remote_port,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    if let Some(ct) = CT4.get_ptr_mut(&flow) {
+        // SAFETY: map value pointer; benign races on plain fields.
+        unsafe {
+            if ip.proto == PROTO_TCP {
+                let s = tcp::next(TcpState::from_u8((*ct).state), Dir::In, tcp_flags);
+                if s as u8 != (*ct).state {
+                    (*ct).state = s as u8;
+                    (*ct).state_ns = now;
+                }
+            }
+            (*ct).last_seen_ns = now;
+            (*ct).packets_in += 1;
+        }
+        return;
+    }
+    // A claim without a flow: an endpoint-independent-filtering inbound from a new remote, or a
+    // flow the LRU evicted under pressure (counted: the GC should have had room).
+    let Some(m) = NAT4_MAP.get_ptr(ep) else {
+        count(Counter::LruEvictionSuspected);
+        return;
+    };
+    // SAFETY: map value pointer.
+    let m = unsafe { *m };
+    let state = if ip.proto == PROTO_TCP { tcp::next(TcpState::None, Dir::In, tcp_flags) as u8 } else { 0 };
+    let ct = Ct4 {
+        ext_port: m.ext_port,
+        state,
+        flags: 0,
+        pod_ifindex: m.pod_ifindex,
+        created_ns: now,
+        last_seen_ns: now,
+        state_ns: now,
+        packets_out: 0,
+        packets_in: 1,
+    };
+    let _ = CT4.insert(&flow, &ct, 0);
+}
+
+/// A non-first fragment for the node's address: it follows its first fragment's translation, or
+/// is dropped when the first has not been seen (the sender's retransmission recovers; the state
+/// is a bounded LRU, so a flood of orphans costs nothing else).
+#[inline(always)]
+fn later_fragment<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
+    let k = FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 };
+    let Some(v) = FRAG4.get_ptr(&k) else {
+        return Ok(Verdict::Drop(Counter::DropFragOrphan));
+    };
+    // SAFETY: map value pointer.
+    let new = unsafe { (*v).new_addr };
+    ip::set_addr(ctx, ip.l3, IP_DST, ip.dst, new)?;
+    fwd::forward(ctx, node, ip, ip.src, new, Counter::FragTranslated)
 }

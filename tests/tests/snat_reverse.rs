@@ -1,0 +1,354 @@
+//! Outside → pod through `uplink_xdp` and `uplink_tc`: replies, ICMP errors, fragments.
+mod snat_common;
+use etherparse::{Icmpv4Type, TransportHeader, icmpv4::DestUnreachableHeader};
+use podgate_common::{nat::FragKey4, stats::Counter, tcp::TcpState};
+use snat_common::*;
+
+/// Pod A opens a flow; returns the external port.
+fn open(env: &mut Env, frame: &[u8]) -> u16 {
+    let a = env.pod_a;
+    snat_ok(env, a, frame).1
+}
+
+/// Marks the mapping as last seen at t=1 so a refresh would show.
+fn age_mapping(env: &mut Env, e: podgate_common::nat::Endpoint4) {
+    let mut m = env.mapping(e).unwrap();
+    m.last_seen_ns = 1;
+    env.set_mapping(e, m);
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Xdp,
+    Tc,
+}
+
+fn run(env: &mut Env, path: Path, frame: &[u8]) -> (bool, Vec<u8>) {
+    match path {
+        Path::Xdp => {
+            let o = env.reverse_xdp(frame);
+            assert!(o.verdict == XDP_PASS || o.verdict == XDP_DROP, "xdp verdict {}", o.verdict);
+            (o.verdict == XDP_PASS, o.packet)
+        }
+        Path::Tc => {
+            let o = env.reverse_tc(frame);
+            assert!(o.verdict == TC_ACT_OK || o.verdict == TC_ACT_SHOT, "tc verdict {}", o.verdict);
+            (o.verdict == TC_ACT_OK, o.packet)
+        }
+    }
+}
+
+#[test]
+fn tcp_reply_through_xdp_and_tc() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = Env::new();
+        let ext = open(&mut env, &tcp(POD_A, 40000, REMOTE1, 443, "S", b""));
+        let e = ep(POD_A, 40000, TCP);
+        age_mapping(&mut env, e);
+        let (pass, out) = run(&mut env, path, &tcp(REMOTE1, 443, NODE_IP, ext, "SA", b"hello"));
+        assert!(pass, "{path:?}");
+        let p = parse_checked(&out);
+        assert_eq!(p.ip.destination, POD_A);
+        assert_eq!(p.ip.source, REMOTE1);
+        assert_eq!(ports(&p), (443, 40000));
+        assert_eq!(p.payload, b"hello");
+        let ct = env.ct(flow(POD_A, 40000, REMOTE1, 443, TCP)).unwrap();
+        assert_eq!(ct.state, TcpState::Established as u8);
+        assert_eq!(ct.packets_in, 1);
+        assert_eq!(env.mapping(e).unwrap().last_seen_ns, 1, "inbound never refreshes the mapping");
+        assert_eq!(env.counter(Counter::RevNat), 1);
+    }
+}
+
+#[test]
+fn udp_and_echo_replies_through_xdp_and_tc() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = Env::new();
+        let ext = open(&mut env, &udp(POD_A, 5353, REMOTE1, 53, b"q"));
+        let (pass, out) = run(&mut env, path, &udp(REMOTE1, 53, NODE_IP, ext, b"answer"));
+        assert!(pass);
+        let p = parse_checked(&out);
+        assert_eq!((p.ip.destination, ports(&p)), (POD_A, (53, 5353)));
+        let id = open(&mut env, &echo_request(POD_A, REMOTE1, 0x77, 3));
+        let (pass, out) = run(&mut env, path, &echo_reply(REMOTE1, NODE_IP, id, 3));
+        assert!(pass);
+        let p = parse_checked(&out);
+        assert_eq!((p.ip.destination, ports(&p).0), (POD_A, 0x77));
+        assert_eq!(env.ct(flow(POD_A, 0x77, REMOTE1, 0, ICMP)).unwrap().packets_in, 1);
+        assert_eq!(env.counter(Counter::RevNat), 2, "{path:?}");
+    }
+}
+
+#[test]
+fn udp_reply_without_checksum() {
+    let mut env = Env::new();
+    let ext = open(&mut env, &udp(POD_A, 5355, REMOTE1, 53, b"q"));
+    let mut f = udp(REMOTE1, 53, NODE_IP, ext, b"a");
+    f[40] = 0;
+    f[41] = 0;
+    for path in [Path::Xdp, Path::Tc] {
+        let (pass, out) = run(&mut env, path, &f);
+        assert!(pass);
+        let p = parse_checked(&out);
+        let Some(TransportHeader::Udp(u)) = p.transport else { panic!() };
+        assert_eq!(u.checksum, 0);
+        assert_eq!(u.destination_port, 5355);
+    }
+}
+
+#[test]
+fn no_mapping_passes_to_the_stack_untouched() {
+    let mut env = Env::new();
+    let ext = open(&mut env, &udp(POD_A, 5000, REMOTE1, 53, b"q"));
+    let frames = [
+        // Unknown port.
+        tcp(REMOTE1, 443, NODE_IP, 22, "S", b""),
+        // Known port, other remote: address-dependent filtering.
+        udp(REMOTE2, 53, NODE_IP, ext, b"a"),
+        // Known port, other protocol.
+        tcp(REMOTE1, 53, NODE_IP, ext, "SA", b""),
+        // A ping of the node itself.
+        echo_request(REMOTE1, NODE_IP, ext, 1),
+        // Not for the node at all.
+        udp(REMOTE1, 53, [192, 0, 2, 99], ext, b"a"),
+    ];
+    for f in &frames {
+        for path in [Path::Xdp, Path::Tc] {
+            let (pass, out) = run(&mut env, path, f);
+            assert!(pass);
+            assert_eq!(&out, f);
+        }
+    }
+    assert_eq!(env.counter(Counter::NotOurs), 10);
+    assert_eq!(env.counter(Counter::RevNat), 0);
+}
+
+#[test]
+fn endpoint_independent_filtering_mode() {
+    let mut env = Env::with(Config { flags: podgate_common::node_flags::FILTER_EIF, ..Default::default() });
+    let ext = open(&mut env, &udp(POD_A, 5000, REMOTE1, 3478, b"q"));
+    assert_eq!(env.claim([0; 4], ext, UDP), Some(ep(POD_A, 5000, UDP)));
+    let (pass, out) = run(&mut env, Path::Xdp, &udp(REMOTE2, 9999, NODE_IP, ext, b"hi"));
+    assert!(pass);
+    let p = parse_checked(&out);
+    assert_eq!((p.ip.destination, ports(&p)), (POD_A, (9999, 5000)));
+    let ct = env.ct(flow(POD_A, 5000, REMOTE2, 9999, UDP)).expect("flow created by inbound");
+    assert_eq!((ct.packets_in, ct.packets_out), (1, 0));
+}
+
+/// The embedded packet of a translated ICMP error, parsed and checked.
+fn inner(p: &Parsed) -> (etherparse::Ipv4Header, Vec<u8>) {
+    let (h, rest) = etherparse::Ipv4Header::from_slice(&p.payload).expect("embedded IPv4");
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "embedded IPv4 checksum");
+    (h, rest.to_vec())
+}
+
+fn icmp_type(p: &Parsed) -> Icmpv4Type {
+    let Some(TransportHeader::Icmpv4(i)) = &p.transport else { panic!("not icmp") };
+    i.icmp_type.clone()
+}
+
+#[test]
+fn icmp_errors_are_translated_with_their_inner_packet() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = Env::new();
+        let a = env.pod_a;
+        // TCP flow; 3/4 quoting the full header and payload, MTU kept, inner TCP checksum valid.
+        let syn = tcp(POD_A, 40100, REMOTE1, 443, "S", b"0123456789");
+        let out = env.egress(a, &syn).packet;
+        let ext = parse_checked(&out).transport.map(|t| t.tcp().unwrap().source_port).unwrap();
+        let ct_before = env.ct(flow(POD_A, 40100, REMOTE1, 443, TCP)).unwrap();
+        let m_before = env.mapping(ep(POD_A, 40100, TCP)).unwrap();
+        let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }), &out, 1000);
+        let (pass, o) = run(&mut env, path, &err);
+        assert!(pass);
+        let p = parse_checked(&o);
+        assert_eq!((p.ip.source, p.ip.destination), (ROUTER, POD_A));
+        assert_eq!(icmp_type(&p), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }));
+        let (ih, rest) = inner(&p);
+        assert_eq!((ih.source, ih.destination), (POD_A, REMOTE1));
+        let (th, payload) = etherparse::TcpHeader::from_slice(&rest).unwrap();
+        assert_eq!((th.source_port, th.destination_port), (40100, 443));
+        assert_eq!(th.checksum, th.calc_checksum_ipv4(&ih, payload).unwrap(), "embedded TCP checksum");
+        // Errors never refresh or end anything.
+        assert_eq!(env.ct(flow(POD_A, 40100, REMOTE1, 443, TCP)).unwrap(), ct_before);
+        assert_eq!(env.mapping(ep(POD_A, 40100, TCP)).unwrap(), m_before);
+
+        // 3/1 about the same flow quoting only IP + 8 bytes (the TCP checksum is not there).
+        let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &out, 28);
+        let (pass, o) = run(&mut env, path, &err);
+        assert!(pass);
+        let p = parse_checked(&o);
+        assert_eq!(icmp_type(&p), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host));
+        let (ih, rest) = inner(&p);
+        assert_eq!(ih.source, POD_A);
+        assert_eq!(rest.len(), 8);
+        assert_eq!(u16::from_be_bytes([rest[0], rest[1]]), 40100);
+        let _ = ext;
+
+        // 3/3 for a UDP flow, quoting the whole datagram: the inner UDP checksum verifies.
+        let out = env.egress(a, &udp(POD_A, 5400, REMOTE1, 9, b"discard me")).packet;
+        let err = icmp_error(REMOTE1, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &out, 1000);
+        let (pass, o) = run(&mut env, path, &err);
+        assert!(pass);
+        let p = parse_checked(&o);
+        assert_eq!(p.ip.destination, POD_A);
+        let (ih, rest) = inner(&p);
+        let (uh, payload) = etherparse::UdpHeader::from_slice(&rest).unwrap();
+        assert_eq!((uh.source_port, uh.destination_port), (5400, 9));
+        assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&ih, payload).unwrap(), "embedded UDP checksum");
+
+        // 11/0 for an echo request: the identifier and the inner ICMP checksum go back.
+        let out = env.egress(a, &echo_request(POD_A, REMOTE1, 0x4d, 9)).packet;
+        let err = icmp_error(ROUTER, Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit), &out, 1000);
+        let (pass, o) = run(&mut env, path, &err);
+        assert!(pass);
+        let p = parse_checked(&o);
+        let (_, rest) = inner(&p);
+        let (ich, payload) = etherparse::Icmpv4Header::from_slice(&rest).unwrap();
+        assert_eq!(ich.icmp_type, Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 0x4d, seq: 9 }));
+        assert_eq!(ich.checksum, ich.icmp_type.calc_checksum(payload), "embedded ICMP checksum");
+        assert_eq!(env.counter(Counter::IcmpErrorTranslated), 4, "{path:?}");
+    }
+}
+
+#[test]
+fn icmp_error_with_embedded_options() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    let plain = udp(POD_A, 5402, REMOTE1, 9, b"opts");
+    let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
+    hdr.options = (&[0x01u8, 0x01, 0x01, 0x00][..]).try_into().unwrap();
+    let out = env.egress(a, &raw_frame(hdr, rest)).packet;
+    let err = icmp_error(REMOTE1, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &out, 1000);
+    let (pass, o) = run(&mut env, Path::Xdp, &err);
+    assert!(pass);
+    let p = parse_checked(&o);
+    let (ih, rest) = inner(&p);
+    assert_eq!(ih.header_len(), 24);
+    let (uh, payload) = etherparse::UdpHeader::from_slice(&rest).unwrap();
+    assert_eq!(uh.source_port, 5402);
+    assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&ih, payload).unwrap());
+}
+
+#[test]
+fn icmp_error_without_mapping_is_dropped() {
+    let mut env = Env::new();
+    // A packet that never went through the NAT.
+    let fake = udp(NODE_IP, 45000, REMOTE1, 53, b"x");
+    let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &fake, 28);
+    for path in [Path::Xdp, Path::Tc] {
+        let (pass, _) = run(&mut env, path, &err);
+        assert!(!pass);
+    }
+    // One about a packet with another source than the node.
+    let other = udp(REMOTE2, 45000, REMOTE1, 53, b"x");
+    let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &other, 28);
+    assert!(!run(&mut env, Path::Xdp, &err).0);
+    assert_eq!(env.counter(Counter::DropIcmpNoMapping), 3);
+    // Embedded header cut short.
+    let ext = open(&mut env, &udp(POD_A, 5401, REMOTE1, 53, b"q"));
+    let out = udp(NODE_IP, ext, REMOTE1, 53, b"q");
+    let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &out, 24);
+    assert!(!run(&mut env, Path::Xdp, &err).0);
+    assert_eq!(env.counter(Counter::DropMalformed), 1);
+}
+
+#[test]
+fn inbound_fragments_first_then_rest_and_rest_first() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = Env::new();
+        let ext = open(&mut env, &udp(POD_A, 5500, REMOTE1, 9000, b"q"));
+        let reply = udp(REMOTE1, 9000, NODE_IP, ext, &[0x5a; 80]);
+        let (first, rest) = fragments(&reply, 40, 0x1111);
+        // Rest first: orphan, dropped and counted.
+        let (pass, _) = run(&mut env, path, &rest);
+        assert!(!pass);
+        assert_eq!(env.counter(Counter::DropFragOrphan), 1);
+        // Then in order.
+        let (pass, o1) = run(&mut env, path, &first);
+        assert!(pass);
+        let p1 = parse_checked(&o1);
+        assert_eq!(p1.ip.destination, POD_A);
+        let k = FragKey4 { src: REMOTE1, dst: NODE_IP, id: 0x1111, proto: UDP, dir: 1 };
+        assert_eq!(env.frag(k).expect("frag4 entry").new_addr, POD_A);
+        let (pass, o2) = run(&mut env, path, &rest);
+        assert!(pass);
+        let p2 = parse_checked(&o2);
+        assert_eq!(p2.ip.destination, POD_A);
+        assert_eq!(&o2[34..], &rest[34..]);
+        assert_eq!(env.counter(Counter::FragTranslated), 1);
+        // The reassembled datagram carries a valid UDP checksum for the pod.
+        let mut dgram = o1[34..].to_vec();
+        dgram.extend_from_slice(&o2[34..]);
+        let (u, payload) = etherparse::UdpHeader::from_slice(&dgram).unwrap();
+        assert_eq!(u.destination_port, 5500);
+        let mut ip = p1.ip.clone();
+        ip.more_fragments = false;
+        assert_eq!(u.checksum, u.calc_checksum_ipv4(&ip, payload).unwrap(), "{path:?}");
+    }
+}
+
+#[test]
+fn truncated_ipv4_header_on_the_uplink_is_dropped() {
+    let mut env = Env::new();
+    let f = udp(REMOTE1, 53, NODE_IP, 40000, b"x");
+    let o = env.reverse_xdp(&f[..14 + 12]);
+    assert_eq!(o.verdict, XDP_DROP);
+    let ext = open(&mut env, &tcp(POD_A, 40002, REMOTE1, 80, "S", b""));
+    let t = tcp(REMOTE1, 80, NODE_IP, ext, "SA", b"");
+    assert_eq!(env.reverse_xdp(&t[..14 + 20 + 10]).verdict, XDP_DROP);
+    assert_eq!(env.counter(Counter::DropMalformed), 2);
+}
+
+#[test]
+fn tcp_state_machine_across_both_directions() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    let f = flow(POD_A, 40200, REMOTE1, 80, TCP);
+    let ext = open(&mut env, &tcp(POD_A, 40200, REMOTE1, 80, "S", b""));
+    run(&mut env, Path::Xdp, &tcp(REMOTE1, 80, NODE_IP, ext, "SA", b""));
+    assert_eq!(env.ct(f).unwrap().state, TcpState::Established as u8);
+    snat_ok(&mut env, a, &tcp(POD_A, 40200, REMOTE1, 80, "FA", b""));
+    assert_eq!(env.ct(f).unwrap().state, TcpState::FinOut as u8);
+    run(&mut env, Path::Xdp, &tcp(REMOTE1, 80, NODE_IP, ext, "FA", b""));
+    assert_eq!(env.ct(f).unwrap().state, TcpState::FinBoth as u8);
+    // An RST is translated and keeps the session (RFC 7857 §2.2).
+    let (pass, o) = run(&mut env, Path::Xdp, &tcp(REMOTE1, 80, NODE_IP, ext, "R", b""));
+    assert!(pass);
+    assert_eq!(parse_checked(&o).ip.destination, POD_A);
+    assert_eq!(env.ct(f).unwrap().state, TcpState::Rst as u8);
+    assert!(env.mapping(ep(POD_A, 40200, TCP)).is_some());
+}
+
+#[test]
+fn fib_fast_path_redirects_both_ways() {
+    let mut env = Env::with_fib();
+    let a = env.pod_a;
+    let up = env.uplink;
+    let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, b"fast"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!(p.ip.source, NODE_IP);
+    assert_eq!(p.ip.time_to_live, 63);
+    assert_eq!(&out.packet[0..6], &[2, 0, 0, 0, 0, 0xfe], "gateway MAC");
+    assert_eq!(&out.packet[6..12], &Env::mac("pgup"), "uplink MAC");
+    let ext = ports(&p).0;
+    let o = env.reverse_xdp(&udp(REMOTE1, 53, NODE_IP, ext, b"back"));
+    assert_eq!(o.verdict, XDP_REDIRECT);
+    let p = parse_checked(&o.packet);
+    assert_eq!((p.ip.destination, p.ip.time_to_live), (POD_A, 63));
+    assert_eq!(&o.packet[0..6], &POD_MAC);
+    assert_eq!(&o.packet[6..12], &Env::mac("pga"));
+    let o = env.reverse_tc(&udp(REMOTE1, 53, NODE_IP, ext, b"back"));
+    assert_eq!(o.verdict, TC_ACT_REDIRECT);
+    assert_eq!(env.counter(Counter::FibRedirect), 3);
+    let _ = up;
+    // TTL 1 is left to the stack, which answers with Time Exceeded.
+    let mut f = udp(POD_A, 5600, REMOTE1, 53, b"ttl");
+    f[22] = 1;
+    let (mut h, rest) = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap();
+    h.time_to_live = 1;
+    let out = env.egress(a, &raw_frame(h, rest));
+    assert_eq!(out.verdict, TC_ACT_OK);
+}

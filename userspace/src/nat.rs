@@ -6,7 +6,7 @@ use std::{net::Ipv4Addr, time::Instant};
 use aya::maps::{HashMap, MapData, MapError};
 use podgate_common::{
     Pod, Timeouts, map_names,
-    nat::{Claim4, Ct4, Endpoint4, Flow4, Mapping4, map_names as nat_maps},
+    nat::{self as nat_rules, Claim4, Ct4, Endpoint4, FragKey4, FragVal4, Flow4, Mapping4, map_names as nat_maps},
 };
 use serde::Serialize;
 
@@ -105,7 +105,7 @@ pub fn flow_rows(pins: &Pins) -> Result<Vec<FlowRow>, DataplaneError> {
             remote_addr: Ipv4Addr::from(k.remote_addr),
             remote_port: k.remote_port,
             state: if k.proto == podgate_common::nat::PROTO_TCP {
-                expiry::tcp_state_name(v.state).to_string()
+                podgate_common::tcp::TcpState::from_u8(v.state).name().to_string()
             } else {
                 "-".into()
             },
@@ -158,31 +158,47 @@ pub struct GcReport {
     pub mappings_seen: usize,
     pub mappings_expired: usize,
     pub claims_removed: usize,
+    pub frags_expired: usize,
     pub duration_us: u64,
 }
 
-/// One garbage-collection pass at time `now` (CLOCK_BOOTTIME ns).
-///
-/// A flow expires by its protocol/state timeout. A mapping expires only when no flow uses it any
-/// more and it has been idle for its protocol's timeout; its port claims go with it, and the
-/// owning pod's quota count is given back.
+/// One garbage-collection pass at time `now` (CLOCK_BOOTTIME ns), in the order the shared crate
+/// documents (`podgate_common::nat::mapping_expired`): expired flows first, with the port claims
+/// only they used; then mappings that no live flow holds and that sat idle for their protocol's
+/// timeout, with every claim still pointing at them and the owning pod's quota count; then
+/// stale fragment records.
 pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneError> {
+    use std::collections::{HashMap as Map, HashSet};
     let start = Instant::now();
     let mut r = GcReport::default();
+
     let mut ct: HashMap<MapData, Flow4, Ct4> = typed(pins, nat_maps::CT4)?;
-    let mut live = std::collections::HashSet::new();
+    let mut live_flows: Map<Endpoint4, u32> = Map::new();
+    // (endpoint, remote, ext port) still used by a live flow: its claim must stay.
+    let mut live_claims: HashSet<(Endpoint4, [u8; 4], u16)> = HashSet::new();
     let mut dead = Vec::new();
     for item in ct.iter() {
         let Ok((k, v)) = item else { continue };
         r.flows_seen += 1;
-        if expiry::flow_expired(k.proto, &v, now, t) {
-            dead.push(k);
+        let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
+        if nat_rules::ct_expired(&k, &v, now, t) {
+            dead.push((k, v, ep));
         } else {
-            live.insert((k.proto, k.pod_addr, k.pod_port));
+            *live_flows.entry(ep).or_default() += 1;
+            live_claims.insert((ep, k.remote_addr, v.ext_port));
         }
     }
-    for k in &dead {
+    let mut claims: HashMap<MapData, Claim4, Endpoint4> = typed(pins, nat_maps::NAT4_CLAIM)?;
+    for (k, v, ep) in &dead {
         ignore_missing(ct.remove(k)).map_err(map_err(nat_maps::CT4))?;
+        if live_claims.contains(&(*ep, k.remote_addr, v.ext_port)) {
+            continue;
+        }
+        let claim = Claim4 { remote: k.remote_addr, ext_port: v.ext_port, proto: k.proto, _pad: 0 };
+        if claims.get(&claim, 0).is_ok_and(|owner| owner == *ep) {
+            ignore_missing(claims.remove(&claim)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
+            r.claims_removed += 1;
+        }
     }
     r.flows_expired = dead.len();
 
@@ -191,69 +207,51 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
     for item in maps.iter() {
         let Ok((k, v)) = item else { continue };
         r.mappings_seen += 1;
-        if !live.contains(&(k.proto, k.addr, k.port))
-            && expiry::mapping_expired(k.proto, &v, now, t)
-        {
+        let live = live_flows.get(&k).copied().unwrap_or(0);
+        if nat_rules::mapping_expired(&k, &v, live, now, t) {
             expired.push((k, v));
         }
     }
-    if expired.is_empty() {
-        r.duration_us = start.elapsed().as_micros() as u64;
-        return Ok(r);
+    if !expired.is_empty() {
+        let gone: HashSet<Endpoint4> = expired.iter().map(|(k, _)| *k).collect();
+        // Every claim of a dead mapping goes with it (its 0.0.0.0 claim in EIF mode included),
+        // or the port would stay reserved for nobody.
+        let stale: Vec<Claim4> = claims
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owner)| gone.contains(owner))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            ignore_missing(claims.remove(k)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
+        }
+        r.claims_removed += stale.len();
+        let mut pods: HashMap<MapData, u32, Pod> = typed(pins, map_names::PODS)?;
+        for (k, v) in &expired {
+            ignore_missing(maps.remove(k)).map_err(map_err(nat_maps::NAT4_MAP))?;
+            // The programs count a pod's mappings in the entry of the veth its IPv4 arrives on.
+            // This read-modify-write can lose a concurrent increment (the count then errs low by
+            // one until the pod's next GC); the kernel side never under-checks by more.
+            if let Ok(mut pod) = pods.get(&v.pod_ifindex, 0) {
+                pod.mappings = pod.mappings.saturating_sub(1);
+                // BPF_EXIST: never resurrect a pod deleted meanwhile.
+                let _ = pods.insert(v.pod_ifindex, pod, 2);
+            }
+        }
+        r.mappings_expired = expired.len();
     }
-    let gone: std::collections::HashSet<Endpoint4> = expired.iter().map(|(k, _)| *k).collect();
-    let mut claims: HashMap<MapData, Claim4, Endpoint4> = typed(pins, nat_maps::NAT4_CLAIM)?;
-    let claim_keys: Vec<Claim4> = claims
+
+    let mut frags: HashMap<MapData, FragKey4, FragVal4> = typed(pins, nat_maps::FRAG4)?;
+    let stale: Vec<FragKey4> = frags
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, v)| gone.contains(v))
+        .filter(|(_, v)| nat_rules::frag_expired(v, now))
         .map(|(k, _)| k)
         .collect();
-    for k in &claim_keys {
-        ignore_missing(claims.remove(k)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
+    for k in &stale {
+        ignore_missing(frags.remove(k)).map_err(map_err(nat_maps::FRAG4))?;
     }
-    r.claims_removed = claim_keys.len();
-    let mut pods: HashMap<MapData, u32, Pod> = typed(pins, map_names::PODS)?;
-    for (k, v) in &expired {
-        ignore_missing(maps.remove(k)).map_err(map_err(nat_maps::NAT4_MAP))?;
-        // The programs count a pod's mappings in the entry of the veth its IPv4 arrives on.
-        if let Ok(mut pod) = pods.get(&v.pod_ifindex, 0) {
-            pod.mappings = pod.mappings.saturating_sub(1);
-            // BPF_EXIST: never resurrect a pod deleted meanwhile.
-            let _ = pods.insert(v.pod_ifindex, pod, 2);
-        }
-    }
-    r.mappings_expired = expired.len();
+    r.frags_expired = stale.len();
     r.duration_us = start.elapsed().as_micros() as u64;
     Ok(r)
-}
-
-/// Expiry decisions. TEMPORARY until the shared crate's TCP state machine lands.
-mod expiry {
-    use podgate_common::{Timeouts, nat::{Ct4, Mapping4, PROTO_ICMP, PROTO_TCP}};
-
-    const NS: u64 = 1_000_000_000;
-
-    fn proto_timeout(proto: u8, t: &Timeouts) -> u64 {
-        match proto {
-            PROTO_TCP => t.tcp_established as u64,
-            PROTO_ICMP => t.icmp as u64,
-            _ => t.udp as u64,
-        }
-    }
-
-    pub fn flow_expired(proto: u8, v: &Ct4, now: u64, t: &Timeouts) -> bool {
-        now.saturating_sub(v.last_seen_ns) > proto_timeout(proto, t) * NS
-    }
-
-    pub fn mapping_expired(proto: u8, v: &Mapping4, now: u64, t: &Timeouts) -> bool {
-        now.saturating_sub(v.last_seen_ns) > proto_timeout(proto, t) * NS
-    }
-
-    pub fn tcp_state_name(s: u8) -> &'static str {
-        match s {
-            0 => "closed",
-            _ => "?",
-        }
-    }
 }

@@ -178,9 +178,9 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
         for verb in [&["nat", "list"][..], &["stats"][..]] {
             println!("\ndemo: podgate {}", verb.join(" "));
             let mut argv: Vec<&str> = verb.to_vec();
-            let cfg = lab.config_path();
-            let cfg = cfg.to_string_lossy();
-            argv.extend(["--config", &cfg]);
+            let root = lab.pin_root();
+            let root = root.to_string_lossy();
+            argv.extend(["--pin-root", &root]);
             let mut cmd = podgate_lab::ns_command(&lab.node_ns(), &[&bin.to_string_lossy()]);
             cmd.args(&argv);
             match output_with_deadline(cmd, Duration::from_secs(10)) {

@@ -53,6 +53,7 @@ counters! {
     Sg6NdpPass = 12 => "sg6_ndp_pass",
     LruEvictionSuspected = 13 => "lru_eviction_suspected",
     IcmpUnreachSent = 14 => "icmp_unreach_sent",
+    FibRedirectNeigh = 30 => "fib_redirect_neigh",
     // Drop reasons.
     DropMalformed = 32 => "drop_malformed",
     DropSpoofV4 = 33 => "drop_spoof_v4",

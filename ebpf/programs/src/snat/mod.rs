@@ -22,6 +22,8 @@ use crate::packet::{Packet, ptr_at_mut};
 
 /// A program context that can rewrite packets.
 pub trait Ctx: Packet {
+    /// Whether `fwd::forward` may redirect from this program type.
+    const REDIRECTS: bool;
     /// The raw context for helpers such as `bpf_fib_lookup`.
     fn raw(&self) -> *mut c_void;
     /// The checksum at `csum_off` after a pseudo-header address changed from `old` to `new`.
@@ -31,11 +33,17 @@ pub trait Ctx: Packet {
     fn l4_csum_port(&self, csum_off: usize, old: u16, new: u16, udp: bool) -> Result<(), Counter>;
     /// Redirect to `ifindex` (TC calls the helper now; XDP returns XDP_REDIRECT via the verdict).
     fn redirect(&self, ifindex: u32);
+    /// Redirects out of `ifindex` letting the kernel resolve the next hop's MAC (the FIB had no
+    /// neighbour entry yet). Only TC has the helper; XDP answers `false` and the packet goes to
+    /// the stack instead.
+    fn redirect_neigh(&self, ifindex: u32) -> bool;
     /// The interface the packet arrived on.
     fn ifindex(&self) -> u32;
 }
 
 impl Ctx for TcContext {
+    const REDIRECTS: bool = true;
+
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
         self.skb.skb as *mut c_void
@@ -73,9 +81,18 @@ impl Ctx for TcContext {
         // SAFETY: plain helper call; the TC verdict then returns TC_ACT_REDIRECT.
         unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
     }
+
+    #[inline(always)]
+    fn redirect_neigh(&self, ifindex: u32) -> bool {
+        // SAFETY: plain helper call; without parameters the kernel looks the next hop up itself.
+        let rc = unsafe { aya_ebpf::helpers::generated::bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+        rc == aya_ebpf::bindings::TC_ACT_REDIRECT as i64
+    }
 }
 
 impl Ctx for XdpContext {
+    const REDIRECTS: bool = false;
+
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
         self.ctx as *mut c_void
@@ -115,6 +132,11 @@ impl Ctx for XdpContext {
 
     #[inline(always)]
     fn redirect(&self, _ifindex: u32) {}
+
+    #[inline(always)]
+    fn redirect_neigh(&self, _ifindex: u32) -> bool {
+        false
+    }
 }
 
 /// `CLOCK_BOOTTIME` in ns: the clock `podgate_common::nat::CLOCK` documents for the daemon's GC.

@@ -38,7 +38,7 @@ fn lab_up_is_complete_and_down_leaves_nothing() {
         assert!(all.contains(ns), "netns {ns} missing after up");
     }
     let procs = lab.processes();
-    assert_eq!(procs.len(), 2, "endpoint and iperf3 recorded: {procs:?}");
+    assert_eq!(procs.len(), 3, "two endpoints and iperf3 recorded: {procs:?}");
     assert!(procs.iter().all(|p| p.alive()));
     assert!(lab.config_path().exists());
     // Nothing of the lab in the root namespace.
@@ -78,7 +78,7 @@ fn lab_down_by_name_cleans_a_crashed_run() {
         .spawn()
         .unwrap();
     let mut procs = lab.processes();
-    assert_eq!(procs.len(), 3);
+    assert_eq!(procs.len(), 4);
     procs.push(ProcId::of(unrecorded.id()).unwrap());
     fake_pins(&lab);
     // The owner "crashes": no Drop runs for the lab or its guard.
@@ -128,4 +128,51 @@ fn lab_the_written_config_follows_the_contract() {
             assert!(out.status.success(), "{key} {ifname} missing in the node netns");
         }
     }
+}
+
+/// A test process killed with SIGKILL leaves its lab (and its setsid'd servers) behind; the next
+/// test run's sweep removes it because its recorded owner is gone.
+#[test]
+fn lab_of_a_killed_test_process_is_swept() {
+    use std::{
+        io::{BufRead as _, BufReader},
+        process::{Command, Stdio},
+        sync::mpsc,
+        time::Duration,
+    };
+    const CHILD: &str = "PODGATE_LAB_TEST_CHILD";
+    if let Ok(name) = std::env::var(CHILD) {
+        let lab = Lab::up(LabSpec::new(name, 1)).expect("lab up in child");
+        println!("READY {}", lab.name());
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let name = lab::test_lab_name("killed");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "lab_of_a_killed_test_process_is_swept", "--nocapture", "--test-threads=1"])
+        .env(CHILD, &name)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("READY ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let ready = rx.recv_timeout(Duration::from_secs(30));
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    ready.expect("child lab never came up");
+    let procs = lab::processes(&name);
+    assert_eq!(procs.len(), 3, "servers recorded by the child");
+    assert!(procs.iter().all(|p| p.alive()), "servers outlive their killed owner");
+    assert!(lab::netns_list().contains(&format!("pgl-{name}-node")));
+
+    lab::sweep_orphans();
+    assert_eq!(leftovers(&name, &procs), Vec::<String>::new());
 }

@@ -16,13 +16,16 @@ fn lab_ipv6_pods_reach_the_internet() {
         }
         let ping = lab.ping(pod.index, Family::V6);
         assert!(ping.ok, "{ping:?}");
+        // And one router hop further.
+        let far = lab.http_to(pod.index, Family::V6.far());
+        assert!(far.ok && far.seen == Some(want), "{far:?}");
     }
     // The endpoint's own log agrees: one HTTP and one UDP request per pod, from its /128.
     let seen = lab.endpoint_seen();
     for pod in lab.pods() {
-        for proto in ["tcp", "udp"] {
+        for (proto, want) in [("tcp", 2), ("udp", 1)] {
             let n = seen.iter().filter(|(p, a)| p == proto && *a == IpAddr::V6(pod.ipv6)).count();
-            assert_eq!(n, 1, "{proto} from {}: {seen:?}", pod.name);
+            assert_eq!(n, want, "{proto} from {}: {seen:?}", pod.name);
         }
     }
 }
@@ -43,6 +46,7 @@ fn lab_ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
             lab.http(pod.index, Family::V4),
             lab.udp_echo(pod.index, Family::V4),
             lab.ping(pod.index, Family::V4),
+            lab.http_to(pod.index, Family::V4.far()),
         ] {
             assert!(!probe.ok, "IPv4 from {} got through untranslated: {probe:?}", pod.name);
         }

@@ -80,7 +80,11 @@ pub struct LabSpec {
 
 impl LabSpec {
     pub fn new(name: impl Into<String>, pods: usize) -> Self {
-        Self { name: name.into(), pods, mode: Mode::Routed }
+        Self {
+            name: name.into(),
+            pods,
+            mode: Mode::Routed,
+        }
     }
 
     pub fn with_mode(mut self, mode: Mode) -> Self {
@@ -152,7 +156,11 @@ impl Family {
     }
 
     pub fn of(addr: IpAddr) -> Self {
-        if addr.is_ipv4() { Family::V4 } else { Family::V6 }
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
     }
 }
 
@@ -240,7 +248,9 @@ pub fn config_path(lab: &str) -> PathBuf {
 /// mounts (and so its bpffs) stay, unlike `ip netns exec` which remounts /sys.
 pub fn ns_command(ns: &str, argv: &[&str]) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").args(argv);
+    cmd.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(argv);
     cmd
 }
 
@@ -248,7 +258,9 @@ fn validate_name(name: &str) -> Result<()> {
     ensure!(
         !name.is_empty()
             && name.len() <= 24
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "lab name {name:?}: use 1-24 characters from [A-Za-z0-9_-]"
     );
     Ok(())
@@ -270,7 +282,11 @@ fn belongs(name: &str, ns: &str) -> bool {
 /// Network namespaces known to `ip netns`.
 pub fn netns_list() -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir("/run/netns")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -375,7 +391,8 @@ impl Lab {
             armed: true,
         };
         // On error `lab` drops here, which takes down whatever was recorded.
-        lab.build().with_context(|| format!("lab {:?} up", spec.name))?;
+        lab.build()
+            .with_context(|| format!("lab {:?} up", spec.name))?;
         Ok(lab)
     }
 
@@ -395,20 +412,40 @@ impl Lab {
         {
             let _lock = NetnsLock::take()?;
             for ns in &all {
-                ensure!(!netns_exists(ns), "netns {ns} exists already (a stale lab? `cargo xtask lab down --name {name}`)");
+                ensure!(
+                    !netns_exists(ns),
+                    "netns {ns} exists already (a stale lab? `cargo xtask lab down --name {name}`)"
+                );
                 state::append(&name, &format!("netns {ns}"))?;
                 run(Command::new("ip").args(["netns", "add", ns]))?;
             }
         }
         for ns in &all {
             // Before any link exists, so every interface inherits it: no DAD delay, no RAs.
-            sysctl(ns, &["net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
-                         "net.ipv6.conf.default.accept_ra=0", "net.ipv6.conf.all.accept_ra=0"])?;
+            sysctl(
+                ns,
+                &[
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_ra=0",
+                    "net.ipv6.conf.all.accept_ra=0",
+                ],
+            )?;
         }
-        sysctl(&node, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        sysctl(
+            &node,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
         // Like a VPC: sources the internet cannot route back to (169.254.172.0/22) are dropped.
-        sysctl(&inet, &["net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1",
-                        "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        sysctl(
+            &inet,
+            &[
+                "net.ipv4.conf.all.rp_filter=1",
+                "net.ipv4.conf.default.rp_filter=1",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
 
         // Links are created from inside the node namespace with the peer placed directly in
         // its namespace, so no interface ever exists in the root namespace, even briefly.
@@ -424,7 +461,10 @@ impl Lab {
         for p in &self.pods {
             let i = p.index;
             node_cmds.extend([
-                format!("link add {} type veth peer name eth0 netns {}", p.veth, p.ns),
+                format!(
+                    "link add {} type veth peer name eth0 netns {}",
+                    p.veth, p.ns
+                ),
                 format!(
                     "link add {} address {} type veth peer name v4if0 address {} netns {}",
                     p.veth_v4,
@@ -468,10 +508,25 @@ impl Lab {
         if self.mode == Mode::Iptables {
             let pod_cidr = POD_IPV4_CIDR;
             let to = NODE_V4.to_string();
-            run(&mut ns_command(&node, &[
-                "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", pod_cidr, "-o", UPLINK,
-                "-j", "SNAT", "--to-source", &to, "--random-fully",
-            ]))?;
+            run(&mut ns_command(
+                &node,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    pod_cidr,
+                    "-o",
+                    UPLINK,
+                    "-j",
+                    "SNAT",
+                    "--to-source",
+                    &to,
+                    "--random-fully",
+                ],
+            ))?;
         }
         for p in &self.pods {
             ip_batch(
@@ -486,7 +541,10 @@ impl Lab {
                     format!("route add {POD_GW_V4} dev v4if0 scope link"),
                     format!("route add default via {POD_GW_V4} dev v4if0"),
                     // As the VPC CNI does: the gateway is the host veth, resolved statically.
-                    format!("neigh add {POD_GW_V4} lladdr {} dev v4if0 nud permanent", mac(p.index, 1)),
+                    format!(
+                        "neigh add {POD_GW_V4} lladdr {} dev v4if0 nud permanent",
+                        mac(p.index, 1)
+                    ),
                 ],
             )?;
         }
@@ -514,7 +572,14 @@ impl Lab {
             "iperf3.out",
         )?;
         self.servers.push(iperf);
-        self.wait_listening(&inet, &[("tcp", HTTP_PORT), ("udp", UDP_ECHO_PORT), ("tcp", IPERF_PORT)])?;
+        self.wait_listening(
+            &inet,
+            &[
+                ("tcp", HTTP_PORT),
+                ("udp", UDP_ECHO_PORT),
+                ("tcp", IPERF_PORT),
+            ],
+        )?;
         self.wait_listening(&far, &[("tcp", HTTP_PORT), ("udp", UDP_ECHO_PORT)])?;
 
         fs::write(config_path(&name), self.config_toml())?;
@@ -531,7 +596,8 @@ impl Lab {
                 .filter(|(proto, port)| {
                     !text.lines().any(|l| {
                         let f: Vec<&str> = l.split_whitespace().collect();
-                        f.first() == Some(proto) && f.get(4).is_some_and(|a| a.ends_with(&format!(":{port}")))
+                        f.first() == Some(proto)
+                            && f.get(4).is_some_and(|a| a.ends_with(&format!(":{port}")))
                     })
                 })
                 .collect();
@@ -540,7 +606,11 @@ impl Lab {
             }
             for s in &mut self.servers {
                 if let Some(st) = s.exited() {
-                    bail!("`{}` exited ({st}); see {}", s.what(), state::dir(&self.name).display());
+                    bail!(
+                        "`{}` exited ({st}); see {}",
+                        s.what(),
+                        state::dir(&self.name).display()
+                    );
                 }
             }
             if Instant::now() >= deadline {
@@ -605,7 +675,15 @@ impl Lab {
     /// so test with [`Lab::upload`].
     pub fn set_path_mtu(&self, mtu: u32) -> Result<()> {
         let m = mtu.to_string();
-        run(Command::new("ip").args(["-n", &self.internet_ns(), "link", "set", FAR_LINK, "mtu", &m]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &self.internet_ns(),
+            "link",
+            "set",
+            FAR_LINK,
+            "mtu",
+            &m,
+        ]))?;
         Ok(())
     }
 
@@ -657,7 +735,10 @@ impl Lab {
 
     fn record(&self, g: ChildGuard) -> Result<ChildGuard> {
         let id = g.id();
-        state::append(&self.name, &format!("proc {} {} {}", id.pid, id.start, g.what()))?;
+        state::append(
+            &self.name,
+            &format!("proc {} {} {}", id.pid, id.start, g.what()),
+        )?;
         Ok(g)
     }
 
@@ -697,7 +778,15 @@ impl Lab {
     /// HTTP GET from pod `i` to `addr` (either endpoint).
     pub fn http_to(&self, i: usize, addr: IpAddr) -> Probe {
         let url = format!("http://{}/", host_port(addr, HTTP_PORT));
-        let argv = ["curl", "-sS", "--connect-timeout", "2", "--max-time", "3", &url];
+        let argv = [
+            "curl",
+            "-sS",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "3",
+            &url,
+        ];
         self.probe(i, addr, "http", &argv, None, Duration::from_secs(5))
     }
 
@@ -707,7 +796,14 @@ impl Lab {
         let target = format!("{family}:{}", host_port(addr, UDP_ECHO_PORT));
         // -t: how long to wait for the answer after our datagram went out.
         let argv = ["socat", "-t", "1", "-T", "3", "-", &target];
-        self.probe(i, addr, "udp", &argv, Some(b"podgate-lab\n"), Duration::from_secs(5))
+        self.probe(
+            i,
+            addr,
+            "udp",
+            &argv,
+            Some(b"podgate-lab\n"),
+            Duration::from_secs(5),
+        )
     }
 
     /// Three echo requests from pod `i` to `addr` (1 s deadline each). Replies can only come
@@ -733,9 +829,19 @@ impl Lab {
             "head -c {bytes} /dev/zero | curl -sS --connect-timeout 2 --max-time {secs} \
              -H 'Content-Type: application/octet-stream' --data-binary @- {url}"
         );
-        let mut p = self.probe(i, addr, "upload", &["sh", "-c", &script], None, limit + Duration::from_secs(5));
+        let mut p = self.probe(
+            i,
+            addr,
+            "upload",
+            &["sh", "-c", &script],
+            None,
+            limit + Duration::from_secs(5),
+        );
         let want = format!(" bytes {bytes}");
-        p.ok = p.ok && p.detail.lines().any(|l| l.starts_with("seen ") && l.ends_with(&want));
+        p.ok = p.ok
+            && p.detail
+                .lines()
+                .any(|l| l.starts_with("seen ") && l.ends_with(&want));
         p
     }
 
@@ -755,7 +861,11 @@ impl Lab {
             None => output_with_deadline(cmd, limit),
             Some(data) => {
                 // A shell-free way to feed stdin: write it to a file the child reads.
-                let path = state::dir(&self.name).join(format!("stdin-{}-{kind}-{}", i, std::process::id()));
+                let path = state::dir(&self.name).join(format!(
+                    "stdin-{}-{kind}-{}",
+                    i,
+                    std::process::id()
+                ));
                 let r = fs::write(&path, data).and_then(|_| fs::File::open(&path));
                 let _ = fs::remove_file(&path);
                 match r {
@@ -787,7 +897,15 @@ impl Lab {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok());
         let ok = ok && (kind == "ping" || seen.is_some());
-        Probe { pod, family, target: addr, kind, ok, seen, detail: text }
+        Probe {
+            pod,
+            family,
+            target: addr,
+            kind,
+            ok,
+            seen,
+            detail: text,
+        }
     }
 
     /// Leaves the lab running (for `cargo xtask lab up`); `lab down` removes it later.
@@ -802,8 +920,11 @@ impl Lab {
     /// Takes the lab down now, reporting what was removed.
     pub fn down(mut self) -> Result<DownReport> {
         self.armed = false;
-        let stopped: Vec<String> =
-            self.servers.iter().map(|s| format!("process {} ({})", s.pid(), s.what())).collect();
+        let stopped: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("process {} ({})", s.pid(), s.what()))
+            .collect();
         self.servers.clear();
         let mut report = down(&self.name)?;
         report.removed.splice(0..0, stopped);
@@ -865,7 +986,12 @@ pub fn down(name: &str) -> Result<DownReport> {
             report.removed.push(format!("process {} ({cmd})", id.pid));
         }
     }
-    let mut nss: Vec<String> = st.netns.iter().filter(|n| belongs(name, n)).cloned().collect();
+    let mut nss: Vec<String> = st
+        .netns
+        .iter()
+        .filter(|n| belongs(name, n))
+        .cloned()
+        .collect();
     for ns in netns_list() {
         if belongs(name, &ns) && !nss.contains(&ns) {
             nss.push(ns);
@@ -879,7 +1005,9 @@ pub fn down(name: &str) -> Result<DownReport> {
                 if let Some(id) = ProcId::of(pid) {
                     let cmd = id.cmdline();
                     if id.terminate(grace) {
-                        report.removed.push(format!("process {pid} ({cmd}) found in {ns}"));
+                        report
+                            .removed
+                            .push(format!("process {pid} ({cmd}) found in {ns}"));
                     }
                 }
             }
@@ -926,10 +1054,10 @@ pub fn list() -> Vec<String> {
     for ns in netns_list() {
         if let Some(rest) = ns.strip_prefix("pgl-") {
             for suffix in ["-node", "-inet", "-far"] {
-                if let Some(n) = rest.strip_suffix(suffix) {
-                    if !names.iter().any(|x| x == n) {
-                        names.push(n.to_string());
-                    }
+                if let Some(n) = rest.strip_suffix(suffix)
+                    && !names.iter().any(|x| x == n)
+                {
+                    names.push(n.to_string());
                 }
             }
         }
@@ -943,10 +1071,11 @@ pub fn list() -> Vec<String> {
 pub fn sweep_orphans() -> Vec<String> {
     let mut swept = Vec::new();
     for name in state::names() {
-        if let Ok(Some(st)) = state::read(&name) {
-            if st.owner.is_some_and(|o| !o.alive()) && down(&name).is_ok() {
-                swept.push(name);
-            }
+        if let Ok(Some(st)) = state::read(&name)
+            && st.owner.is_some_and(|o| !o.alive())
+            && down(&name).is_ok()
+        {
+            swept.push(name);
         }
     }
     swept
@@ -957,7 +1086,10 @@ pub fn status(name: &str) -> Result<String> {
     validate_name(name)?;
     let st = state::read(name)?;
     let mut s = String::new();
-    let nss: Vec<String> = netns_list().into_iter().filter(|n| belongs(name, n)).collect();
+    let nss: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| belongs(name, n))
+        .collect();
     if st.is_none() && nss.is_empty() {
         return Ok(format!("lab {name}: not up\n"));
     }
@@ -970,7 +1102,10 @@ pub fn status(name: &str) -> Result<String> {
     ));
     match st.owner {
         Some(o) if o.alive() => s.push_str(&format!("  owner: pid {} (alive)\n", o.pid)),
-        Some(o) => s.push_str(&format!("  owner: pid {} (gone: `lab down` cleans up)\n", o.pid)),
+        Some(o) => s.push_str(&format!(
+            "  owner: pid {} (gone: `lab down` cleans up)\n",
+            o.pid
+        )),
         None => s.push_str("  owner: none (left up by `lab up`)\n"),
     }
     s.push_str("namespaces:\n");
@@ -995,9 +1130,16 @@ pub fn status(name: &str) -> Result<String> {
     let pins = pin_root(name);
     match fs::read_dir(&pins) {
         Ok(rd) => {
-            let entries: Vec<String> =
-                rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-            s.push_str(&format!("pins: {} ({} entries: {})\n", pins.display(), entries.len(), entries.join(" ")));
+            let entries: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            s.push_str(&format!(
+                "pins: {} ({} entries: {})\n",
+                pins.display(),
+                entries.len(),
+                entries.join(" ")
+            ));
         }
         Err(_) => s.push_str(&format!("pins: none ({} absent)\n", pins.display())),
     }
@@ -1037,7 +1179,10 @@ mod tests {
         let p = Pod::new("x", 2);
         assert_eq!(p.ipv6.to_string(), "2001:db8:0:1::c");
         assert_eq!(p.ipv4, Ipv4Addr::new(169, 254, 172, 12));
-        assert_eq!((p.veth.as_str(), p.veth_v4.as_str()), ("vethpod2", "v4pod2"));
+        assert_eq!(
+            (p.veth.as_str(), p.veth_v4.as_str()),
+            ("vethpod2", "v4pod2")
+        );
         let last = Pod::new("x", MAX_PODS - 1);
         assert!(last.veth.len() <= 15);
     }

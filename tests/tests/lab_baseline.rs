@@ -18,7 +18,10 @@ fn lab_iptables_baseline_translates_pod_ipv4_to_the_node() {
     let node = IpAddr::V4(NODE_V4);
     for pod in lab.pods() {
         for target in [Family::V4.endpoint(), Family::V4.far()] {
-            for probe in [lab.http_to(pod.index, target), lab.udp_echo_to(pod.index, target)] {
+            for probe in [
+                lab.http_to(pod.index, target),
+                lab.udp_echo_to(pod.index, target),
+            ] {
                 assert!(probe.ok, "{probe:?}");
                 assert_eq!(probe.seen, Some(node), "{probe:?}");
             }
@@ -40,7 +43,9 @@ fn lab_pmtu_discovery_works_through_the_kernel_nat() {
         assert!(up.ok, "{fam} upload with path MTU 1280: {up:?}");
     }
     // The pod learned the path MTU from the (translated) ICMP error.
-    let route = lab.exec_in(lab.pod_ns(0), &["ip", "route", "get", "203.0.113.10"]).unwrap();
+    let route = lab
+        .exec_in(lab.pod_ns(0), &["ip", "route", "get", "203.0.113.10"])
+        .unwrap();
     let route = String::from_utf8_lossy(&route.stdout);
     assert!(route.contains("mtu 1280"), "{route}");
 }
@@ -52,10 +57,25 @@ fn lab_pmtu_black_hole_is_detected() {
     let lab = baseline("blackhole", 1);
     lab.set_path_mtu(1280).unwrap();
     let drop_icmp = [
-        "iptables", "-A", "OUTPUT", "-p", "icmp", "--icmp-type", "fragmentation-needed", "-j", "DROP",
+        "iptables",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "icmp",
+        "--icmp-type",
+        "fragmentation-needed",
+        "-j",
+        "DROP",
     ];
     let out = lab.exec_in(&lab.internet_ns(), &drop_icmp).unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let up = lab.upload_within(0, Family::V4.far(), 2_000_000, Duration::from_secs(4));
-    assert!(!up.ok, "upload finished although PMTU discovery was impossible: {up:?}");
+    assert!(
+        !up.ok,
+        "upload finished although PMTU discovery was impossible: {up:?}"
+    );
 }

@@ -56,6 +56,22 @@ class Http(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self):
+        # /upload: counts the body, for transfers *from* the pod (PMTU discovery through NAT).
+        host, port = seen("tcp", self.client_address)
+        n = int(self.headers.get("Content-Length") or 0)
+        got = 0
+        while got < n:
+            chunk = self.rfile.read(min(65536, n - got))
+            if not chunk:
+                break
+            got += len(chunk)
+        body = f"seen {host} {port} bytes {got}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 

@@ -10,6 +10,11 @@
 //!                                  eni 198.51.100.2/24 ──────────────── node
 //!                                      2001:db8:ffff::2/64              route to the pods' /80;
 //!                                  forwarding v4+v6, no masquerade     no route to 169.254/16
+//!                                                                       wan 203.0.113.1/24
+//!                                                                           2001:db8:fffe::1/64
+//!                                              pgl-<name>-far: wan 203.0.113.10, 2001:db8:fffe::10
+//!                                              HTTP :80, UDP echo :7 (one router hop away; the
+//!                                              `wan` MTU can be lowered for PMTU discovery tests)
 //! ```
 //!
 //! Without podgate, IPv6 works end to end and IPv4 from pods does not: the internet knows only the
@@ -56,19 +61,65 @@ pub const HTTP_PORT: u16 = 80;
 pub const UDP_ECHO_PORT: u16 = 7;
 pub const IPERF_PORT: u16 = 5201;
 pub const MAX_PODS: usize = 200;
+/// The internet's link to the far endpoint, whose MTU [`Lab::set_path_mtu`] lowers.
+pub const FAR_LINK: &str = "wan";
+pub const FAR_GW_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const FAR_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const FAR_GW_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0, 1);
+pub const FAR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0, 0x10);
 const PIN_PREFIX: &str = "/sys/fs/bpf/podgate-lab-";
 const ENDPOINT_PY: &str = include_str!("endpoint.py");
 
 #[derive(Debug, Clone)]
 pub struct LabSpec {
-    /// Lab name: 1–24 of `[A-Za-z0-9_-]`; namespaces are `pgl-<name>-{node,inet,podN}`.
+    /// Lab name: 1–24 of `[A-Za-z0-9_-]`; namespaces are `pgl-<name>-{node,inet,far,podN}`.
     pub name: String,
     pub pods: usize,
+    pub mode: Mode,
 }
 
 impl LabSpec {
     pub fn new(name: impl Into<String>, pods: usize) -> Self {
-        Self { name: name.into(), pods }
+        Self {
+            name: name.into(),
+            pods,
+            mode: Mode::Routed,
+        }
+    }
+
+    pub fn with_mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+}
+
+/// How the node treats pods' IPv4 when podgate is not translating it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Plain forwarding, no NAT: pods' IPv4 gets nowhere (podgate's job).
+    #[default]
+    Routed,
+    /// The VPC CNI's way, as a baseline: `iptables … -j SNAT --random-fully` to the node's IPv4.
+    Iptables,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "routed" => Ok(Mode::Routed),
+            "iptables" => Ok(Mode::Iptables),
+            _ => bail!("mode {s:?}: expected routed or iptables"),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Routed => "routed",
+            Mode::Iptables => "iptables",
+        })
     }
 }
 
@@ -93,6 +144,22 @@ impl Family {
         match self {
             Family::V4 => INTERNET_V4.into(),
             Family::V6 => INTERNET_V6.into(),
+        }
+    }
+
+    /// The far endpoint's address (one router hop behind the internet namespace).
+    pub fn far(self) -> IpAddr {
+        match self {
+            Family::V4 => FAR_V4.into(),
+            Family::V6 => FAR_V6.into(),
+        }
+    }
+
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
         }
     }
 }
@@ -133,7 +200,8 @@ impl Pod {
 pub struct Probe {
     pub pod: String,
     pub family: Family,
-    /// `http`, `udp` or `ping`.
+    pub target: IpAddr,
+    /// `http`, `udp`, `ping` or `upload`.
     pub kind: &'static str,
     pub ok: bool,
     /// The source address the endpoint reported seeing (HTTP and UDP echo answer with it).
@@ -146,6 +214,7 @@ pub struct Probe {
 pub struct Lab {
     name: String,
     pods: Vec<Pod>,
+    mode: Mode,
     servers: Vec<ChildGuard>,
     armed: bool,
 }
@@ -156,6 +225,10 @@ pub fn node_ns_name(lab: &str) -> String {
 
 pub fn internet_ns_name(lab: &str) -> String {
     format!("pgl-{lab}-inet")
+}
+
+pub fn far_ns_name(lab: &str) -> String {
+    format!("pgl-{lab}-far")
 }
 
 /// The bpffs directory a lab's podgate pins to; `down` removes it.
@@ -175,7 +248,9 @@ pub fn config_path(lab: &str) -> PathBuf {
 /// mounts (and so its bpffs) stay, unlike `ip netns exec` which remounts /sys.
 pub fn ns_command(ns: &str, argv: &[&str]) -> Command {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").args(argv);
+    cmd.arg(format!("--net=/run/netns/{ns}"))
+        .arg("--")
+        .args(argv);
     cmd
 }
 
@@ -183,7 +258,9 @@ fn validate_name(name: &str) -> Result<()> {
     ensure!(
         !name.is_empty()
             && name.len() <= 24
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
         "lab name {name:?}: use 1-24 characters from [A-Za-z0-9_-]"
     );
     Ok(())
@@ -195,7 +272,7 @@ fn belongs(name: &str, ns: &str) -> bool {
         return false;
     };
     match rest {
-        "-node" | "-inet" => true,
+        "-node" | "-inet" | "-far" => true,
         _ => rest
             .strip_prefix("-pod")
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
@@ -205,7 +282,11 @@ fn belongs(name: &str, ns: &str) -> bool {
 /// Network namespaces known to `ip netns`.
 pub fn netns_list() -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir("/run/netns")
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -305,11 +386,13 @@ impl Lab {
         let mut lab = Lab {
             name: spec.name.clone(),
             pods: (0..spec.pods).map(|i| Pod::new(&spec.name, i)).collect(),
+            mode: spec.mode,
             servers: Vec::new(),
             armed: true,
         };
         // On error `lab` drops here, which takes down whatever was recorded.
-        lab.build().with_context(|| format!("lab {:?} up", spec.name))?;
+        lab.build()
+            .with_context(|| format!("lab {:?} up", spec.name))?;
         Ok(lab)
     }
 
@@ -317,29 +400,52 @@ impl Lab {
         let name = self.name.clone();
         let me = ProcId::of(std::process::id()).context("reading our own /proc entry")?;
         state::append(&name, &format!("pods {}", self.pods.len()))?;
+        state::append(&name, &format!("mode {}", self.mode))?;
         state::append(&name, &format!("pin_root {}", pin_root(&name).display()))?;
         state::append(&name, &format!("owner {} {}", me.pid, me.start))?;
 
         let node = self.node_ns();
         let inet = self.internet_ns();
-        let mut all = vec![node.clone(), inet.clone()];
+        let far = self.far_ns();
+        let mut all = vec![node.clone(), inet.clone(), far.clone()];
         all.extend(self.pods.iter().map(|p| p.ns.clone()));
         {
             let _lock = NetnsLock::take()?;
             for ns in &all {
-                ensure!(!netns_exists(ns), "netns {ns} exists already (a stale lab? `cargo xtask lab down --name {name}`)");
+                ensure!(
+                    !netns_exists(ns),
+                    "netns {ns} exists already (a stale lab? `cargo xtask lab down --name {name}`)"
+                );
                 state::append(&name, &format!("netns {ns}"))?;
                 run(Command::new("ip").args(["netns", "add", ns]))?;
             }
         }
         for ns in &all {
             // Before any link exists, so every interface inherits it: no DAD delay, no RAs.
-            sysctl(ns, &["net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0",
-                         "net.ipv6.conf.default.accept_ra=0", "net.ipv6.conf.all.accept_ra=0"])?;
+            sysctl(
+                ns,
+                &[
+                    "net.ipv6.conf.default.accept_dad=0",
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_ra=0",
+                    "net.ipv6.conf.all.accept_ra=0",
+                ],
+            )?;
         }
-        sysctl(&node, &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])?;
+        sysctl(
+            &node,
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        )?;
         // Like a VPC: sources the internet cannot route back to (169.254.172.0/22) are dropped.
-        sysctl(&inet, &["net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"])?;
+        sysctl(
+            &inet,
+            &[
+                "net.ipv4.conf.all.rp_filter=1",
+                "net.ipv4.conf.default.rp_filter=1",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
 
         // Links are created from inside the node namespace with the peer placed directly in
         // its namespace, so no interface ever exists in the root namespace, even briefly.
@@ -355,7 +461,10 @@ impl Lab {
         for p in &self.pods {
             let i = p.index;
             node_cmds.extend([
-                format!("link add {} type veth peer name eth0 netns {}", p.veth, p.ns),
+                format!(
+                    "link add {} type veth peer name eth0 netns {}",
+                    p.veth, p.ns
+                ),
                 format!(
                     "link add {} address {} type veth peer name v4if0 address {} netns {}",
                     p.veth_v4,
@@ -379,8 +488,46 @@ impl Lab {
                 format!("addr add {INTERNET_V4}/24 dev {INTERNET_LINK}"),
                 format!("addr add {INTERNET_V6}/64 dev {INTERNET_LINK} nodad"),
                 format!("route add {POD_PREFIX} via {NODE_V6} dev {INTERNET_LINK}"),
+                format!("link add {FAR_LINK} type veth peer name {FAR_LINK} netns {far}"),
+                format!("link set {FAR_LINK} up"),
+                format!("addr add {FAR_GW_V4}/24 dev {FAR_LINK}"),
+                format!("addr add {FAR_GW_V6}/64 dev {FAR_LINK} nodad"),
             ],
         )?;
+        ip_batch(
+            &far,
+            &[
+                "link set lo up".to_string(),
+                format!("link set {FAR_LINK} up"),
+                format!("addr add {FAR_V4}/24 dev {FAR_LINK}"),
+                format!("addr add {FAR_V6}/64 dev {FAR_LINK} nodad"),
+                format!("route add default via {FAR_GW_V4} dev {FAR_LINK}"),
+                format!("route add default via {FAR_GW_V6} dev {FAR_LINK}"),
+            ],
+        )?;
+        if self.mode == Mode::Iptables {
+            let pod_cidr = POD_IPV4_CIDR;
+            let to = NODE_V4.to_string();
+            run(&mut ns_command(
+                &node,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    pod_cidr,
+                    "-o",
+                    UPLINK,
+                    "-j",
+                    "SNAT",
+                    "--to-source",
+                    &to,
+                    "--random-fully",
+                ],
+            ))?;
+        }
         for p in &self.pods {
             ip_batch(
                 &p.ns,
@@ -394,7 +541,10 @@ impl Lab {
                     format!("route add {POD_GW_V4} dev v4if0 scope link"),
                     format!("route add default via {POD_GW_V4} dev v4if0"),
                     // As the VPC CNI does: the gateway is the host veth, resolved statically.
-                    format!("neigh add {POD_GW_V4} lladdr {} dev v4if0 nud permanent", mac(p.index, 1)),
+                    format!(
+                        "neigh add {POD_GW_V4} lladdr {} dev v4if0 nud permanent",
+                        mac(p.index, 1)
+                    ),
                 ],
             )?;
         }
@@ -407,19 +557,30 @@ impl Lab {
         let (http, udp) = (HTTP_PORT.to_string(), UDP_ECHO_PORT.to_string());
         let script_s = script.to_string_lossy().into_owned();
         let seen_s = seen_log.to_string_lossy().into_owned();
-        let endpoint = self.spawn_logged(
-            &inet,
-            &["python3", "-u", &script_s, &seen_s, &http, &udp],
-            "endpoint.out",
-        )?;
-        self.servers.push(endpoint);
+        // Both endpoints log to one file (short O_APPEND lines), so one read sees everything.
+        for ns in [&inet, &far] {
+            let endpoint = self.spawn_logged(
+                ns,
+                &["python3", "-u", &script_s, &seen_s, &http, &udp],
+                "endpoint.out",
+            )?;
+            self.servers.push(endpoint);
+        }
         let iperf = self.spawn_logged(
             &inet,
             &["iperf3", "--server", "--port", &IPERF_PORT.to_string()],
             "iperf3.out",
         )?;
         self.servers.push(iperf);
-        self.wait_listening(&inet, &[("tcp", HTTP_PORT), ("udp", UDP_ECHO_PORT), ("tcp", IPERF_PORT)])?;
+        self.wait_listening(
+            &inet,
+            &[
+                ("tcp", HTTP_PORT),
+                ("udp", UDP_ECHO_PORT),
+                ("tcp", IPERF_PORT),
+            ],
+        )?;
+        self.wait_listening(&far, &[("tcp", HTTP_PORT), ("udp", UDP_ECHO_PORT)])?;
 
         fs::write(config_path(&name), self.config_toml())?;
         Ok(())
@@ -435,7 +596,8 @@ impl Lab {
                 .filter(|(proto, port)| {
                     !text.lines().any(|l| {
                         let f: Vec<&str> = l.split_whitespace().collect();
-                        f.first() == Some(proto) && f.get(4).is_some_and(|a| a.ends_with(&format!(":{port}")))
+                        f.first() == Some(proto)
+                            && f.get(4).is_some_and(|a| a.ends_with(&format!(":{port}")))
                     })
                 })
                 .collect();
@@ -444,7 +606,11 @@ impl Lab {
             }
             for s in &mut self.servers {
                 if let Some(st) = s.exited() {
-                    bail!("`{}` exited ({st}); see {}", s.what(), state::dir(&self.name).display());
+                    bail!(
+                        "`{}` exited ({st}); see {}",
+                        s.what(),
+                        state::dir(&self.name).display()
+                    );
                 }
             }
             if Instant::now() >= deadline {
@@ -491,6 +657,34 @@ impl Lab {
 
     pub fn internet_ns(&self) -> String {
         internet_ns_name(&self.name)
+    }
+
+    pub fn far_ns(&self) -> String {
+        far_ns_name(&self.name)
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Lowers (or restores) the MTU of the internet's side of its link to the far endpoint, so
+    /// pods sending large segments to the far endpoint need PMTU discovery: the internet
+    /// namespace answers with ICMP fragmentation-needed / packet-too-big to the (translated)
+    /// source. The far side keeps 1500 and so advertises MSS 1460; otherwise its small MSS would
+    /// hide the path MTU. Large packets *from* the far endpoint are then dropped by the veth,
+    /// so test with [`Lab::upload`].
+    pub fn set_path_mtu(&self, mtu: u32) -> Result<()> {
+        let m = mtu.to_string();
+        run(Command::new("ip").args([
+            "-n",
+            &self.internet_ns(),
+            "link",
+            "set",
+            FAR_LINK,
+            "mtu",
+            &m,
+        ]))?;
+        Ok(())
     }
 
     pub fn pods(&self) -> &[Pod] {
@@ -541,7 +735,10 @@ impl Lab {
 
     fn record(&self, g: ChildGuard) -> Result<ChildGuard> {
         let id = g.id();
-        state::append(&self.name, &format!("proc {} {} {}", id.pid, id.start, g.what()))?;
+        state::append(
+            &self.name,
+            &format!("proc {} {} {}", id.pid, id.start, g.what()),
+        )?;
         Ok(g)
     }
 
@@ -563,51 +760,112 @@ impl Lab {
             .collect()
     }
 
-    /// HTTP GET from pod `i` to the endpoint; the body names the source address it saw.
+    /// HTTP GET from pod `i` to the internet endpoint; the body names the source it saw.
     pub fn http(&self, i: usize, fam: Family) -> Probe {
-        let url = match fam.endpoint() {
-            IpAddr::V4(a) => format!("http://{a}:{HTTP_PORT}/"),
-            IpAddr::V6(a) => format!("http://[{a}]:{HTTP_PORT}/"),
-        };
-        let argv = ["curl", "-sS", "--connect-timeout", "2", "--max-time", "3", &url];
-        self.probe(i, fam, "http", &argv, None, Duration::from_secs(5))
+        self.http_to(i, fam.endpoint())
     }
 
-    /// One UDP datagram from pod `i` to the echo service; the echo names the source it saw.
+    /// One UDP datagram from pod `i` to the internet's echo service, which names the source.
     pub fn udp_echo(&self, i: usize, fam: Family) -> Probe {
-        let addr = match fam.endpoint() {
-            IpAddr::V4(a) => format!("UDP4:{a}:{UDP_ECHO_PORT}"),
-            IpAddr::V6(a) => format!("UDP6:[{a}]:{UDP_ECHO_PORT}"),
-        };
-        // -t: how long to wait for the answer after our datagram went out.
-        let argv = ["socat", "-t", "1", "-T", "3", "-", &addr];
-        self.probe(i, fam, "udp", &argv, Some(b"podgate-lab\n"), Duration::from_secs(5))
+        self.udp_echo_to(i, fam.endpoint())
     }
 
-    /// Three echo requests from pod `i` (1 s deadline each). Replies can only come back if the
-    /// endpoint saw a source it can route to.
+    /// Three echo requests from pod `i` to the internet endpoint.
     pub fn ping(&self, i: usize, fam: Family) -> Probe {
-        let addr = fam.endpoint().to_string();
-        let argv = ["ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "1", &addr];
-        self.probe(i, fam, "ping", &argv, None, Duration::from_secs(6))
+        self.ping_to(i, fam.endpoint())
+    }
+
+    /// HTTP GET from pod `i` to `addr` (either endpoint).
+    pub fn http_to(&self, i: usize, addr: IpAddr) -> Probe {
+        let url = format!("http://{}/", host_port(addr, HTTP_PORT));
+        let argv = [
+            "curl",
+            "-sS",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "3",
+            &url,
+        ];
+        self.probe(i, addr, "http", &argv, None, Duration::from_secs(5))
+    }
+
+    /// One UDP datagram from pod `i` to the echo service at `addr`.
+    pub fn udp_echo_to(&self, i: usize, addr: IpAddr) -> Probe {
+        let family = if addr.is_ipv4() { "UDP4" } else { "UDP6" };
+        let target = format!("{family}:{}", host_port(addr, UDP_ECHO_PORT));
+        // -t: how long to wait for the answer after our datagram went out.
+        let argv = ["socat", "-t", "1", "-T", "3", "-", &target];
+        self.probe(
+            i,
+            addr,
+            "udp",
+            &argv,
+            Some(b"podgate-lab\n"),
+            Duration::from_secs(5),
+        )
+    }
+
+    /// Three echo requests from pod `i` to `addr` (1 s deadline each). Replies can only come
+    /// back if the endpoint saw a source it can route to.
+    pub fn ping_to(&self, i: usize, addr: IpAddr) -> Probe {
+        let a = addr.to_string();
+        let argv = ["ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "1", &a];
+        self.probe(i, addr, "ping", &argv, None, Duration::from_secs(6))
+    }
+
+    /// HTTP POST of `bytes` zero bytes from pod `i` to `addr` (20 s at most): large segments
+    /// from the pod, so with [`Lab::set_path_mtu`] it needs PMTU discovery to finish. The
+    /// endpoint answers with the source it saw and the byte count it received.
+    pub fn upload(&self, i: usize, addr: IpAddr, bytes: u64) -> Probe {
+        self.upload_within(i, addr, bytes, Duration::from_secs(20))
+    }
+
+    /// Like [`Lab::upload`], giving up after `limit`.
+    pub fn upload_within(&self, i: usize, addr: IpAddr, bytes: u64, limit: Duration) -> Probe {
+        let url = format!("http://{}/upload", host_port(addr, HTTP_PORT));
+        let secs = limit.as_secs().max(1);
+        let script = format!(
+            "head -c {bytes} /dev/zero | curl -sS --connect-timeout 2 --max-time {secs} \
+             -H 'Content-Type: application/octet-stream' --data-binary @- {url}"
+        );
+        let mut p = self.probe(
+            i,
+            addr,
+            "upload",
+            &["sh", "-c", &script],
+            None,
+            limit + Duration::from_secs(5),
+        );
+        let want = format!(" bytes {bytes}");
+        p.ok = p.ok
+            && p.detail
+                .lines()
+                .any(|l| l.starts_with("seen ") && l.ends_with(&want));
+        p
     }
 
     fn probe(
         &self,
         i: usize,
-        family: Family,
+        addr: IpAddr,
         kind: &'static str,
         argv: &[&str],
         stdin: Option<&[u8]>,
         limit: Duration,
     ) -> Probe {
         let pod = self.pods[i].name.clone();
+        let family = Family::of(addr);
         let mut cmd = ns_command(&self.pods[i].ns, argv);
         let result = match stdin {
             None => output_with_deadline(cmd, limit),
             Some(data) => {
                 // A shell-free way to feed stdin: write it to a file the child reads.
-                let path = state::dir(&self.name).join(format!("stdin-{}-{kind}-{}", i, std::process::id()));
+                let path = state::dir(&self.name).join(format!(
+                    "stdin-{}-{kind}-{}",
+                    i,
+                    std::process::id()
+                ));
                 let r = fs::write(&path, data).and_then(|_| fs::File::open(&path));
                 let _ = fs::remove_file(&path);
                 match r {
@@ -639,7 +897,15 @@ impl Lab {
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok());
         let ok = ok && (kind == "ping" || seen.is_some());
-        Probe { pod, family, kind, ok, seen, detail: text }
+        Probe {
+            pod,
+            family,
+            target: addr,
+            kind,
+            ok,
+            seen,
+            detail: text,
+        }
     }
 
     /// Leaves the lab running (for `cargo xtask lab up`); `lab down` removes it later.
@@ -654,8 +920,11 @@ impl Lab {
     /// Takes the lab down now, reporting what was removed.
     pub fn down(mut self) -> Result<DownReport> {
         self.armed = false;
-        let stopped: Vec<String> =
-            self.servers.iter().map(|s| format!("process {} ({})", s.pid(), s.what())).collect();
+        let stopped: Vec<String> = self
+            .servers
+            .iter()
+            .map(|s| format!("process {} ({})", s.pid(), s.what()))
+            .collect();
         self.servers.clear();
         let mut report = down(&self.name)?;
         report.removed.splice(0..0, stopped);
@@ -671,6 +940,13 @@ impl Drop for Lab {
                 eprintln!("podgate-lab: taking down lab {:?}: {e:#}", self.name);
             }
         }
+    }
+}
+
+fn host_port(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
     }
 }
 
@@ -710,7 +986,12 @@ pub fn down(name: &str) -> Result<DownReport> {
             report.removed.push(format!("process {} ({cmd})", id.pid));
         }
     }
-    let mut nss: Vec<String> = st.netns.iter().filter(|n| belongs(name, n)).cloned().collect();
+    let mut nss: Vec<String> = st
+        .netns
+        .iter()
+        .filter(|n| belongs(name, n))
+        .cloned()
+        .collect();
     for ns in netns_list() {
         if belongs(name, &ns) && !nss.contains(&ns) {
             nss.push(ns);
@@ -724,7 +1005,9 @@ pub fn down(name: &str) -> Result<DownReport> {
                 if let Some(id) = ProcId::of(pid) {
                     let cmd = id.cmdline();
                     if id.terminate(grace) {
-                        report.removed.push(format!("process {pid} ({cmd}) found in {ns}"));
+                        report
+                            .removed
+                            .push(format!("process {pid} ({cmd}) found in {ns}"));
                     }
                 }
             }
@@ -770,11 +1053,11 @@ pub fn list() -> Vec<String> {
     let mut names = state::names();
     for ns in netns_list() {
         if let Some(rest) = ns.strip_prefix("pgl-") {
-            for suffix in ["-node", "-inet"] {
-                if let Some(n) = rest.strip_suffix(suffix) {
-                    if !names.iter().any(|x| x == n) {
-                        names.push(n.to_string());
-                    }
+            for suffix in ["-node", "-inet", "-far"] {
+                if let Some(n) = rest.strip_suffix(suffix)
+                    && !names.iter().any(|x| x == n)
+                {
+                    names.push(n.to_string());
                 }
             }
         }
@@ -788,10 +1071,11 @@ pub fn list() -> Vec<String> {
 pub fn sweep_orphans() -> Vec<String> {
     let mut swept = Vec::new();
     for name in state::names() {
-        if let Ok(Some(st)) = state::read(&name) {
-            if st.owner.is_some_and(|o| !o.alive()) && down(&name).is_ok() {
-                swept.push(name);
-            }
+        if let Ok(Some(st)) = state::read(&name)
+            && st.owner.is_some_and(|o| !o.alive())
+            && down(&name).is_ok()
+        {
+            swept.push(name);
         }
     }
     swept
@@ -802,15 +1086,26 @@ pub fn status(name: &str) -> Result<String> {
     validate_name(name)?;
     let st = state::read(name)?;
     let mut s = String::new();
-    let nss: Vec<String> = netns_list().into_iter().filter(|n| belongs(name, n)).collect();
+    let nss: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| belongs(name, n))
+        .collect();
     if st.is_none() && nss.is_empty() {
         return Ok(format!("lab {name}: not up\n"));
     }
     let st = st.unwrap_or_default();
-    s.push_str(&format!("lab {name}: {} pod(s), state {}\n", st.pods, state::dir(name).display()));
+    s.push_str(&format!(
+        "lab {name}: {} pod(s), mode {}, state {}\n",
+        st.pods,
+        st.mode,
+        state::dir(name).display()
+    ));
     match st.owner {
         Some(o) if o.alive() => s.push_str(&format!("  owner: pid {} (alive)\n", o.pid)),
-        Some(o) => s.push_str(&format!("  owner: pid {} (gone: `lab down` cleans up)\n", o.pid)),
+        Some(o) => s.push_str(&format!(
+            "  owner: pid {} (gone: `lab down` cleans up)\n",
+            o.pid
+        )),
         None => s.push_str("  owner: none (left up by `lab up`)\n"),
     }
     s.push_str("namespaces:\n");
@@ -835,9 +1130,16 @@ pub fn status(name: &str) -> Result<String> {
     let pins = pin_root(name);
     match fs::read_dir(&pins) {
         Ok(rd) => {
-            let entries: Vec<String> =
-                rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-            s.push_str(&format!("pins: {} ({} entries: {})\n", pins.display(), entries.len(), entries.join(" ")));
+            let entries: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            s.push_str(&format!(
+                "pins: {} ({} entries: {})\n",
+                pins.display(),
+                entries.len(),
+                entries.join(" ")
+            ));
         }
         Err(_) => s.push_str(&format!("pins: none ({} absent)\n", pins.display())),
     }
@@ -877,7 +1179,10 @@ mod tests {
         let p = Pod::new("x", 2);
         assert_eq!(p.ipv6.to_string(), "2001:db8:0:1::c");
         assert_eq!(p.ipv4, Ipv4Addr::new(169, 254, 172, 12));
-        assert_eq!((p.veth.as_str(), p.veth_v4.as_str()), ("vethpod2", "v4pod2"));
+        assert_eq!(
+            (p.veth.as_str(), p.veth_v4.as_str()),
+            ("vethpod2", "v4pod2")
+        );
         let last = Pod::new("x", MAX_PODS - 1);
         assert!(last.veth.len() <= 15);
     }

@@ -125,7 +125,9 @@ impl ChildGuard {
 
     /// Whether the process has exited already (and reaps it if so).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Leaves the process running and forgets it (a detached `lab up`; `lab down` ends it by
@@ -193,7 +195,11 @@ pub fn spawn_in(ns: &str, argv: &[&str], log: Option<&Path>) -> Result<ChildGuar
         }
         thread::sleep(Duration::from_millis(5));
     };
-    Ok(ChildGuard { child: Some(child), id, what })
+    Ok(ChildGuard {
+        child: Some(child),
+        id,
+        what,
+    })
 }
 
 /// Runs `cmd` to completion with a deadline, killing it (by PID) when the deadline passes.

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! pods 3
+//! mode routed
 //! pin_root /sys/fs/bpf/podgate-lab-demo
 //! owner 1234 5678          # PID + start time of a test process owning the lab (absent: detached)
 //! netns pgl-demo-node
@@ -24,6 +25,7 @@ pub const STATE_ROOT: &str = "/run/podgate-lab";
 #[derive(Debug, Default)]
 pub struct State {
     pub pods: usize,
+    pub mode: String,
     pub pin_root: Option<PathBuf>,
     pub owner: Option<ProcId>,
     pub netns: Vec<String>,
@@ -69,6 +71,7 @@ pub fn read(name: &str) -> Result<Option<State>> {
         };
         match key {
             "pods" => st.pods = rest.parse().unwrap_or(0),
+            "mode" => st.mode = rest.to_string(),
             "pin_root" => st.pin_root = Some(PathBuf::from(rest)),
             "owner" => st.owner = proc_id(rest).map(|(p, _)| p),
             "netns" => st.netns.push(rest.to_string()),

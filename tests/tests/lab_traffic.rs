@@ -10,19 +10,32 @@ fn lab_ipv6_pods_reach_the_internet() {
     let lab = lab::test_lab("v6", 3);
     for pod in lab.pods() {
         let want = IpAddr::V6(pod.ipv6);
-        for probe in [lab.http(pod.index, Family::V6), lab.udp_echo(pod.index, Family::V6)] {
+        for probe in [
+            lab.http(pod.index, Family::V6),
+            lab.udp_echo(pod.index, Family::V6),
+        ] {
             assert!(probe.ok, "{probe:?}");
-            assert_eq!(probe.seen, Some(want), "endpoint saw the wrong source: {probe:?}");
+            assert_eq!(
+                probe.seen,
+                Some(want),
+                "endpoint saw the wrong source: {probe:?}"
+            );
         }
         let ping = lab.ping(pod.index, Family::V6);
         assert!(ping.ok, "{ping:?}");
+        // And one router hop further.
+        let far = lab.http_to(pod.index, Family::V6.far());
+        assert!(far.ok && far.seen == Some(want), "{far:?}");
     }
     // The endpoint's own log agrees: one HTTP and one UDP request per pod, from its /128.
     let seen = lab.endpoint_seen();
     for pod in lab.pods() {
-        for proto in ["tcp", "udp"] {
-            let n = seen.iter().filter(|(p, a)| p == proto && *a == IpAddr::V6(pod.ipv6)).count();
-            assert_eq!(n, 1, "{proto} from {}: {seen:?}", pod.name);
+        for (proto, want) in [("tcp", 2), ("udp", 1)] {
+            let n = seen
+                .iter()
+                .filter(|(p, a)| p == proto && *a == IpAddr::V6(pod.ipv6))
+                .count();
+            assert_eq!(n, want, "{proto} from {}: {seen:?}", pod.name);
         }
     }
 }
@@ -33,18 +46,29 @@ fn lab_ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
     // The endpoint itself answers IPv4 (from the node's address), so a failure below is the
     // missing translation and not a broken endpoint.
     let out = lab
-        .exec_in(&lab.node_ns(), &["curl", "-sS", "--max-time", "3", "http://198.51.100.1/"])
+        .exec_in(
+            &lab.node_ns(),
+            &["curl", "-sS", "--max-time", "3", "http://198.51.100.1/"],
+        )
         .unwrap();
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(body.starts_with(&format!("seen {NODE_V4} ")), "node to endpoint: {body:?}");
+    assert!(
+        body.starts_with(&format!("seen {NODE_V4} ")),
+        "node to endpoint: {body:?}"
+    );
 
     for pod in lab.pods() {
         for probe in [
             lab.http(pod.index, Family::V4),
             lab.udp_echo(pod.index, Family::V4),
             lab.ping(pod.index, Family::V4),
+            lab.http_to(pod.index, Family::V4.far()),
         ] {
-            assert!(!probe.ok, "IPv4 from {} got through untranslated: {probe:?}", pod.name);
+            assert!(
+                !probe.ok,
+                "IPv4 from {} got through untranslated: {probe:?}",
+                pod.name
+            );
         }
     }
     let seen = lab.endpoint_seen();
@@ -52,7 +76,11 @@ fn lab_ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
         seen.iter().all(|(_, a)| *a == IpAddr::V4(NODE_V4)),
         "the endpoint saw something other than the node's IPv4: {seen:?}"
     );
-    assert!(!seen.iter().any(|(_, a)| matches!(a, IpAddr::V4(v4) if v4.octets()[..2] == [169, 254])));
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, a)| matches!(a, IpAddr::V4(v4) if v4.octets()[..2] == [169, 254]))
+    );
 }
 
 #[test]
@@ -62,11 +90,23 @@ fn lab_iperf3_runs_over_ipv6() {
     let out = lab
         .exec_in_for(
             lab.pod_ns(0),
-            &["iperf3", "-c", &server, "-t", "1", "--connect-timeout", "2000"],
+            &[
+                "iperf3",
+                "-c",
+                &server,
+                "-t",
+                "1",
+                "--connect-timeout",
+                "2000",
+            ],
             std::time::Duration::from_secs(15),
         )
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "iperf3: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "iperf3: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("receiver"), "{text}");
 }

@@ -92,7 +92,9 @@ pub fn run(args: Args) -> Result<()> {
                     d.detach();
                 }
                 lab.detach();
-                println!("demo: lab left up (--keep); take it down with `cargo xtask lab down --name {LAB}`");
+                println!(
+                    "demo: lab left up (--keep); take it down with `cargo xtask lab down --name {LAB}`"
+                );
             } else {
                 drop(o.daemon);
                 println!("demo: lab down");
@@ -143,7 +145,10 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
     });
     check_interrupt()?;
     let probes: Vec<Probe> = per_pod.into_iter().flatten().collect();
@@ -167,12 +172,16 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
     for ((proto, addr), n) in &tally {
         let note = match addr {
             IpAddr::V4(a) if *a == NODE_V4 => "  (the node's IPv4: translated)",
-            IpAddr::V4(a) if a.octets()[..2] == [169, 254] => "  (a pod's 169.254 address: NOT translated!)",
+            IpAddr::V4(a) if a.octets()[..2] == [169, 254] => {
+                "  (a pod's 169.254 address: NOT translated!)"
+            }
             _ => "",
         };
         println!("  {proto} {addr}: {n}{note}");
     }
-    println!("  (ping has no log line: a reply can only come back if the endpoint saw an address it routes to)");
+    println!(
+        "  (ping has no log line: a reply can only come back if the endpoint saw an address it routes to)"
+    );
 
     if daemon.is_some() {
         for verb in [&["nat", "list"][..], &["stats"][..]] {
@@ -200,16 +209,29 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
     let mut failed = 0;
     for fam in [Family::V4, Family::V6] {
         for kind in ["http", "udp", "ping"] {
-            let of: Vec<&Probe> = probes.iter().filter(|p| p.family == fam && p.kind == kind).collect();
+            let of: Vec<&Probe> = probes
+                .iter()
+                .filter(|p| p.family == fam && p.kind == kind)
+                .collect();
             let good: Vec<&&Probe> = of.iter().filter(|p| passes(p)).collect();
             failed += of.len() - good.len();
-            let state = if good.len() == of.len() { "works" } else if good.is_empty() { "FAILS" } else { "PARTLY FAILS" };
+            let state = if good.len() == of.len() {
+                "works"
+            } else if good.is_empty() {
+                "FAILS"
+            } else {
+                "PARTLY FAILS"
+            };
             let why = if fam == Family::V4 && good.len() < of.len() && !translating {
                 " (no SNAT: podgate not running)"
             } else {
                 ""
             };
-            println!("  {fam} {kind:<4} from pods: {}/{} {state}{why}", good.len(), of.len());
+            println!(
+                "  {fam} {kind:<4} from pods: {}/{} {state}{why}",
+                good.len(),
+                of.len()
+            );
         }
     }
     Ok(Outcome { daemon, failed })
@@ -223,13 +245,23 @@ fn passes(p: &Probe) -> bool {
 fn describe(p: &Probe, translating: bool) -> String {
     let head = format!("{} {} {:<4}", p.pod, p.family, p.kind);
     if passes(p) {
-        let seen = p.seen.map(|a| format!(": endpoint saw {a}")).unwrap_or_default();
+        let seen = p
+            .seen
+            .map(|a| format!(": endpoint saw {a}"))
+            .unwrap_or_default();
         return format!("{head} ok{seen}");
     }
     if p.ok {
-        return format!("{head} WRONG SOURCE: endpoint saw {:?} (expected {NODE_V4})", p.seen);
+        return format!(
+            "{head} WRONG SOURCE: endpoint saw {:?} (expected {NODE_V4})",
+            p.seen
+        );
     }
-    let why = if p.family == Family::V4 && !translating { " (no SNAT yet)" } else { "" };
+    let why = if p.family == Family::V4 && !translating {
+        " (no SNAT yet)"
+    } else {
+        ""
+    };
     let last = p.detail.lines().last().unwrap_or("no answer").trim();
     format!("{head} FAILED{why}: {last}")
 }
@@ -240,7 +272,11 @@ fn podgate_supports_run(bin: &Path) -> bool {
     cmd.args(["run", "--help"]);
     match output_with_deadline(cmd, Duration::from_secs(10)) {
         Ok(out) => {
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             out.status.success() && text.contains("--config")
         }
         Err(_) => false,
@@ -251,12 +287,24 @@ fn podgate_supports_run(bin: &Path) -> bool {
 /// for its pins. `None` when this podgate has no daemon yet.
 fn start_podgate(lab: &Lab, bin: &Path) -> Result<Option<ChildGuard>> {
     if !bin.exists() || !podgate_supports_run(bin) {
-        println!("demo: podgate not available yet ({} has no `run --config`): skipping translation", bin.display());
+        println!(
+            "demo: podgate not available yet ({} has no `run --config`): skipping translation",
+            bin.display()
+        );
         return Ok(None);
     }
     let cfg = lab.config_path();
-    let argv = [&*bin.to_string_lossy(), "run", "--config", &*cfg.to_string_lossy()];
-    println!("demo: starting podgate: nsenter --net=/run/netns/{} {}", lab.node_ns(), argv.join(" "));
+    let argv = [
+        &*bin.to_string_lossy(),
+        "run",
+        "--config",
+        &*cfg.to_string_lossy(),
+    ];
+    println!(
+        "demo: starting podgate: nsenter --net=/run/netns/{} {}",
+        lab.node_ns(),
+        argv.join(" ")
+    );
     let mut daemon = lab.spawn_logged(&lab.node_ns(), &argv, "podgate.log")?;
     let log = lab.state_dir().join("podgate.log");
     let pins = lab.pin_root();
@@ -270,18 +318,29 @@ fn start_podgate(lab: &Lab, bin: &Path) -> Result<Option<ChildGuard>> {
             return Ok(None);
         }
         if std::fs::read_dir(&pins).is_ok_and(|mut d| d.next().is_some()) {
-            println!("demo: podgate running (pid {}), pins under {}", daemon.pid(), pins.display());
+            println!(
+                "demo: podgate running (pid {}), pins under {}",
+                daemon.pid(),
+                pins.display()
+            );
             break;
         }
         if Instant::now() >= deadline {
-            println!("demo: podgate running (pid {}) but nothing pinned under {} after 20 s", daemon.pid(), pins.display());
+            println!(
+                "demo: podgate running (pid {}) but nothing pinned under {} after 20 s",
+                daemon.pid(),
+                pins.display()
+            );
             break;
         }
         thread::sleep(Duration::from_millis(100));
     }
     if let Ok(out) = lab.exec_in(&lab.node_ns(), &["bpftool", "net", "show"]) {
         println!("demo: programs attached in the node namespace (bpftool net show):");
-        for l in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+        for l in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+        {
             println!("  {l}");
         }
     }

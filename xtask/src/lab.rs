@@ -21,6 +21,10 @@ enum Action {
         /// Lab name (namespaces are pgl-<name>-node, -inet, -podN).
         #[arg(long, default_value = "lab")]
         name: String,
+        /// `routed` (no NAT: pods' IPv4 needs podgate) or `iptables` (the VPC CNI's
+        /// `SNAT --random-fully`, a baseline for comparisons).
+        #[arg(long, default_value = "routed")]
+        mode: podgate_lab::Mode,
     },
     /// Remove the lab: processes, namespaces, pins, state. Works after a crashed run too.
     Down {
@@ -39,8 +43,8 @@ enum Action {
 
 pub fn run(args: Args) -> Result<()> {
     match args.action {
-        Action::Up { pods, name } => {
-            let lab = Lab::up(LabSpec::new(&name, pods))?;
+        Action::Up { pods, name, mode } => {
+            let lab = Lab::up(LabSpec::new(&name, pods).with_mode(mode))?;
             let (node, pod0, cfg) = (lab.node_ns(), lab.pod_ns(0).to_string(), lab.config_path());
             lab.detach();
             print!("{}", podgate_lab::status(&name)?);

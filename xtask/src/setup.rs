@@ -32,6 +32,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "netsniff-ng",
     "socat",
     "curl",
+    "iputils-ping",
     "python3",
     "procps",
     "containernetworking-plugins",

@@ -1,0 +1,165 @@
+//! SNAT end to end in the namespace lab: real sockets from pods through podgate to an IPv4
+//! internet that only knows the node's address.
+
+use std::{
+    net::IpAddr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use podgate_lab::{ChildGuard, Family, Lab, LabSpec, NODE_V4, sweep_orphans};
+
+const PODGATE: &str = env!("CARGO_BIN_EXE_podgate");
+
+fn lab(tag: &str, pods: usize) -> Lab {
+    sweep_orphans();
+    Lab::up(LabSpec::new(format!("s{}-{tag}", std::process::id()), pods)).expect("lab up")
+}
+
+/// Starts the daemon and waits until every pod's programs are attached.
+fn podgate(lab: &Lab, log: &str) -> ChildGuard {
+    let cfg = lab.config_path();
+    let d = lab
+        .spawn_logged(&lab.node_ns(), &[PODGATE, "run", "--config", cfg.to_str().unwrap()], log)
+        .expect("start podgate");
+    let want = 1 + 3 * lab.pods().len();
+    let links = lab.pin_root().join("links");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while links.read_dir().map(|d| d.count()).unwrap_or(0) < want {
+        assert!(Instant::now() < deadline, "podgate did not attach in 30 s");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The log line comes after the last attachment.
+    let log = lab.state_dir().join(log);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("podgate: running") {
+        assert!(Instant::now() < deadline, "podgate did not report running");
+        thread::sleep(Duration::from_millis(50));
+    }
+    d
+}
+
+fn podgate_cli(lab: &Lab, args: &[&str]) -> String {
+    let root = lab.pin_root();
+    let mut argv = vec![PODGATE, "--pin-root", root.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let o = lab.exec_in(&lab.node_ns(), &argv).unwrap();
+    assert!(o.status.success(), "podgate {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn three_pods_reach_the_ipv4_endpoint_which_sees_only_the_node() {
+    let lab = lab("three", 3);
+    let _d = podgate(&lab, "podgate.log");
+    // All pods at once, each with its three protocols.
+    let probes: Vec<_> = thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|i| {
+                let lab = &lab;
+                s.spawn(move || {
+                    vec![lab.http(i, Family::V4), lab.udp_echo(i, Family::V4), lab.ping(i, Family::V4)]
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    for p in &probes {
+        assert!(p.ok, "{p:?}");
+        if p.kind != "ping" {
+            assert_eq!(p.seen, Some(IpAddr::V4(NODE_V4)), "endpoint saw {:?}", p.seen);
+        }
+    }
+    let seen = lab.endpoint_seen();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(seen.iter().all(|(_, a)| *a == IpAddr::V4(NODE_V4)), "a pod address leaked: {seen:?}");
+    // One mapping per pod socket, all on the node's address, inside the configured range.
+    let nat: serde_json::Value = serde_json::from_str(&podgate_cli(&lab, &["nat", "list", "--json"])).unwrap();
+    let rows = nat.as_array().unwrap();
+    assert!(rows.len() >= 9, "{nat}");
+    for r in rows {
+        assert_eq!(r["ext_addr"], NODE_V4.to_string());
+        let port = r["ext_port"].as_u64().unwrap();
+        if r["proto"] != "icmp" {
+            assert!((32768..=65535).contains(&port), "{r}");
+        }
+    }
+    let stats = podgate_cli(&lab, &["stats", "--json"]);
+    assert!(stats.contains("\"rev_nat\""), "{stats}");
+}
+
+#[test]
+fn iperf3_for_ten_seconds_through_snat() {
+    let lab = lab("iperf", 1);
+    let _d = podgate(&lab, "podgate.log");
+    let out = lab
+        .exec_in_for(
+            lab.pod_ns(0),
+            &["iperf3", "-c", "198.51.100.1", "-t", "10", "--connect-timeout", "3000", "--json"],
+            Duration::from_secs(40),
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 JSON");
+    assert!(out.status.success(), "iperf3 failed: {v}");
+    let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap();
+    let secs = v["end"]["sum_received"]["seconds"].as_f64().unwrap();
+    assert!(secs >= 9.5 && bytes > 1e6, "received {bytes} bytes in {secs} s");
+}
+
+#[test]
+fn pmtu_discovery_works_through_podgate() {
+    let lab = lab("pmtu", 1);
+    let _d = podgate(&lab, "podgate.log");
+    lab.set_path_mtu(1280).unwrap();
+    let up = lab.upload(0, Family::V4.far(), 2_000_000);
+    assert!(up.ok, "upload with path MTU 1280: {up:?}");
+    // The pod itself learned the smaller MTU from the reverse-translated 3/4 error.
+    let route = lab.exec_in(lab.pod_ns(0), &["ip", "route", "get", "203.0.113.10"]).unwrap();
+    let route = String::from_utf8_lossy(&route.stdout);
+    assert!(route.contains("mtu 1280"), "pod's route cache: {route}");
+    let stats = podgate_cli(&lab, &["stats", "--json"]);
+    assert!(stats.contains("icmp_error_translated"), "{stats}");
+}
+
+#[test]
+fn a_tcp_transfer_survives_a_daemon_sigkill_and_restart() {
+    let lab = lab("restart", 1);
+    let d = podgate(&lab, "podgate-1.log");
+    let iperf = lab
+        .spawn_logged(
+            lab.pod_ns(0),
+            &["iperf3", "-c", "198.51.100.1", "-t", "6", "--connect-timeout", "3000", "--json", "--logfile",
+              lab.state_dir().join("iperf.json").to_str().unwrap()],
+            "iperf.out",
+        )
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    let before = podgate_cli(&lab, &["nat", "list", "--json"]);
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    thread::sleep(Duration::from_millis(500));
+    let _d2 = podgate(&lab, "podgate-2.log");
+    let after = podgate_cli(&lab, &["nat", "list", "--json"]);
+    let ports = |s: &str| -> Vec<(String, u64)> {
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (format!("{}:{}", r["pod_addr"], r["pod_port"]), r["ext_port"].as_u64().unwrap()))
+            .collect()
+    };
+    for m in ports(&before) {
+        assert!(ports(&after).contains(&m), "mapping {m:?} lost across the restart");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut iperf = iperf;
+    let status = loop {
+        if let Some(st) = iperf.exited() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "iperf3 hung");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let report = std::fs::read_to_string(lab.state_dir().join("iperf.json")).unwrap_or_default();
+    assert!(status.success(), "iperf3 failed across the restart: {report}");
+    let v: serde_json::Value = serde_json::from_str(&report).expect("iperf3 JSON");
+    assert!(v["end"]["sum_received"]["seconds"].as_f64().unwrap() >= 5.5, "{report}");
+}

@@ -101,6 +101,8 @@ pub enum Mode {
     Routed,
     /// The VPC CNI's way, as a baseline: `iptables … -j SNAT --random-fully` to the node's IPv4.
     Iptables,
+    /// nftables `masquerade` of the pods' IPv4 range out of the uplink (a benchmark baseline).
+    Nftables,
 }
 
 impl std::str::FromStr for Mode {
@@ -109,7 +111,8 @@ impl std::str::FromStr for Mode {
         match s {
             "routed" => Ok(Mode::Routed),
             "iptables" => Ok(Mode::Iptables),
-            _ => bail!("mode {s:?}: expected routed or iptables"),
+            "nftables" => Ok(Mode::Nftables),
+            _ => bail!("mode {s:?}: expected routed, iptables or nftables"),
         }
     }
 }
@@ -119,6 +122,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Routed => "routed",
             Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
         })
     }
 }
@@ -527,6 +531,19 @@ impl Lab {
                     "--random-fully",
                 ],
             ))?;
+        }
+        if self.mode == Mode::Nftables {
+            let rules = format!(
+                "table ip podgate_lab {{\n\
+                 \tchain postrouting {{\n\
+                 \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                 \t\tip saddr {POD_IPV4_CIDR} oifname \"{UPLINK}\" masquerade\n\
+                 \t}}\n\
+                 }}\n"
+            );
+            let path = state::dir(&name).join("nat.nft");
+            fs::write(&path, rules)?;
+            run(&mut ns_command(&node, &["nft", "-f", &path.to_string_lossy()]))?;
         }
         for p in &self.pods {
             ip_batch(

@@ -136,3 +136,7 @@ fn xdp_md_ctx(ifindex: u32, len: usize) -> Vec<u8> {
 }
 /// The namespace lab for integration tests (tests/tests/lab_*.rs).
 pub mod lab;
+/// SNAT fixtures: a private namespace with the programs' interfaces, map setup, packet builders.
+pub mod fixture;
+/// Per-packet and table-scale measurements (`podgate-bench micro`, `cargo xtask bench`).
+pub mod bench;

@@ -76,55 +76,43 @@ fn micro(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Accept loop threads: read the request head, answer, close first.
+/// Accept loop threads: read the request head, answer, close first. The process exits after
+/// `--secs` whatever it is doing.
 fn tcp_server(args: &[String]) -> Result<()> {
     let port: u16 = value(args, "--port")?.unwrap_or(8080);
     let secs: u64 = value(args, "--secs")?.context("--secs is required (the server is bounded)")?;
     let threads: usize = value(args, "--threads")?.unwrap_or(2);
     // [::] with V6ONLY off (Linux default) takes IPv4 too.
-    let l = TcpListener::bind(("::", port)).with_context(|| format!("bind [::]:{port}"))?;
-    l.set_nonblocking(true)?;
-    let l = Arc::new(l);
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let l = Arc::new(TcpListener::bind(("::", port)).with_context(|| format!("bind [::]:{port}"))?);
     let served = Arc::new(AtomicU64::new(0));
-    let hs: Vec<_> = (0..threads)
-        .map(|_| {
-            let (l, served) = (l.clone(), served.clone());
-            thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                while Instant::now() < deadline {
-                    match l.accept() {
-                        Ok((mut s, _)) => {
-                            let _ = s.set_nonblocking(false);
-                            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                            let mut got = 0;
-                            while got < buf.len() {
-                                match s.read(&mut buf[got..]) {
-                                    Ok(0) | Err(_) => break,
-                                    Ok(n) => {
-                                        got += n;
-                                        if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                                            break;
-                                        }
-                                    }
-                                }
+    for _ in 0..threads {
+        let (l, served) = (l.clone(), served.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            loop {
+                let Ok((mut s, _)) = l.accept() else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut got = 0;
+                while got < buf.len() {
+                    match s.read(&mut buf[got..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            got += n;
+                            if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
                             }
-                            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
-                            served.fetch_add(1, Ordering::Relaxed);
-                            // Dropping closes first: TIME_WAIT stays on this side.
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_micros(200)),
-                        Err(_) => thread::sleep(Duration::from_millis(1)),
                     }
                 }
-            })
-        })
-        .collect();
-    for h in hs {
-        let _ = h.join();
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n");
+                served.fetch_add(1, Ordering::Relaxed);
+                // Dropping closes first: TIME_WAIT stays on this side.
+            }
+        });
     }
+    thread::sleep(Duration::from_secs(secs));
     println!("{{\"served\": {}}}", served.load(Ordering::Relaxed));
-    Ok(())
+    std::process::exit(0);
 }
 
 fn tcp_client(args: &[String]) -> Result<()> {

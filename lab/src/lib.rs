@@ -69,6 +69,28 @@ pub const FAR_GW_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0,
 pub const FAR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0, 0x10);
 const PIN_PREFIX: &str = "/sys/fs/bpf/podgate-lab-";
 const ENDPOINT_PY: &str = include_str!("endpoint.py");
+/// What the lab runs, with the Debian package that has it.
+const REQUIRED_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+    ("python3", "python3"),
+    ("iperf3", "iperf3"),
+    ("curl", "curl"),
+    ("socat", "socat"),
+    ("ping", "iputils-ping"),
+];
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::metadata(d.join(bin))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct LabSpec {
@@ -365,6 +387,22 @@ impl Lab {
     /// Builds the lab. On any error, whatever was created is removed again.
     pub fn up(spec: LabSpec) -> Result<Lab> {
         validate_name(&spec.name)?;
+        let mut tools = REQUIRED_TOOLS.to_vec();
+        if spec.mode == Mode::Iptables {
+            tools.push(("iptables", "iptables"));
+        }
+        // A missing client would make every probe "fail", which would pass the tests that
+        // expect failure: refuse to build a lab that cannot really probe.
+        let missing: Vec<String> = tools
+            .iter()
+            .filter(|(bin, _)| !on_path(bin))
+            .map(|(bin, pkg)| format!("{bin} (Debian package {pkg})"))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "the lab needs {}; `cargo xtask setup` installs them",
+            missing.join(", ")
+        );
         ensure!(
             (1..=MAX_PODS).contains(&spec.pods),
             "pods: {} (1-{MAX_PODS})",

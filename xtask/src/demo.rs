@@ -317,13 +317,25 @@ fn start_podgate(lab: &Lab, bin: &Path) -> Result<Option<ChildGuard>> {
             println!("demo: continuing without translation");
             return Ok(None);
         }
-        if std::fs::read_dir(&pins).is_ok_and(|mut d| d.next().is_some()) {
-            println!(
-                "demo: podgate running (pid {}), pins under {}",
-                daemon.pid(),
-                pins.display()
-            );
-            break;
+        if let Ok(d) = std::fs::read_dir(&pins) {
+            let mut names: Vec<String> = d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !names.is_empty() {
+                names.sort();
+                println!(
+                    "demo: podgate running (pid {}), pinned under {}: {}",
+                    daemon.pid(),
+                    pins.display(),
+                    names.join(" ")
+                );
+                println!(
+                    "      (inspect: bpftool map dump pinned {}/<map>)",
+                    pins.display()
+                );
+                break;
+            }
         }
         if Instant::now() >= deadline {
             println!(

@@ -798,6 +798,23 @@ impl Lab {
             .collect()
     }
 
+    /// Runs `f` for every pod at once (one thread per pod, as a node sees its pods), returning
+    /// the results in pod order.
+    pub fn on_all_pods<T: Send>(&self, f: impl Fn(&Pod) -> T + Sync) -> Vec<T> {
+        let f = &f;
+        thread::scope(|s| {
+            let handles: Vec<_> = self
+                .pods
+                .iter()
+                .map(|pod| s.spawn(move || f(pod)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("pod thread panicked"))
+                .collect()
+        })
+    }
+
     /// HTTP GET from pod `i` to the internet endpoint; the body names the source it saw.
     pub fn http(&self, i: usize, fam: Family) -> Probe {
         self.http_to(i, fam.endpoint())

@@ -8,7 +8,7 @@ use podgate_tests::lab::{self, Family, INTERNET_V6, NODE_V4};
 #[test]
 fn lab_ipv6_pods_reach_the_internet() {
     let lab = lab::test_lab("v6", 3);
-    for pod in lab.pods() {
+    lab.on_all_pods(|pod| {
         let want = IpAddr::V6(pod.ipv6);
         for probe in [
             lab.http(pod.index, Family::V6),
@@ -26,7 +26,7 @@ fn lab_ipv6_pods_reach_the_internet() {
         // And one router hop further.
         let far = lab.http_to(pod.index, Family::V6.far());
         assert!(far.ok && far.seen == Some(want), "{far:?}");
-    }
+    });
     // The endpoint's own log agrees: one HTTP and one UDP request per pod, from its /128.
     let seen = lab.endpoint_seen();
     for pod in lab.pods() {
@@ -57,7 +57,7 @@ fn lab_ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
         "node to endpoint: {body:?}"
     );
 
-    for pod in lab.pods() {
+    lab.on_all_pods(|pod| {
         // The same clients do work from this pod (over IPv6), so the failures below are IPv4's.
         for probe in [
             lab.udp_echo(pod.index, Family::V6),
@@ -77,7 +77,7 @@ fn lab_ipv4_from_pods_does_not_reach_the_internet_without_podgate() {
                 pod.name
             );
         }
-    }
+    });
     let seen = lab.endpoint_seen();
     assert!(
         seen.iter()

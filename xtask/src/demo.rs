@@ -125,30 +125,17 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
     let translating = daemon.is_some();
 
     println!("\ndemo: traffic from every pod (HTTP, UDP echo, ping) to the internet endpoints");
-    // All pods at once, as a node sees it; each pod's checks run in order.
-    let per_pod: Vec<Vec<Probe>> = thread::scope(|s| {
-        let handles: Vec<_> = lab
-            .pods()
-            .iter()
-            .map(|pod| {
-                s.spawn(move || {
-                    let mut v = Vec::new();
-                    for fam in [Family::V4, Family::V6] {
-                        if INTERRUPTED.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        v.push(lab.http(pod.index, fam));
-                        v.push(lab.udp_echo(pod.index, fam));
-                        v.push(lab.ping(pod.index, fam));
-                    }
-                    v
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect()
+    let per_pod: Vec<Vec<Probe>> = lab.on_all_pods(|pod| {
+        let mut v = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                break;
+            }
+            v.push(lab.http(pod.index, fam));
+            v.push(lab.udp_echo(pod.index, fam));
+            v.push(lab.ping(pod.index, fam));
+        }
+        v
     });
     check_interrupt()?;
     let probes: Vec<Probe> = per_pod.into_iter().flatten().collect();

@@ -91,7 +91,7 @@ fn lab_down_by_name_cleans_a_crashed_run() {
     // A process the test started, recorded, and one nobody recorded (as a crashed daemon
     // started by hand would be): both must go, or the namespace would outlive `ip netns del`.
     let recorded = lab.spawn_in(&lab.node_ns(), &["sleep", "300"]).unwrap();
-    let unrecorded = lab::ns_command(&lab.pod_ns(1).to_string(), &["sleep", "301"])
+    let mut unrecorded = lab::ns_command(lab.pod_ns(1), &["sleep", "301"])
         .spawn()
         .unwrap();
     let mut procs = lab.processes();
@@ -113,6 +113,7 @@ fn lab_down_by_name_cleans_a_crashed_run() {
         "{report}"
     );
     assert_eq!(leftovers(&name, &procs), Vec::<String>::new());
+    unrecorded.wait().unwrap();
     // Idempotent: a second down finds nothing and is no error.
     assert!(lab::down(&name).unwrap().removed.is_empty());
 }

@@ -220,3 +220,26 @@ fn lab_of_a_killed_test_process_is_swept() {
     lab::sweep_orphans();
     assert_eq!(leftovers(&name, &procs), Vec::<String>::new());
 }
+
+#[test]
+fn lab_status_describes_a_running_lab_and_a_missing_one() {
+    let lab = lab::test_lab("status", 1);
+    let text = lab::status(lab.name()).unwrap();
+    for want in [
+        lab.node_ns(),
+        lab.internet_ns(),
+        lab.far_ns(),
+        lab.pod_ns(0).to_string(),
+        "198.51.100.2/24".to_string(),
+        "169.254.172.10/32".to_string(),
+        "2001:db8:0:1::a/128".to_string(),
+        "iperf3".to_string(),
+        "pins: none".to_string(),
+    ] {
+        assert!(text.contains(&want), "status lacks {want:?}:\n{text}");
+    }
+    assert!(!text.contains("gone"), "{text}");
+    let name = lab.name().to_string();
+    drop(lab);
+    assert_eq!(lab::status(&name).unwrap(), format!("lab {name}: not up\n"));
+}

@@ -23,6 +23,7 @@
 //! Everything a lab creates is written to `/run/podgate-lab/<name>/state` before it is created,
 //! so [`down`] undoes a lab whose owner crashed; a [`Lab`] value downs its lab when dropped.
 
+mod daemon;
 mod process;
 mod state;
 
@@ -39,6 +40,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub use daemon::podgate_has_daemon;
 pub use process::{ChildGuard, ProcId, output_with_deadline};
 pub use state::STATE_ROOT;
 

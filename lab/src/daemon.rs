@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{ChildGuard, Lab, output_with_deadline};
 
@@ -38,7 +38,9 @@ impl Lab {
             "--config",
             &*cfg.to_string_lossy(),
         ];
-        let mut daemon = self.spawn_logged(&self.node_ns(), &argv, "podgate.log")?;
+        let mut daemon = self
+            .spawn_logged(&self.node_ns(), &argv, "podgate.log")
+            .with_context(|| format!("podgate's log:\n{}", self.podgate_log()))?;
         let deadline = Instant::now() + limit;
         loop {
             if let Some(st) = daemon.exited() {

@@ -225,7 +225,7 @@ pub struct Probe {
     pub pod: String,
     pub family: Family,
     pub target: IpAddr,
-    /// `http`, `udp`, `ping` or `upload`.
+    /// `http`, `udp`, `ping`, `upload` or `iperf3`.
     pub kind: &'static str,
     pub ok: bool,
     /// The source address the endpoint reported seeing (HTTP and UDP echo answer with it).
@@ -902,6 +902,28 @@ impl Lab {
         p
     }
 
+    /// An iperf3 TCP run of `seconds` from pod `i` to the internet's iperf3 server in `fam`
+    /// (bounded: `seconds` + 15 s). `detail` holds iperf3's report.
+    pub fn iperf3(&self, i: usize, fam: Family, seconds: u32) -> Probe {
+        let (server, t) = (fam.endpoint().to_string(), seconds.to_string());
+        let port = IPERF_PORT.to_string();
+        let argv = [
+            "iperf3",
+            "-c",
+            &server,
+            "-p",
+            &port,
+            "-t",
+            &t,
+            "--connect-timeout",
+            "2000",
+        ];
+        let limit = Duration::from_secs(u64::from(seconds) + 15);
+        let mut p = self.probe(i, fam.endpoint(), "iperf3", &argv, None, limit);
+        p.ok = p.ok && p.detail.contains("receiver");
+        p
+    }
+
     fn probe(
         &self,
         i: usize,
@@ -953,7 +975,8 @@ impl Lab {
             .find_map(|l| l.strip_prefix("seen "))
             .and_then(|r| r.split_whitespace().next())
             .and_then(|a| a.parse().ok());
-        let ok = ok && (kind == "ping" || seen.is_some());
+        // HTTP and UDP must also have been answered by our endpoint, which names the source.
+        let ok = ok && (!matches!(kind, "http" | "udp" | "upload") || seen.is_some());
         Probe {
             pod,
             family,

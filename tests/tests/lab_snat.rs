@@ -63,28 +63,8 @@ fn lab_snat_pods_reach_ipv4_as_the_node() {
 #[ignore = "needs `podgate run` (issue 3)"]
 fn lab_snat_iperf3_runs_10s_through_the_nat() {
     let (lab, _daemon) = lab_with_podgate("snatperf", 1);
-    let server = lab::INTERNET_V4.to_string();
-    let out = lab
-        .exec_in_for(
-            lab.pod_ns(0),
-            &[
-                "iperf3",
-                "-c",
-                &server,
-                "-t",
-                "10",
-                "--connect-timeout",
-                "2000",
-            ],
-            Duration::from_secs(30),
-        )
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("receiver"),
-        "iperf3: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = lab.iperf3(0, Family::V4, 10);
+    assert!(run.ok, "{run:?}\npodgate log:\n{}", lab.podgate_log());
 }
 
 #[test]

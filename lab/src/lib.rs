@@ -353,9 +353,16 @@ fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // ip reports the failing line as "Command failed -:N"; name the command itself.
+        let line = err
+            .rsplit_once("-:")
+            .and_then(|(_, n)| n.trim().parse::<usize>().ok())
+            .and_then(|n| lines.get(n.wrapping_sub(1)));
         bail!(
-            "configuring netns {ns} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "configuring netns {ns} failed at `ip {}`: {}",
+            line.map_or("?", |l| l.as_str()),
+            err.trim()
         );
     }
     Ok(())

@@ -305,7 +305,10 @@ pub fn per_packet(o: &MicroOpts) -> Result<Vec<Case>> {
     let udp_out = udp_frame(POD_A, EST_PORT, REMOTE1, 53, FRAME);
     let tcp_out = fixture::tcp(POD_A, EST_PORT, REMOTE1, 443, "A", &[0u8; 10]);
     let udp_in = udp_frame(REMOTE1, 53, POD_A, EST_PORT, FRAME);
+    // Where the time goes: the same program leaving right after parsing and the pod lookup.
+    let local = udp_frame(POD_A, EST_PORT, fixture::POD_B, 53, FRAME);
     let mut cases = vec![
+        repeat_case(&mut env, "pod_ingress, parse + pod lookup only (pod-local dst)", "pod_ingress", "noop_tc", &local, a, Counter::LocalPass, o)?,
         repeat_case(&mut env, "established SNAT egress (UDP 64 B)", "pod_ingress", "noop_tc", &udp_out, a, Counter::SnatOut, o)?,
         repeat_case(&mut env, "established SNAT egress (TCP ACK)", "pod_ingress", "noop_tc", &tcp_out, a, Counter::SnatOut, o)?,
         repeat_case(&mut env, "reply reverse NAT, XDP (UDP 64 B)", "uplink_xdp", "noop_xdp", &udp_in, up, Counter::RevNat, o)?,

@@ -10,7 +10,7 @@ set -u
 PLAN=$1
 STEP_TIMEOUT=${PGVM_STEP_TIMEOUT:-150}
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root RUST_BACKTRACE=0 TERM=dumb
+export HOME=/root RUST_BACKTRACE=0 TERM=dumb NO_COLOR=1
 cd /tmp
 
 echo "PGVM guest kernel=$(uname -r)"

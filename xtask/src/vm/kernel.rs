@@ -36,9 +36,10 @@ pub fn spec(name: &str) -> Result<Spec> {
     })
 }
 
-/// Modules the VM loads when the kernel has them as modules: a 9p root over virtio-pci, and veth
-/// for the namespace test. Dependencies are added from each module's own `depends=`.
-pub const WANTED_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth"];
+/// Modules the VM loads when the kernel has them as modules: a 9p root over virtio-pci; veth, and
+/// clsact + cls_bpf for the namespace test's netlink-TC attach. Dependencies are added from each
+/// module's own `depends=`.
+pub const WANTED_MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "sch_ingress", "cls_bpf"];
 
 /// An unpacked kernel package in the cache.
 #[derive(Debug, Clone)]

@@ -47,6 +47,10 @@ impl TestBin {
 pub struct Netns {
     pub rc: Option<i32>,
     pub tcx_present: Option<bool>,
+    /// podgate's TC attach (tcx) failed.
+    pub tc_attach_failed: bool,
+    /// The same programs attached with netlink TC (clsact) passed traffic, counted.
+    pub legacy_tc: Option<bool>,
     /// The `PGVM netns` lines, for the report.
     pub lines: Vec<String>,
 }
@@ -71,6 +75,15 @@ impl GuestRun {
             Some(0) if !self.verify.is_empty() && self.verify.values().all(|ok| *ok) => Status::Pass,
             Some(_) => Status::Fail,
         }
+    }
+
+    /// The namespace test failed only because the kernel has no tcx, and podgate's programs
+    /// themselves worked there when attached through netlink TC.
+    pub fn netns_only_lacks_tcx(&self) -> bool {
+        self.netns_status() == Status::Fail
+            && self.netns.tcx_present == Some(false)
+            && self.netns.tc_attach_failed
+            && self.netns.legacy_tc == Some(true)
     }
 
     pub fn netns_status(&self) -> Status {
@@ -132,6 +145,12 @@ pub fn parse(lines: &[String]) -> GuestRun {
                     if let Some(t) = field(rest, "tcx") {
                         r.netns.tcx_present = Some(t == "present");
                     }
+                    if field(rest, "reason") == Some("tc-attach-failed") && rest.contains("attach=fail") {
+                        r.netns.tc_attach_failed = true;
+                    }
+                    if let Some(v) = field(rest, "legacy-tc") {
+                        r.netns.legacy_tc = Some(v == "pass");
+                    }
                     r.netns.lines.push(rest.to_string());
                 }
                 _ => {}
@@ -190,7 +209,9 @@ mod tests {
              PGVM step-end test bin=snat rc=0\n\
              PGVM step-begin netns\n\
              PGVM netns tcx=absent kernel=6.1.0-56-amd64\n\
-             PGVM netns status=fail reason=podgate-run-did-not-start\n\
+             PGVM netns attach=fail reason=tc-attach-failed error=x\n\
+             PGVM netns legacy-tc=pass\n\
+             PGVM netns status=fail reason=tc-attach-failed\n\
              PGVM step-end netns rc=1\n\
              PGVM done\n",
         );
@@ -207,6 +228,7 @@ mod tests {
         assert_eq!(r.tests[1].status(), Status::Fail);
         assert_eq!(r.netns.tcx_present, Some(false));
         assert_eq!(r.netns_status(), Status::Fail);
+        assert!(r.netns_only_lacks_tcx());
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub struct KernelReport {
     pub timed_out: bool,
     pub guest: GuestRun,
     pub log: PathBuf,
+    /// The namespace test was in the plan (not `--no-netns`).
+    pub netns_planned: bool,
     /// Everything this kernel is expected to do worked.
     pub ok: bool,
     /// Why not, one line each.
@@ -195,6 +197,7 @@ pub fn run_with(o: &Options) -> Result<VmSummary> {
             timed_out: con.timed_out,
             guest,
             log,
+            netns_planned: o.netns,
             ok,
             problems,
         };
@@ -336,6 +339,7 @@ fn print_table(s: &VmSummary) {
                     None => "NOT RUN",
                 }
             ),
+            (Status::Missing, _) if !k.netns_planned => "skipped (--no-netns)".to_string(),
             (st, _) => st.word().to_string(),
         };
         println!(

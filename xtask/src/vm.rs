@@ -30,7 +30,7 @@ pub const DEFAULT_TEST_BINS: &[&str] = &["smoke", "snat", "sg"];
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernel series to boot, repeatable (known: 6.1, 6.12).
+    /// Kernel series to boot, repeatable (known: 6.1, 6.12, 5.10). Default: 6.1 and 6.12.
     #[arg(long = "kernel", value_name = "SERIES")]
     kernels: Vec<String>,
     /// podgate-tests integration test binaries to run, repeatable; `p` selects `p` and `p_*`.

@@ -19,12 +19,17 @@ pub struct Spec {
     pub name: &'static str,
     /// The Debian meta package whose `Depends:` names the current image package.
     pub meta: &'static str,
+    /// A Debian release other than the host's: apt gets a private sources list and state under
+    /// the cache for it, leaving the host's apt configuration alone.
+    pub foreign_suite: Option<&'static str>,
 }
 
-/// bookworm's own 6.1 LTS and the 6.12 bookworm-security carries: the kernels EKS nodes run.
+/// bookworm's own 6.1 LTS and the 6.12 bookworm-security carries: the kernels EKS nodes run; and
+/// bullseye's 5.10, the Amazon Linux 2 generation.
 pub const KNOWN: &[Spec] = &[
-    Spec { name: "6.1", meta: "linux-image-amd64" },
-    Spec { name: "6.12", meta: "linux-image-6.12-amd64" },
+    Spec { name: "6.1", meta: "linux-image-amd64", foreign_suite: None },
+    Spec { name: "6.12", meta: "linux-image-6.12-amd64", foreign_suite: None },
+    Spec { name: "5.10", meta: "linux-image-amd64", foreign_suite: Some("bullseye") },
 ];
 
 pub const DEFAULT: &[&str] = &["6.1", "6.12"];
@@ -53,7 +58,8 @@ pub struct Kernel {
 /// Resolves, downloads (once) and unpacks (once) the kernel of `spec` under `cache`.
 pub fn fetch(spec: Spec, cache: &Path) -> Result<Kernel> {
     let remembered = cache.join(format!("kernel-{}.package", spec.name));
-    let package = match resolve_package(spec.meta) {
+    let apt = AptConfig::new(spec, cache)?;
+    let package = match resolve_package(&apt, spec.meta) {
         Ok(p) => {
             fs::write(&remembered, &p)?;
             p
@@ -81,6 +87,7 @@ pub fn fetch(spec: Spec, cache: &Path) -> Result<Kernel> {
                 run_cmd(
                     Command::new("apt-get")
                         .current_dir(&debs)
+                        .args(&apt.options)
                         .args(["-q", "-o", "APT::Sandbox::User=root", "download", &package]),
                 )?;
                 find_deb(&debs, &package)?
@@ -108,9 +115,61 @@ pub fn fetch(spec: Spec, cache: &Path) -> Result<Kernel> {
     })
 }
 
+/// `-o` options that point apt at a private sources list and state for a foreign suite.
+struct AptConfig {
+    options: Vec<String>,
+}
+
+impl AptConfig {
+    fn new(spec: Spec, cache: &Path) -> Result<Self> {
+        let Some(suite) = spec.foreign_suite else {
+            return Ok(Self { options: Vec::new() });
+        };
+        let dir = cache.join(format!("apt-{suite}"));
+        fs::create_dir_all(dir.join("lists/partial"))?;
+        fs::create_dir_all(dir.join("cache/archives/partial"))?;
+        let sources = dir.join("sources.list");
+        let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
+        fs::write(
+            &sources,
+            format!(
+                "deb [signed-by={keyring}] http://deb.debian.org/debian {suite} main\n\
+                 deb [signed-by={keyring}] http://deb.debian.org/debian-security {suite}-security main\n"
+            ),
+        )?;
+        let options = vec![
+            "-o".into(),
+            format!("Dir::Etc::SourceList={}", sources.display()),
+            "-o".into(),
+            "Dir::Etc::SourceParts=/nonexistent".into(),
+            "-o".into(),
+            format!("Dir::State::Lists={}", dir.join("lists").display()),
+            "-o".into(),
+            format!("Dir::Cache={}", dir.join("cache").display()),
+        ];
+        let has_lists = fs::read_dir(dir.join("lists"))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with("_Packages"));
+        if !has_lists {
+            println!("vm-test: fetching the {suite} package index (private apt state in {})", dir.display());
+            // Failure is not fatal here: an unpacked kernel from an earlier run may be cached.
+            let _ = run_cmd(
+                Command::new("apt-get")
+                    .args(&options)
+                    .args(["-q", "-o", "APT::Sandbox::User=root", "update"]),
+            );
+        }
+        Ok(Self { options })
+    }
+}
+
 /// `linux-image-amd64` → `linux-image-6.1.0-56-amd64` (the candidate apt would install).
-fn resolve_package(meta: &str) -> Result<String> {
-    let out = output(Command::new("apt-cache").args(["depends", "--no-recommends", "--no-suggests", meta]))
+fn resolve_package(apt: &AptConfig, meta: &str) -> Result<String> {
+    let out = output(
+        Command::new("apt-cache")
+            .args(&apt.options)
+            .args(["depends", "--no-recommends", "--no-suggests", meta]),
+    )
         .with_context(|| format!("asking apt which package {meta} is (run `apt-get update`?)"))?;
     parse_depends(&out).with_context(|| format!("`apt-cache depends {meta}` names no linux-image package"))
 }

@@ -327,7 +327,10 @@ fn print_table(s: &VmSummary) {
         let tests: Vec<String> = g
             .tests
             .iter()
-            .map(|t| format!("{} {} ({}/{})", t.name, t.status().word(), t.passed, t.passed + t.failed))
+            .map(|t| {
+                let n = &t.tally;
+                format!("{} {} ({}/{})", t.name, t.status().word(), n.passed, n.passed + n.failed)
+            })
             .collect();
         let netns = match (g.netns_status(), g.netns.tcx_present) {
             (Status::Pass, _) => "pass (podgate run, tcx; ping6+ping4 counted)".to_string(),

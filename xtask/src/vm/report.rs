@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::test::Tally;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Pass,
@@ -21,13 +23,11 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone)]
 pub struct TestBin {
     pub name: String,
     pub rc: Option<i32>,
-    pub passed: u64,
-    pub failed: u64,
-    pub ignored: u64,
+    /// libtest's `test result:` counts.
+    pub tally: Tally,
     /// First failing test names, from libtest's `test x ... FAILED` lines.
     pub failures: Vec<String>,
 }
@@ -37,7 +37,7 @@ impl TestBin {
         match self.rc {
             None => Status::Missing,
             // A binary that ran no test proves nothing about this kernel.
-            Some(0) if self.failed == 0 && self.passed > 0 => Status::Pass,
+            Some(0) if self.tally.failed == 0 && self.tally.passed > 0 => Status::Pass,
             Some(_) => Status::Fail,
         }
     }
@@ -55,7 +55,7 @@ pub struct Netns {
     pub lines: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct GuestRun {
     pub booted_release: Option<String>,
     pub finished: bool,
@@ -124,9 +124,7 @@ pub fn parse(lines: &[String]) -> GuestRun {
                     r.tests.push(TestBin {
                         name: field(rest, "bin").unwrap_or("?").to_string(),
                         rc: None,
-                        passed: 0,
-                        failed: 0,
-                        ignored: 0,
+                        tally: Tally::default(),
                         failures: Vec::new(),
                     });
                     current = Some(r.tests.len() - 1);
@@ -159,19 +157,8 @@ pub fn parse(lines: &[String]) -> GuestRun {
         }
         let Some(i) = current else { continue };
         let t = &mut r.tests[i];
-        if let Some(res) = l.strip_prefix("test result: ") {
-            for part in res.split(';') {
-                let mut it = part.split_whitespace().rev();
-                let (Some(word), Some(n)) = (it.next(), it.next()) else { continue };
-                let Ok(n) = n.parse::<u64>() else { continue };
-                match word {
-                    "passed" => t.passed += n,
-                    "failed" => t.failed += n,
-                    "ignored" => t.ignored += n,
-                    _ => {}
-                }
-            }
-        } else if let Some(name) = l.strip_prefix("test ").and_then(|s| s.strip_suffix(" ... FAILED"))
+        if !t.tally.add_line(l)
+            && let Some(name) = l.strip_prefix("test ").and_then(|s| s.strip_suffix(" ... FAILED"))
             && t.failures.len() < 5
         {
             t.failures.push(name.to_string());
@@ -221,7 +208,7 @@ mod tests {
         assert_eq!(r.verify_status(), Status::Fail);
         assert_eq!(r.vlog["pod_ingress"][1], "R1 invalid mem access 'scalar'");
         assert_eq!(r.tests.len(), 2);
-        assert_eq!((r.tests[0].passed, r.tests[0].failed), (1, 1));
+        assert_eq!((r.tests[0].tally.passed, r.tests[0].tally.failed), (1, 1));
         assert_eq!(r.tests[0].failures, ["b"]);
         assert_eq!(r.tests[0].status(), Status::Fail);
         // Exit 0 without a single test is not a pass.

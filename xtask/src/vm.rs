@@ -321,7 +321,8 @@ fn judge(g: &GuestRun, timed_out: bool, selected: &[&(String, PathBuf)]) -> (boo
 
 fn print_table(s: &VmSummary) {
     println!();
-    println!("{:<6} {:<34} {:<9} {:<30} {}", "KERNEL", "RELEASE", "VERIFIER", "TEST BINARIES", "NAMESPACE TEST");
+    let (k, r, v, t) = ("KERNEL", "RELEASE", "VERIFIER", "TEST BINARIES");
+    println!("{k:<6} {r:<34} {v:<9} {t:<30} NAMESPACE TEST");
     for k in &s.kernels {
         let g = &k.guest;
         let tests: Vec<String> = g

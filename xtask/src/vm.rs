@@ -179,10 +179,13 @@ pub fn run_with(o: &Options) -> Result<VmSummary> {
         let con = qemu::run(&qemu::Boot {
             kernel: &k.vmlinuz,
             initrd: &initrd,
+            // One step (a test binary) may take half the VM's budget, so a hung binary still
+            // leaves time for the others and for a report.
             append: format!(
-                "console=ttyS0 panic=-1 loglevel=4 pgvm_script={} pgvm_plan={}",
+                "console=ttyS0 panic=-1 loglevel=4 pgvm_script={} pgvm_plan={} pgvm_step_timeout={}",
                 root.join("vm/guest.sh").display(),
-                plan_path.display()
+                plan_path.display(),
+                (o.timeout.as_secs() / 2).max(30)
             ),
             memory_mib: o.memory_mib,
             timeout: o.timeout,
@@ -368,11 +371,15 @@ fn print_table(s: &VmSummary) {
         }
         for t in g.tests.iter().filter(|t| t.status() != Status::Pass) {
             println!(
-                "{}: {} {} (exit {:?}); failing tests: {}",
+                "{}: {} {} ({}); failing tests: {}",
                 k.series,
                 t.name,
                 t.status().word(),
-                t.rc,
+                match t.rc {
+                    None => "did not finish".to_string(),
+                    Some(124) => "killed by the step timeout".to_string(),
+                    Some(rc) => format!("exit {rc}"),
+                },
                 if t.failures.is_empty() { "-".into() } else { t.failures.join(", ") }
             );
         }

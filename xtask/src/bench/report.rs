@@ -108,11 +108,15 @@ pub fn goals(micro: &Value, e2e: &Value) -> Value {
                 let failed: u64 = runs.iter().filter_map(|r| r["failed"].as_u64()).sum();
                 let slow: u64 = runs.iter().filter_map(|r| r["slow"].as_u64()).sum();
                 let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+                let routed: Vec<String> = mode(e2e, "routed")
+                    .and_then(|m| m["conn"].as_array().map(|r| r.iter().map(|c| si(f(&c["per_second"]))).collect()))
+                    .unwrap_or_default();
                 verdict(
                     Some(min >= 10_000.0 && failed == 0),
                     format!(
-                        "podgate runs: {} /s; failed connects {failed}, SYN-retried (>0.5 s) {slow}; goal ≥ 10k/s every run, 0 failed",
-                        rates.iter().map(|r| si(Some(*r))).collect::<Vec<_>>().join(" / ")
+                        "podgate runs: {} /s; failed connects {failed}, SYN-retried (>0.5 s) {slow}; goal ≥ 10k/s every run, 0 failed. Routed (no NAT) on this machine in the same run: {} /s",
+                        rates.iter().map(|r| si(Some(*r))).collect::<Vec<_>>().join(" / "),
+                        if routed.is_empty() { "-".to_string() } else { routed.join(" / ") }
                     ),
                 )
             }
@@ -227,17 +231,25 @@ pub fn table(all: &Value) -> String {
             e2e["pods"], e2e["seconds_per_run"]
         );
         let routed = mode(e2e, "routed").and_then(|m| median(&m["udp_pps"]));
-        let _ = writeln!(o, "| mode | UDP 64 B pps ({} flows) | vs routed | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | new conn/s, consecutive runs | failed connects | CPU ns/pkt (machine) |", e2e["udp_flows"]);
+        let _ = writeln!(o, "| mode | UDP 64 B pps ({} flows), median (min–max) | vs routed | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | new conn/s, consecutive runs | failed / SYN-retried connects | softirq ns per UDP pkt |", e2e["udp_flows"]);
         let _ = writeln!(o, "|---|---:|---:|---:|---:|---|---:|---:|");
         for m in modes {
             let udp = median(&m["udp_pps"]);
+            let all: Vec<f64> = m["udp_pps"].as_array().map(|v| v.iter().filter_map(Value::as_f64).collect()).unwrap_or_default();
+            let range = if all.is_empty() { String::new() } else { format!(" ({}–{})", si(all.iter().copied().reduce(f64::min)), si(all.iter().copied().reduce(f64::max))) };
             let runs = m["conn"].as_array().map(|r| r.iter().map(|c| si(f(&c["per_second"]))).collect::<Vec<_>>().join(" / ")).unwrap_or_default();
-            let failed: u64 = m["conn"].as_array().map(|r| r.iter().filter_map(|c| c["failed"].as_u64()).sum()).unwrap_or(0);
+            let sum = |k: &str| -> u64 { m["conn"].as_array().map(|r| r.iter().filter_map(|c| c[k].as_u64()).sum()).unwrap_or(0) };
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                s(&m["mode"]), si(udp), udp.zip(routed).map(|(u, r)| format!("{:.0} %", 100.0 * u / r)).unwrap_or("-".into()), opt(median(&m["tcp1_gbps"]), 2), opt(median(&m["tcp4_gbps"]), 2), runs, failed, opt(median(&m["cpu_ns_per_pkt"]), 0)
+                "| {} | {}{range} | {} | {} | {} | {} | {} / {} | {} |",
+                s(&m["mode"]), si(udp), udp.zip(routed).map(|(u, r)| format!("{:.0} %", 100.0 * u / r)).unwrap_or("-".into()), opt(median(&m["tcp1_gbps"]), 2), opt(median(&m["tcp4_gbps"]), 2), runs, sum("failed"), sum("slow"), opt(median(&m["cpu_ns_per_pkt"]), 0)
             );
+        }
+        for m in modes {
+            if let Some(st) = m["podgate_stats"].as_array() {
+                let drops: Vec<String> = st.iter().filter(|c| c["kind"] == "drop").map(|c| format!("{} {}", s(&c["counter"]), c["value"])).collect();
+                let _ = writeln!(o, "\n- {} drop counters at the end: {}", s(&m["mode"]), if drops.is_empty() { "none".to_string() } else { drops.join(", ") });
+            }
         }
         let _ = writeln!(o, "\n- generator ceiling (same trafgen into a drop at the node's pod veths): {} pps", si(median(&e2e["generator_ceiling_pps"])));
         for m in modes {

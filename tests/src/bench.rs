@@ -32,7 +32,10 @@ use podgate_common::{
 };
 use serde::Serialize;
 
-use crate::fixture::{self, Env, POD_A, REMOTE1, TCP, UDP};
+use crate::{
+    Harness,
+    fixture::{self, Env, POD_A, REMOTE1, TCP, UDP},
+};
 
 /// How much to measure.
 #[derive(Debug, Clone, Serialize)]
@@ -167,33 +170,33 @@ fn median(v: &mut [f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
-fn counter(env: &Env, c: Counter) -> u64 {
-    let a: PerCpuArray<_, u64> = PerCpuArray::try_from(env.h.ebpf.map("stats").unwrap()).unwrap();
+fn counter(h: &Harness, c: Counter) -> u64 {
+    let a: PerCpuArray<_, u64> = PerCpuArray::try_from(h.ebpf.map("stats").unwrap()).unwrap();
     a.get(&(c as u32), 0).unwrap().iter().sum()
 }
 
 /// Every drop counter, summed: a measured path must not drop.
-fn drops(env: &Env) -> u64 {
-    let a: PerCpuArray<_, u64> = PerCpuArray::try_from(env.h.ebpf.map("stats").unwrap()).unwrap();
+fn drops(h: &Harness) -> u64 {
+    let a: PerCpuArray<_, u64> = PerCpuArray::try_from(h.ebpf.map("stats").unwrap()).unwrap();
     (32..64u32).map(|i| a.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)).sum()
 }
 
 /// One test_run of `prog` over `frame` with `repeat`, ns per run.
-fn timed(env: &mut Env, prog: &str, frame: &[u8], ifindex: u32, repeat: u32) -> Result<f64> {
-    env.h.bench(prog, frame, ifindex, repeat)
+fn timed(h: &mut Harness, prog: &str, frame: &[u8], ifindex: u32, repeat: u32) -> Result<f64> {
+    h.bench(prog, frame, ifindex, repeat)
 }
 
 /// Repeat-method case: rounds alternating floor and program; `path` must grow by every run.
-fn repeat_case(env: &mut Env, name: &str, prog: &str, floor: &str, frame: &[u8], ifindex: u32, path: Counter, o: &MicroOpts) -> Result<Case> {
+pub(crate) fn repeat_case(h: &mut Harness, name: &str, prog: &str, floor: &str, frame: &[u8], ifindex: u32, path: Counter, o: &MicroOpts) -> Result<Case> {
     let (mut s, mut f) = (Vec::new(), Vec::new());
-    let before = (counter(env, path), drops(env));
+    let before = (counter(h, path), drops(h));
     for _ in 0..o.rounds {
-        f.push(timed(env, floor, frame, ifindex, o.repeat)?);
-        s.push(timed(env, prog, frame, ifindex, o.repeat)?);
+        f.push(timed(h, floor, frame, ifindex, o.repeat)?);
+        s.push(timed(h, prog, frame, ifindex, o.repeat)?);
     }
     let runs = o.rounds as u64 * o.repeat as u64;
-    let grew = counter(env, path) - before.0;
-    let dropped = drops(env) - before.1;
+    let grew = counter(h, path) - before.0;
+    let dropped = drops(h) - before.1;
     ensure!(
         grew == runs && dropped == 0,
         "{name}: {prog} took another path: {path:?} grew by {grew} for {runs} runs, drop counters by {dropped}"
@@ -223,21 +226,21 @@ fn case(name: &str, prog: &str, floor: &str, method: &str, runs: u64, mut s: Vec
 
 /// Single-run case: each frame once through `prog` and once through the floor (interleaved),
 /// in `rounds` chunks; each chunk's median is one sample.
-fn single_case(env: &mut Env, name: &str, prog: &str, floor: &str, frames: &[Vec<u8>], ifindex: u32, path: Counter, rounds: usize) -> Result<Case> {
-    let before = (counter(env, path), drops(env));
+pub(crate) fn single_case(h: &mut Harness, name: &str, prog: &str, floor: &str, frames: &[Vec<u8>], ifindex: u32, path: Counter, rounds: usize) -> Result<Case> {
+    let before = (counter(h, path), drops(h));
     let chunk = frames.len().div_ceil(rounds.max(1)).max(1);
     let (mut s, mut f) = (Vec::new(), Vec::new());
     for part in frames.chunks(chunk) {
         let (mut a, mut b) = (Vec::with_capacity(part.len()), Vec::with_capacity(part.len()));
         for fr in part {
-            b.push(timed(env, floor, fr, ifindex, 1)?);
-            a.push(timed(env, prog, fr, ifindex, 1)?);
+            b.push(timed(h, floor, fr, ifindex, 1)?);
+            a.push(timed(h, prog, fr, ifindex, 1)?);
         }
         s.push(median(&mut a));
         f.push(median(&mut b));
     }
-    let grew = counter(env, path) - before.0;
-    let dropped = drops(env) - before.1;
+    let grew = counter(h, path) - before.0;
+    let dropped = drops(h) - before.1;
     ensure!(
         grew == frames.len() as u64 && dropped == 0,
         "{name}: {prog} took another path: {path:?} grew by {grew} for {} packets, drop counters by {dropped}",
@@ -308,19 +311,19 @@ pub fn per_packet(o: &MicroOpts) -> Result<Vec<Case>> {
     // Where the time goes: the same program leaving right after parsing and the pod lookup.
     let local = udp_frame(POD_A, EST_PORT, fixture::POD_B, 53, FRAME);
     let mut cases = vec![
-        repeat_case(&mut env, "pod_ingress, parse + pod lookup only (pod-local dst)", "pod_ingress", "noop_tc", &local, a, Counter::LocalPass, o)?,
-        repeat_case(&mut env, "established SNAT egress (UDP 64 B)", "pod_ingress", "noop_tc", &udp_out, a, Counter::SnatOut, o)?,
-        repeat_case(&mut env, "established SNAT egress (TCP ACK)", "pod_ingress", "noop_tc", &tcp_out, a, Counter::SnatOut, o)?,
-        repeat_case(&mut env, "reply reverse NAT, XDP (UDP 64 B)", "uplink_xdp", "noop_xdp", &udp_in, up, Counter::RevNat, o)?,
-        repeat_case(&mut env, "reply reverse NAT, TC (UDP 64 B)", "uplink_tc", "noop_tc", &udp_in, up, Counter::RevNat, o)?,
+        repeat_case(&mut env.h, "pod_ingress, parse + pod lookup only (pod-local dst)", "pod_ingress", "noop_tc", &local, a, Counter::LocalPass, o)?,
+        repeat_case(&mut env.h, "established SNAT egress (UDP 64 B)", "pod_ingress", "noop_tc", &udp_out, a, Counter::SnatOut, o)?,
+        repeat_case(&mut env.h, "established SNAT egress (TCP ACK)", "pod_ingress", "noop_tc", &tcp_out, a, Counter::SnatOut, o)?,
+        repeat_case(&mut env.h, "reply reverse NAT, XDP (UDP 64 B)", "uplink_xdp", "noop_xdp", &udp_in, up, Counter::RevNat, o)?,
+        repeat_case(&mut env.h, "reply reverse NAT, TC (UDP 64 B)", "uplink_tc", "noop_tc", &udp_in, up, Counter::RevNat, o)?,
     ];
     // Single runs of the established flow too: the same quantity by the other method, to show
     // what the single-run numbers of new flows compare against.
     let est: Vec<Vec<u8>> = (0..o.singles).map(|_| udp_out.clone()).collect();
-    cases.push(single_case(&mut env, "established SNAT egress, single runs", "pod_ingress", "noop_tc", &est, a, Counter::SnatOut, o.rounds)?);
+    cases.push(single_case(&mut env.h, "established SNAT egress, single runs", "pod_ingress", "noop_tc", &est, a, Counter::SnatOut, o.rounds)?);
     let b = env.pod_b;
     let frames = new_flow_frames(fixture::POD_B, o.singles.min(60_000));
-    cases.push(single_case(&mut env, "new flow (mapping + claim + ct), single runs", "pod_ingress", "noop_tc", &frames, b, Counter::SnatNewFlow, o.rounds)?);
+    cases.push(single_case(&mut env.h, "new flow (mapping + claim + ct), single runs", "pod_ingress", "noop_tc", &frames, b, Counter::SnatNewFlow, o.rounds)?);
     Ok(cases)
 }
 
@@ -458,7 +461,7 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
 
     // Nearly empty: one established flow.
     let new_flow_empty = if o.scale_ninety {
-        Some(single_case(&mut env, "new flow, table empty", "pod_ingress", "noop_tc", &new_frames([169, 254, 172, 20]), pd, Counter::SnatNewFlow, o.rounds)?)
+        Some(single_case(&mut env.h, "new flow, table empty", "pod_ingress", "noop_tc", &new_frames([169, 254, 172, 20]), pd, Counter::SnatNewFlow, o.rounds)?)
     } else {
         None
     };
@@ -482,8 +485,8 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
         filler.fill(size.saturating_sub(extra))?;
         let present = filler.count_ct();
         ensure!(present >= size * 99 / 100, "ct4 holds {present} entries after filling to {size}: LRU evicted");
-        let hot = repeat_case(env, &format!("established egress, {size} entries, one flow"), "pod_ingress", "noop_tc", &hot_out, a, Counter::SnatOut, o)?;
-        let reverse_hot = repeat_case(env, &format!("reverse NAT XDP, {size} entries, one mapping"), "uplink_xdp", "noop_xdp", &hot_in, up, Counter::RevNat, o)?;
+        let hot = repeat_case(&mut env.h, &format!("established egress, {size} entries, one flow"), "pod_ingress", "noop_tc", &hot_out, a, Counter::SnatOut, o)?;
+        let reverse_hot = repeat_case(&mut env.h, &format!("reverse NAT XDP, {size} entries, one mapping"), "uplink_xdp", "noop_xdp", &hot_in, up, Counter::RevNat, o)?;
         // Random flows of the spread pod, all of which exist.
         let owned = filler.next.min(PER_ADDR);
         ensure!(owned > 0, "no prefilled flows at size {size}");
@@ -497,7 +500,7 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
                 udp_frame(f.pod_addr, f.pod_port, c.remote, 53, FRAME)
             })
             .collect();
-        let spread = single_case(env, &format!("established egress, {size} entries, random flows"), "pod_ingress", "noop_tc", &frames, pc, Counter::SnatOut, o.rounds)?;
+        let spread = single_case(&mut env.h, &format!("established egress, {size} entries, random flows"), "pod_ingress", "noop_tc", &frames, pc, Counter::SnatOut, o.rounds)?;
         Ok(ScalePoint { entries: present, hot, spread, reverse_hot })
     };
 
@@ -510,7 +513,7 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
     for &size in &sizes {
         if o.scale_ninety && new_flow_ninety.is_none() && size > ninety {
             filler.fill(ninety - extra)?;
-            new_flow_ninety = Some(single_case(&mut env, "new flow, table 90 % full", "pod_ingress", "noop_tc", &new_frames([169, 254, 172, 21]), pe, Counter::SnatNewFlow, o.rounds)?);
+            new_flow_ninety = Some(single_case(&mut env.h, "new flow, table 90 % full", "pod_ingress", "noop_tc", &new_frames([169, 254, 172, 21]), pe, Counter::SnatNewFlow, o.rounds)?);
             extra += singles;
         }
         points.push(measure(&mut env, &mut filler, size, extra)?);

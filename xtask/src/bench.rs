@@ -38,6 +38,9 @@ pub struct Args {
     /// Use the binaries as built; do not run cargo build.
     #[arg(long)]
     no_build: bool,
+    /// Only print the table (and goals) of an earlier run's results.json.
+    #[arg(long, value_name = "RESULTS_JSON")]
+    render: Option<PathBuf>,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -51,6 +54,12 @@ pub fn run(args: Args) -> Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    if let Some(file) = &args.render {
+        let mut all: Value = serde_json::from_str(&std::fs::read_to_string(file)?).with_context(|| format!("{}", file.display()))?;
+        all["goals"] = report::goals(&all["micro"], &all["e2e"]);
+        print!("{}", report::table(&all));
+        return Ok(());
     }
     let root = workspace_root();
     let out = args.out.clone().unwrap_or_else(|| root.join("target").join("bench"));

@@ -269,13 +269,16 @@ pub fn table(all: &Value) -> String {
     o
 }
 
+/// A plotted line: label, colour, (entries, ns) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
 /// Established egress cost against table size (one flow, and random flows net of the floor).
 pub fn lookup_svg(all: &Value) -> Option<String> {
     let pts = all["micro"]["scale"]["points"].as_array()?;
     if pts.len() < 2 {
         return None;
     }
-    let series: Vec<(&str, &str, Vec<(f64, f64)>)> = vec![
+    let series: Vec<Series> = vec![
         ("one flow (hot), ns", "#1f77b4", pts.iter().filter_map(|p| Some((f(&p["entries"])?, f(&p["hot"]["ns"])?))).collect()),
         ("random flows, net ns", "#d62728", pts.iter().filter_map(|p| Some((f(&p["entries"])?, f(&p["spread"]["net_ns"])?))).collect()),
         ("reverse XDP one mapping, ns", "#2ca02c", pts.iter().filter_map(|p| Some((f(&p["entries"])?, f(&p["reverse_hot"]["ns"])?))).collect()),

@@ -112,8 +112,8 @@ fn port_overlapping_two_pods_different_remotes() {
     assert_eq!(env.claim(REMOTE2, 40000, UDP), Some(ep(POD_B, 2000, UDP)));
     // Same remote: no overloading (RFC 4787 REQ-3). The odd port is the only other candidate
     // and parity is kept, so pod B toward REMOTE1 (even source port) is exhausted.
-    let out = env.egress(b, &udp(POD_B, 2002, REMOTE1, 53, b"x"));
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let f = udp(POD_B, 2002, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(b, &f), &f);
     assert_eq!(env.counter(Counter::DropPortExhausted), 1);
 }
 
@@ -124,9 +124,10 @@ fn exhaustion_drops_and_keeps_existing_flows() {
     let (_, e1) = snat_ok(&mut env, a, &tcp(POD_A, 3000, REMOTE1, 80, "S", b""));
     let (_, e2) = snat_ok(&mut env, a, &tcp(POD_A, 3001, REMOTE1, 80, "S", b""));
     assert_ne!(e1, e2);
-    let out = env.egress(a, &tcp(POD_A, 3002, REMOTE1, 80, "S", b""));
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let f = tcp(POD_A, 3002, REMOTE1, 80, "S", b"");
+    assert_unreach_13(&env.egress(a, &f), &f);
     assert_eq!(env.counter(Counter::DropPortExhausted), 1);
+    assert_eq!(env.counter(Counter::IcmpUnreachSent), 1);
     assert!(env.mapping(ep(POD_A, 3002, TCP)).is_none());
     assert_eq!(env.pod(a).mappings, 2);
     // Existing flows are untouched.
@@ -142,15 +143,28 @@ fn pod_quota_node_default_and_per_pod() {
     snat_ok(&mut env, a, &udp(POD_A, 7002, REMOTE1, 53, b"x"));
     // A new flow of an existing mapping is not a new mapping: allowed at the quota.
     snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE2, 53, b"x"));
-    let out = env.egress(a, &udp(POD_A, 7004, REMOTE1, 53, b"x"));
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let f = udp(POD_A, 7004, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(a, &f), &f);
     assert_eq!(env.counter(Counter::DropPodQuota), 1);
     assert_eq!(env.pod(a).mappings, 2);
     // Another pod is not affected by A's quota; a per-pod quota overrides the node's.
     env.add_pod(b, POD_B, 1);
     snat_ok(&mut env, b, &udp(POD_B, 7000, REMOTE1, 53, b"x"));
-    assert_eq!(env.egress(b, &udp(POD_B, 7002, REMOTE1, 53, b"x")).verdict, TC_ACT_SHOT);
+    let f = udp(POD_B, 7002, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(b, &f), &f);
     assert_eq!(env.counter(Counter::DropPodQuota), 2);
+}
+
+#[test]
+fn unreachable_13_quotes_ipv4_options() {
+    let mut env = Env::with(Config { pod_quota: 1, ..Default::default() });
+    let a = env.pod_a;
+    snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE1, 53, b"x"));
+    let plain = tcp(POD_A, 7002, REMOTE1, 80, "S", b"");
+    let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
+    hdr.options = (&[0x01u8, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00][..]).try_into().unwrap();
+    let f = raw_frame(hdr, rest);
+    assert_unreach_13(&env.egress(a, &f), &f);
 }
 
 #[test]

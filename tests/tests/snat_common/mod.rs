@@ -351,3 +351,17 @@ pub fn snat_ok(env: &mut Env, ifindex: u32, frame: &[u8]) -> (Parsed, u16) {
 pub const TCP: u8 = IpNumber::TCP.0;
 pub const UDP: u8 = IpNumber::UDP.0;
 pub const ICMP: u8 = IpNumber::ICMP.0;
+
+/// Asserts that `out` is the ICMP 3/13 the programs send back to a pod for `orig` (RFC 5508
+/// REQ-8): from the pods' gateway to the pod, MACs swapped, quoting the IPv4 header and 8 bytes.
+pub fn assert_unreach_13(out: &RunOutput, orig: &[u8]) {
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "3/13 goes back out of the pod's veth");
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (GATEWAY, [orig[26], orig[27], orig[28], orig[29]]));
+    assert_eq!(&out.packet[0..6], &orig[6..12]);
+    assert_eq!(&out.packet[6..12], &orig[0..6]);
+    let Some(TransportHeader::Icmpv4(i)) = &p.transport else { panic!("not ICMP") };
+    assert_eq!(i.icmp_type, etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FilterProhibited));
+    let ihl = ((orig[14] & 0x0f) as usize) * 4;
+    assert_eq!(p.payload, &orig[14..14 + ihl + 8], "quote: IPv4 header and 8 bytes");
+}

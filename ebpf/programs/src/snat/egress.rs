@@ -10,7 +10,7 @@ use podgate_common::{
 };
 
 use super::{
-    Ctx, fwd, in_prefix,
+    Ctx, fwd, in_prefix, unreach,
     ip::{self, IP_SRC, Ip4},
     now_ns,
 };
@@ -169,7 +169,20 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             }
             unsafe { (*ct).ext_port }
         }
-        None => new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now)?,
+        None => match new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now) {
+            Ok(ext) => ext,
+            Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
+                // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
+                return Ok(match unreach::send(ctx, &node, &ip) {
+                    Ok(back) => {
+                        count(why);
+                        Verdict::Redirect(Counter::IcmpUnreachSent, back)
+                    }
+                    Err(_) => Verdict::Drop(why),
+                });
+            }
+            Err(e) => return Err(e),
+        },
     };
     rewrite(ctx, &ip, &l, IP_SRC, ip.src, node.ipv4, l.sport, ext)?;
     fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::SnatOut)

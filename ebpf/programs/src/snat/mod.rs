@@ -8,6 +8,7 @@ mod fwd;
 mod icmp;
 mod ip;
 pub mod reverse;
+mod unreach;
 
 use core::ffi::c_void;
 

@@ -137,20 +137,21 @@ pub const FRAG_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// The idle timeout of one flow, from its protocol and (for TCP) its `tcp::TcpState`.
-pub const fn ct_timeout_ns(proto: u8, state: u8, t: &crate::Timeouts) -> u64 {
-    let secs = match proto {
-        PROTO_TCP => {
-            if crate::tcp::TcpState::from_u8(state).is_long_lived() {
-                t.tcp_established
-            } else {
-                t.tcp_transitory
-            }
-        }
+/// The configured idle timeout in seconds for a protocol; for TCP, `long` picks the established
+/// timeout over the transitory one.
+const fn timeout_secs(proto: u8, long: bool, t: &crate::Timeouts) -> u32 {
+    match proto {
+        PROTO_TCP if long => t.tcp_established,
+        PROTO_TCP => t.tcp_transitory,
         PROTO_UDP => t.udp,
         _ => t.icmp,
-    };
-    secs as u64 * NS_PER_SEC
+    }
+}
+
+/// The idle timeout of one flow, from its protocol and (for TCP) its `tcp::TcpState`.
+pub const fn ct_timeout_ns(proto: u8, state: u8, t: &crate::Timeouts) -> u64 {
+    let long = crate::tcp::TcpState::from_u8(state).is_long_lived();
+    timeout_secs(proto, long, t) as u64 * NS_PER_SEC
 }
 
 /// Whether the daemon's GC should delete this `ct4` entry. `now_ns` is `CLOCK_BOOTTIME`. An
@@ -162,18 +163,7 @@ pub const fn ct_expired(flow: &Flow4, ct: &Ct4, now_ns: u64, t: &crate::Timeouts
 /// The idle timeout of a mapping: the longest one its protocol can have, because the mapping is
 /// refreshed only by outbound packets (RFC 4787 REQ-6) while a flow may be quiet outbound.
 pub const fn mapping_timeout_ns(proto: u8, t: &crate::Timeouts) -> u64 {
-    let secs = match proto {
-        PROTO_TCP => {
-            if t.tcp_established > t.tcp_transitory {
-                t.tcp_established
-            } else {
-                t.tcp_transitory
-            }
-        }
-        PROTO_UDP => t.udp,
-        _ => t.icmp,
-    };
-    secs as u64 * NS_PER_SEC
+    timeout_secs(proto, t.tcp_established >= t.tcp_transitory, t) as u64 * NS_PER_SEC
 }
 
 /// Whether the GC may delete this `nat4_map` entry. It must also check that no live `ct4` entry

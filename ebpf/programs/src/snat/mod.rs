@@ -84,28 +84,12 @@ impl Ctx for XdpContext {
 
     #[inline(always)]
     fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter> {
-        let p: *mut [u8; 2] = ptr_at_mut(self, csum_off)?;
-        // SAFETY: bounds checked by ptr_at_mut.
-        let hc = u16::from_be_bytes(unsafe { *p });
-        let mut v = csum::update32(hc, old, new);
-        if udp {
-            v = csum::udp_fix(hc, v);
-        }
-        unsafe { *p = v.to_be_bytes() };
-        Ok(())
+        update_csum_at(self, csum_off, udp, |hc| csum::update32(hc, old, new))
     }
 
     #[inline(always)]
     fn l4_csum_port(&self, csum_off: usize, old: u16, new: u16, udp: bool) -> Result<(), Counter> {
-        let p: *mut [u8; 2] = ptr_at_mut(self, csum_off)?;
-        // SAFETY: bounds checked by ptr_at_mut.
-        let hc = u16::from_be_bytes(unsafe { *p });
-        let mut v = csum::update16(hc, old, new);
-        if udp {
-            v = csum::udp_fix(hc, v);
-        }
-        unsafe { *p = v.to_be_bytes() };
-        Ok(())
+        update_csum_at(self, csum_off, udp, |hc| csum::update16(hc, old, new))
     }
 
     #[inline(always)]
@@ -116,6 +100,17 @@ impl Ctx for XdpContext {
 
     #[inline(always)]
     fn redirect(&self, _ifindex: u32) {}
+}
+
+/// Rewrites the checksum field at `off` with `f(old field)`, keeping UDP's "no checksum" rule.
+#[inline(always)]
+fn update_csum_at(ctx: &impl Packet, off: usize, udp: bool, f: impl FnOnce(u16) -> u16) -> Result<(), Counter> {
+    let p: *mut [u8; 2] = ptr_at_mut(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at_mut.
+    let hc = u16::from_be_bytes(unsafe { *p });
+    let v = if udp { csum::udp_fix(hc, f(hc)) } else { f(hc) };
+    unsafe { *p = v.to_be_bytes() };
+    Ok(())
 }
 
 /// `CLOCK_BOOTTIME` in ns: the clock `podgate_common::nat::CLOCK` documents for the daemon's GC.

@@ -196,6 +196,9 @@ mod tests {
         assert_eq!(run(&[(Out, ACK)]), SynOut);
         assert_eq!(run(&[(Out, ACK), (Out, ACK)]), SynOut);
         assert_eq!(run(&[(In, ACK), (In, ACK)]), SynIn);
+        // A flow picked up mid-stream (state lost) is established once both sides spoke.
+        assert_eq!(run(&[(Out, ACK), (In, ACK)]), Established);
+        assert_eq!(run(&[(In, ACK), (Out, ACK)]), Established);
     }
 
     proptest! {

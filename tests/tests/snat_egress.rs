@@ -193,13 +193,13 @@ fn unknown_interface_is_dropped() {
 fn node_local_range_is_not_translated() {
     let mut env = Env::new();
     let a = env.pod_a;
-    for dst in [GATEWAY, POD_B, [169, 254, 175, 254]] {
+    for dst in [GATEWAY, POD_B, [169, 254, 175, 254], NODE_IP] {
         let f = udp(POD_A, 5000, dst, 53, b"x");
         let out = env.egress(a, &f);
         assert_eq!(out.verdict, TC_ACT_OK);
         assert_eq!(out.packet, f, "untouched");
     }
-    assert_eq!(env.counter(Counter::LocalPass), 3);
+    assert_eq!(env.counter(Counter::LocalPass), 4);
     // Just outside the /22 is translated.
     let (p, _) = snat_ok(&mut env, a, &udp(POD_A, 5000, [169, 254, 176, 1], 53, b"x"));
     assert_eq!(p.ip.destination, [169, 254, 176, 1]);

@@ -8,6 +8,32 @@
 //! (address-dependent filtering). In endpoint-independent filtering mode the claim is made for
 //! remote 0.0.0.0 instead, which owns the port toward every remote.
 
+//!
+//! How the programs fill these maps (what the daemon's `nat list` / `ct list` / GC can rely on):
+//! - Times (`*_ns`) are `bpf_ktime_get_boot_ns`: compare with `CLOCK_BOOTTIME` ([`CLOCK`]).
+//! - A new flow from a pod: `ct4` lookup by [`Flow4`]; on a miss the endpoint's mapping is looked
+//!   up or created (quota check on `Pod::mappings`, then a random port claimed with
+//!   `BPF_NOEXIST` in `nat4_claim`, then `nat4_map` inserted with `BPF_NOEXIST`, then
+//!   `Pod::mappings += 1` on the `pods` entry of the veth, `Mapping4::pod_ifindex`). The claim
+//!   for the flow's remote is made as needed; if another endpoint already owns the mapping's port
+//!   toward that remote, that one flow gets its own port (`Ct4::ext_port` differs from
+//!   `Mapping4::ext_port`), so always translate and expire by `Ct4::ext_port`.
+//! - `Flow4::remote_port` is 0 for ICMP echo; `pod_port`/`ext_port` are the echo identifier.
+//! - `Ct4::last_seen_ns` is refreshed by both directions, `Mapping4::last_seen_ns` by outbound
+//!   packets only; ICMP errors refresh nothing. `Ct4::state` is a `tcp::TcpState` (TCP only).
+//!   `Ct4::flags` is unused (0). An inbound packet whose claim exists but whose flow does not
+//!   (endpoint-independent filtering, or an evicted entry) recreates the `ct4` entry.
+//! - `frag4` holds inbound first fragments only (`dir` = 1, `new_addr` = the pod address,
+//!   `ifindex` = 0): outbound later fragments need no state (every translated pod datagram
+//!   leaves with the node address). Expire with [`frag_expired`].
+//! - `Pod::mappings` is incremented without an atomic read-modify-write (Rust's `core` has none
+//!   for the BPF target without unstable intrinsics): a cross-CPU race may lose an increment, so
+//!   the GC should recount it from `nat4_map` (by `pod_ifindex`) rather than only decrement.
+//! - Privileged source ports map into `ports::PRIV_PORT_MIN..=PRIV_PORT_MAX` (512..=1023);
+//!   others into `NodeConfig::port_min..=port_max`. The node's own ephemeral ports
+//!   (`net.ipv4.ip_local_port_range`) should not overlap that range: a pod claim toward a remote
+//!   would capture the replies of a node connection from the same port to that remote.
+
 pub mod map_names {
     pub const NAT4_MAP: &str = "nat4_map";
     pub const NAT4_CLAIM: &str = "nat4_claim";

@@ -129,7 +129,10 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
     if ip.src != unsafe { (*pod).ipv4 } {
         return Ok(Verdict::Drop(Counter::DropSpoofV4));
     }
-    if in_prefix(ip.dst, node.pod_ipv4_net, node.pod_ipv4_prefix_len) {
+    // The node's own external address is local too: translating toward it would hand the stack
+    // a packet from its own address (a martian). Hairpinning to another pod's mapping is not
+    // built yet, so such traffic reaches the node's own services only.
+    if in_prefix(ip.dst, node.pod_ipv4_net, node.pod_ipv4_prefix_len) || ip.dst == node.ipv4 {
         return Ok(Verdict::Pass(Counter::LocalPass));
     }
     if ip.is_later_fragment() {

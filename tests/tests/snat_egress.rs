@@ -299,6 +299,11 @@ fn tcp_state_follows_outbound_flags() {
     let f = flow(POD_A, 5007, REMOTE1, 80, TCP);
     snat_ok(&mut env, a, &tcp(POD_A, 5007, REMOTE1, 80, "S", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::SynOut as u8);
+    let e = ep(POD_A, 5007, TCP);
+    let mut m = env.mapping(e).unwrap();
+    m.last_seen_ns = 1;
+    env.set_mapping(e, m);
     snat_ok(&mut env, a, &tcp(POD_A, 5007, REMOTE1, 80, "R", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::Rst as u8);
+    assert_eq!(env.mapping(e).unwrap().last_seen_ns, 1, "an outbound RST does not refresh (RFC 7857 §7.1)");
 }

@@ -166,9 +166,12 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
                 (*ct).last_seen_ns = now;
                 (*ct).packets_out += 1;
             }
-            // Outbound packets refresh the mapping (RFC 4787 REQ-6).
-            if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
-                unsafe { (*m).last_seen_ns = now };
+            // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST, which only
+            // answers inbound traffic (RFC 7857 §7.1).
+            if l.tcp_flags & tcp::flags::RST == 0 {
+                if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
+                    unsafe { (*m).last_seen_ns = now };
+                }
             }
             unsafe { (*ct).ext_port }
         }

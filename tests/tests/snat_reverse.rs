@@ -352,3 +352,35 @@ fn fib_fast_path_redirects_both_ways() {
     let out = env.egress(a, &raw_frame(h, rest));
     assert_eq!(out.verdict, TC_ACT_OK);
 }
+
+#[test]
+fn icmp_error_from_a_pod_is_translated_outbound() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    let ext = open(&mut env, &udp(POD_A, 5700, REMOTE1, 53, b"q"));
+    let (pass, delivered) = run(&mut env, Path::Xdp, &udp(REMOTE1, 53, NODE_IP, ext, b"late answer"));
+    assert!(pass);
+    let ct_before = env.ct(flow(POD_A, 5700, REMOTE1, 53, UDP)).unwrap();
+    let m_before = env.mapping(ep(POD_A, 5700, UDP)).unwrap();
+    // The pod's socket is gone: its stack answers 3/3 about the packet it received.
+    let err = icmp_error_to(POD_A, REMOTE1, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &delivered, 1000);
+    let out = env.egress(a, &err);
+    assert_eq!(out.verdict, TC_ACT_OK);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, REMOTE1));
+    assert_eq!(icmp_type(&p), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port));
+    let (ih, rest) = inner(&p);
+    assert_eq!((ih.source, ih.destination), (REMOTE1, NODE_IP));
+    let (uh, payload) = etherparse::UdpHeader::from_slice(&rest).unwrap();
+    assert_eq!((uh.source_port, uh.destination_port), (53, ext));
+    assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&ih, payload).unwrap(), "embedded UDP checksum");
+    // Nothing refreshed (RFC 7857 §7.1).
+    assert_eq!(env.ct(flow(POD_A, 5700, REMOTE1, 53, UDP)).unwrap(), ct_before);
+    assert_eq!(env.mapping(ep(POD_A, 5700, UDP)).unwrap(), m_before);
+    assert_eq!(env.counter(Counter::IcmpErrorTranslated), 1);
+    // About a flow that does not exist: dropped.
+    let stray = udp(REMOTE2, 53, POD_A, 5700, b"x");
+    let err = icmp_error_to(POD_A, REMOTE2, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &stray, 1000);
+    assert_eq!(env.egress(a, &err).verdict, TC_ACT_SHOT);
+    assert_eq!(env.counter(Counter::DropIcmpNoMapping), 1);
+}

@@ -261,11 +261,15 @@ pub fn echo_reply(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
 /// An ICMP error from `from` to the node, quoting `quoted` (the IP packet it is about, cut to
 /// `quote_len` bytes as a router would).
 pub fn icmp_error(from: [u8; 4], ty: etherparse::Icmpv4Type, quoted_frame: &[u8], quote_len: usize) -> Vec<u8> {
+    icmp_error_to(from, NODE_IP, ty, quoted_frame, quote_len)
+}
+
+pub fn icmp_error_to(from: [u8; 4], to: [u8; 4], ty: etherparse::Icmpv4Type, quoted_frame: &[u8], quote_len: usize) -> Vec<u8> {
     let ip = &quoted_frame[14..];
     let q = &ip[..quote_len.min(ip.len())];
     let (s, d) = eth_from(from);
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(s, d).ipv4(from, NODE_IP, 64).icmpv4(ty).write(&mut v, q).unwrap();
+    PacketBuilder::ethernet2(s, d).ipv4(from, to, 64).icmpv4(ty).write(&mut v, q).unwrap();
     v
 }
 

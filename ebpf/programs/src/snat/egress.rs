@@ -10,7 +10,7 @@ use podgate_common::{
 };
 
 use super::{
-    Ctx, fwd, in_prefix, unreach,
+    Ctx, fwd, icmp, in_prefix, unreach,
     ip::{self, IP_SRC, Ip4},
     now_ns,
 };
@@ -25,6 +25,9 @@ use crate::{
 const PORT_TRIES: u32 = 16;
 
 const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
 
 /// Headers the programs read, pulled into the linear area up front: Ethernet, IPv4 with options,
 /// a TCP header, and for ICMP errors the embedded IPv4 header with options and 20 bytes of L4.
@@ -140,6 +143,12 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
         // ports: a later fragment needs no state, so fragment order does not matter outbound.
         ip::set_addr(ctx, ip.l3, IP_SRC, ip.src, node.ipv4)?;
         return fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::FragTranslated);
+    }
+    if ip.proto == PROTO_ICMP {
+        let ty = ip::get_u8(ctx, ip.l4)?;
+        if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAM_PROBLEM {
+            return icmp::error_out(ctx, &node, &ip);
+        }
     }
     let l = l4(ctx, &ip, true)?;
     let now = now_ns();

@@ -11,7 +11,7 @@ use podgate_common::{
 
 use super::{
     Ctx,
-    egress::{self, l4, rewrite},
+    egress::{self, ICMP_DEST_UNREACH, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, l4, rewrite},
     fwd, icmp,
     ip::{self, IP_DST, Ip4},
     now_ns,
@@ -22,9 +22,6 @@ use crate::{
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAM_PROBLEM: u8 = 12;
 
 pub fn uplink_v4_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
     reverse(ctx)

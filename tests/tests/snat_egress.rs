@@ -193,13 +193,13 @@ fn unknown_interface_is_dropped() {
 fn node_local_range_is_not_translated() {
     let mut env = Env::new();
     let a = env.pod_a;
-    for dst in [GATEWAY, POD_B, [169, 254, 175, 254], NODE_IP] {
+    for dst in [GATEWAY, POD_B, [169, 254, 175, 254]] {
         let f = udp(POD_A, 5000, dst, 53, b"x");
         let out = env.egress(a, &f);
         assert_eq!(out.verdict, TC_ACT_OK);
         assert_eq!(out.packet, f, "untouched");
     }
-    assert_eq!(env.counter(Counter::LocalPass), 4);
+    assert_eq!(env.counter(Counter::LocalPass), 3);
     // Just outside the /22 is translated.
     let (p, _) = snat_ok(&mut env, a, &udp(POD_A, 5000, [169, 254, 176, 1], 53, b"x"));
     assert_eq!(p.ip.destination, [169, 254, 176, 1]);
@@ -306,4 +306,60 @@ fn tcp_state_follows_outbound_flags() {
     snat_ok(&mut env, a, &tcp(POD_A, 5007, REMOTE1, 80, "R", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::Rst as u8);
     assert_eq!(env.mapping(e).unwrap().last_seen_ns, 1, "an outbound RST does not refresh (RFC 7857 §7.1)");
+}
+
+#[test]
+fn hairpin_with_address_dependent_filtering() {
+    let mut env = Env::new();
+    let (a, b) = (env.pod_a, env.pod_b);
+    let (_, ext_b) = snat_ok(&mut env, b, &udp(POD_B, 6000, REMOTE1, 3478, b"stun"));
+    // A → B's external port: B never sent to the node's address, so the hairpin is filtered.
+    let out = env.egress(a, &udp(POD_A, 6100, NODE_IP, ext_b, b"hello B"));
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(env.counter(Counter::DropNoMapping), 1);
+    let ext_a = env.mapping(ep(POD_A, 6100, UDP)).expect("A's mapping made on the way").ext_port;
+    // B → A's external port opens B toward the node's address and reaches A, from B's external
+    // address and port (RFC 4787 REQ-9a).
+    let out = env.egress(b, &udp(POD_B, 6000, NODE_IP, ext_a, b"hello A"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_A));
+    assert_eq!(ports(&p), (ext_b, 6100));
+    assert_eq!(p.payload, b"hello A");
+    // Now A → B gets through.
+    let out = env.egress(a, &udp(POD_A, 6100, NODE_IP, ext_b, b"hello B"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_B));
+    assert_eq!(ports(&p), (ext_a, 6000));
+    assert_eq!(env.counter(Counter::SnatHairpin), 2);
+}
+
+#[test]
+fn hairpin_tcp_with_endpoint_independent_filtering() {
+    let mut env = Env::with(Config { flags: podgate_common::node_flags::FILTER_EIF, ..Default::default() });
+    let (a, b) = (env.pod_a, env.pod_b);
+    let (_, ext_b) = snat_ok(&mut env, b, &tcp(POD_B, 8080, REMOTE1, 80, "S", b""));
+    let out = env.egress(a, &tcp(POD_A, 45000, NODE_IP, ext_b, "S", b""));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_B));
+    let ext_a = env.mapping(ep(POD_A, 45000, TCP)).unwrap().ext_port;
+    assert_eq!(ports(&p), (ext_a, 8080));
+    // B's side of the flow is tracked as inbound.
+    let ct = env.ct(flow(POD_B, 8080, NODE_IP, ext_a, TCP)).expect("B's flow");
+    assert_eq!(ct.state, podgate_common::tcp::TcpState::SynIn as u8);
+}
+
+#[test]
+fn node_services_on_the_node_address_are_not_translated() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    for f in [tcp(POD_A, 45001, NODE_IP, 22, "S", b""), udp(POD_A, 45001, NODE_IP, 8080, b"x"), echo_request(POD_A, NODE_IP, 5, 1)] {
+        let out = env.egress(a, &f);
+        assert_eq!(out.verdict, TC_ACT_OK);
+        assert_eq!(out.packet, f);
+    }
+    assert_eq!(env.counter(Counter::LocalPass), 3);
+    assert!(env.mappings().is_empty());
 }

@@ -1,6 +1,10 @@
 //! Pod → outside: anti-spoofing, mapping and flow creation, source rewrite.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
+    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh},
+    programs::TcContext,
+};
 use podgate_common::{
     NodeConfig, Pod, csum,
     nat::{Claim4, Ct4, Endpoint4, Flow4, Mapping4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -10,12 +14,12 @@ use podgate_common::{
 };
 
 use super::{
-    Ctx, fwd, icmp, in_prefix, unreach,
-    ip::{self, IP_SRC, Ip4},
+    Ctx, fwd, icmp, in_prefix, reverse, unreach,
+    ip::{self, IP_DST, IP_SRC, Ip4},
     now_ns,
 };
 use crate::{
-    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS},
+    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
     packet::ptr_at,
     verdict::{Verdict, count},
 };
@@ -132,10 +136,14 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
     if ip.src != unsafe { (*pod).ipv4 } {
         return Ok(Verdict::Drop(Counter::DropSpoofV4));
     }
-    // The node's own external address is local too: translating toward it would hand the stack
-    // a packet from its own address (a martian). Hairpinning to another pod's mapping is not
-    // built yet, so such traffic reaches the node's own services only.
-    if in_prefix(ip.dst, node.pod_ipv4_net, node.pod_ipv4_prefix_len) || ip.dst == node.ipv4 {
+    if in_prefix(ip.dst, node.pod_ipv4_net, node.pod_ipv4_prefix_len) {
+        return Ok(Verdict::Pass(Counter::LocalPass));
+    }
+    // Toward the node's own address: a node service, untranslated (translating would hand the
+    // stack a packet from its own address, a martian), unless it is TCP/UDP to a port the NAT
+    // hands out, which is hairpinning toward another pod's mapping (RFC 4787 REQ-9).
+    let hairpin = ip.dst == node.ipv4;
+    if hairpin && !hairpin_candidate(ctx, &ip, &node)? {
         return Ok(Verdict::Pass(Counter::LocalPass));
     }
     if ip.is_later_fragment() {
@@ -200,7 +208,45 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
         },
     };
     rewrite(ctx, &ip, &l, IP_SRC, ip.src, node.ipv4, l.sport, ext)?;
+    if hairpin {
+        return hairpin_in(ctx, &node);
+    }
     fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::SnatOut)
+}
+
+#[inline(always)]
+fn hairpin_candidate(ctx: &TcContext, ip: &Ip4, node: &NodeConfig) -> Result<bool, Counter> {
+    if ip.is_later_fragment() || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return Ok(false);
+    }
+    let h: *const [u8; 4] = ptr_at(ctx, ip.l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { *h };
+    Ok(ports::is_snat_port(u16::from_be_bytes([h[2], h[3]]), node.port_min, node.port_max))
+}
+
+/// The second half of a hairpin: the packet, already translated as if it left the node, is
+/// received back as if it came from outside, filtered like any inbound packet (its remote is the
+/// node's address, so the sender appears by its external address and port, REQ-9a) and sent
+/// straight to the target pod's veth.
+#[inline(always)]
+fn hairpin_in(ctx: &TcContext, node: &NodeConfig) -> Result<Verdict, Counter> {
+    let ip = ip::parse_outer(ctx)?;
+    let l = l4(ctx, &ip, false)?;
+    let Some(ep) = reverse::owner(ip.proto, l.dport, node.ipv4) else {
+        return Ok(Verdict::Drop(Counter::DropNoMapping));
+    };
+    reverse::track_in(&ip, &ep, l.sport, l.tcp_flags);
+    rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, l.dport, ep.port)?;
+    // SAFETY: map value read.
+    let ifindex = unsafe { *PODS_V4.get_ptr(&ep.addr).ok_or(Counter::DropInternalError)? };
+    // The neighbour lookup fills in the MACs on the pod's veth.
+    // SAFETY: plain helper call; no parameters means "look the destination up".
+    let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc != TC_ACT_REDIRECT as i64 {
+        return Err(Counter::DropInternalError);
+    }
+    Ok(Verdict::Redirect(Counter::SnatHairpin, ifindex))
 }
 
 /// The remote a claim is made for: the flow's remote (address-dependent filtering, port

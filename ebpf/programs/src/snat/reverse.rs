@@ -86,7 +86,7 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
 /// Updates (or recreates) the flow's conntrack from an inbound packet. The mapping itself is not
 /// refreshed: only outbound traffic keeps it alive (RFC 4787 REQ-6, RFC 7857 §7.1).
 #[inline(always)]
-fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8) {
+pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8) {
     let now = now_ns();
     let flow = Flow4 {
         pod_addr: ep.addr,

@@ -1,7 +1,7 @@
 //! Pod → outside through `pod_ingress` (BPF_PROG_TEST_RUN fixtures).
 mod snat_common;
-use snat_common::*;
 use podgate_common::stats::Counter;
+use snat_common::*;
 
 #[test]
 fn new_tcp_flow_is_translated_and_tracked() {
@@ -34,11 +34,23 @@ fn established_flow_reuses_its_port_and_refreshes() {
     let mut m = env.mapping(e).unwrap();
     m.last_seen_ns = 1;
     env.set_mapping(e, m);
-    let (p, ext2) = snat_ok(&mut env, a, &tcp(POD_A, 40001, REMOTE1, 80, "A", b"GET / HTTP/1.0\r\n\r\n"));
+    let (p, ext2) = snat_ok(
+        &mut env,
+        a,
+        &tcp(POD_A, 40001, REMOTE1, 80, "A", b"GET / HTTP/1.0\r\n\r\n"),
+    );
     assert_eq!(ext, ext2);
     assert_eq!(p.payload, b"GET / HTTP/1.0\r\n\r\n");
-    assert!(env.mapping(e).unwrap().last_seen_ns > 1, "outbound refreshes the mapping");
-    assert_eq!(env.ct(flow(POD_A, 40001, REMOTE1, 80, TCP)).unwrap().packets_out, 2);
+    assert!(
+        env.mapping(e).unwrap().last_seen_ns > 1,
+        "outbound refreshes the mapping"
+    );
+    assert_eq!(
+        env.ct(flow(POD_A, 40001, REMOTE1, 80, TCP))
+            .unwrap()
+            .packets_out,
+        2
+    );
     assert_eq!(env.counter(Counter::SnatNewMapping), 1);
     assert_eq!(env.counter(Counter::SnatNewFlow), 1);
     assert_eq!(env.pod(a).mappings, 1);
@@ -66,7 +78,9 @@ fn udp_without_checksum_keeps_zero() {
     f[14 + 20 + 6] = 0;
     f[14 + 20 + 7] = 0;
     let (p, _) = snat_ok(&mut env, a, &f);
-    let Some(etherparse::TransportHeader::Udp(u)) = p.transport else { panic!() };
+    let Some(etherparse::TransportHeader::Udp(u)) = p.transport else {
+        panic!()
+    };
     assert_eq!(u.checksum, 0);
 }
 
@@ -89,8 +103,15 @@ fn endpoint_independent_mapping_across_destinations() {
 fn port_range_and_parity_are_preserved() {
     let mut env = Env::new();
     let a = env.pod_a;
-    for (i, sport) in [53u16, 500, 1023, 1024, 40001, 65534].into_iter().enumerate() {
-        let (_, ext) = snat_ok(&mut env, a, &udp(POD_A, sport, REMOTE1, 9000 + i as u16, b"x"));
+    for (i, sport) in [53u16, 500, 1023, 1024, 40001, 65534]
+        .into_iter()
+        .enumerate()
+    {
+        let (_, ext) = snat_ok(
+            &mut env,
+            a,
+            &udp(POD_A, sport, REMOTE1, 9000 + i as u16, b"x"),
+        );
         if sport < 1024 {
             assert!((512..1024).contains(&ext), "{sport} -> {ext}");
         } else {
@@ -103,7 +124,11 @@ fn port_range_and_parity_are_preserved() {
 #[test]
 fn port_overlapping_two_pods_different_remotes() {
     // A two-port range: both pods must end up on the one even port, toward different remotes.
-    let mut env = Env::with(Config { port_min: 40000, port_max: 40001, ..Default::default() });
+    let mut env = Env::with(Config {
+        port_min: 40000,
+        port_max: 40001,
+        ..Default::default()
+    });
     let (a, b) = (env.pod_a, env.pod_b);
     let (_, ea) = snat_ok(&mut env, a, &udp(POD_A, 2000, REMOTE1, 53, b"x"));
     let (_, eb) = snat_ok(&mut env, b, &udp(POD_B, 2000, REMOTE2, 53, b"x"));
@@ -119,7 +144,11 @@ fn port_overlapping_two_pods_different_remotes() {
 
 #[test]
 fn exhaustion_drops_and_keeps_existing_flows() {
-    let mut env = Env::with(Config { port_min: 41000, port_max: 41001, ..Default::default() });
+    let mut env = Env::with(Config {
+        port_min: 41000,
+        port_max: 41001,
+        ..Default::default()
+    });
     let a = env.pod_a;
     let (_, e1) = snat_ok(&mut env, a, &tcp(POD_A, 3000, REMOTE1, 80, "S", b""));
     let (_, e2) = snat_ok(&mut env, a, &tcp(POD_A, 3001, REMOTE1, 80, "S", b""));
@@ -137,7 +166,10 @@ fn exhaustion_drops_and_keeps_existing_flows() {
 
 #[test]
 fn pod_quota_node_default_and_per_pod() {
-    let mut env = Env::with(Config { pod_quota: 2, ..Default::default() });
+    let mut env = Env::with(Config {
+        pod_quota: 2,
+        ..Default::default()
+    });
     let (a, b) = (env.pod_a, env.pod_b);
     snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE1, 53, b"x"));
     snat_ok(&mut env, a, &udp(POD_A, 7002, REMOTE1, 53, b"x"));
@@ -157,12 +189,17 @@ fn pod_quota_node_default_and_per_pod() {
 
 #[test]
 fn unreachable_13_quotes_ipv4_options() {
-    let mut env = Env::with(Config { pod_quota: 1, ..Default::default() });
+    let mut env = Env::with(Config {
+        pod_quota: 1,
+        ..Default::default()
+    });
     let a = env.pod_a;
     snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE1, 53, b"x"));
     let plain = tcp(POD_A, 7002, REMOTE1, 80, "S", b"");
     let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
-    hdr.options = (&[0x01u8, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00][..]).try_into().unwrap();
+    hdr.options = (&[0x01u8, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00][..])
+        .try_into()
+        .unwrap();
     let f = raw_frame(hdr, rest);
     assert_unreach_13(&env.egress(a, &f), &f);
 }
@@ -211,7 +248,9 @@ fn ipv4_options_are_skipped() {
     let mut env = Env::new();
     let a = env.pod_a;
     // Router alert (4 bytes) + NOPs + end: IHL 8 (32 bytes of header).
-    let opts: &[u8] = &[0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00];
+    let opts: &[u8] = &[
+        0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00,
+    ];
     let plain = udp(POD_A, 5004, REMOTE1, 53, b"with options");
     let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
     hdr.options = opts.try_into().unwrap();
@@ -273,7 +312,11 @@ fn fragments_outbound_in_and_out_of_order() {
     assert_eq!(out.verdict, TC_ACT_OK);
     let p = parse_checked(&out.packet);
     assert_eq!(p.ip.source, NODE_IP);
-    assert_eq!(&out.packet[14 + 20..], &rest[14 + 20..], "payload untouched");
+    assert_eq!(
+        &out.packet[14 + 20..],
+        &rest[14 + 20..],
+        "payload untouched"
+    );
     // Then the first fragment: full translation.
     let out = env.egress(a, &first);
     assert_eq!(out.verdict, TC_ACT_OK);
@@ -288,7 +331,11 @@ fn fragments_outbound_in_and_out_of_order() {
     let (u, payload) = etherparse::UdpHeader::from_slice(&dgram).unwrap();
     let mut ip = p.ip.clone();
     ip.more_fragments = false;
-    assert_eq!(u.checksum, u.calc_checksum_ipv4(&ip, payload).unwrap(), "reassembled UDP checksum");
+    assert_eq!(
+        u.checksum,
+        u.calc_checksum_ipv4(&ip, payload).unwrap(),
+        "reassembled UDP checksum"
+    );
 }
 
 #[test]
@@ -305,7 +352,11 @@ fn tcp_state_follows_outbound_flags() {
     env.set_mapping(e, m);
     snat_ok(&mut env, a, &tcp(POD_A, 5007, REMOTE1, 80, "R", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::Rst as u8);
-    assert_eq!(env.mapping(e).unwrap().last_seen_ns, 1, "an outbound RST does not refresh (RFC 7857 §7.1)");
+    assert_eq!(
+        env.mapping(e).unwrap().last_seen_ns,
+        1,
+        "an outbound RST does not refresh (RFC 7857 §7.1)"
+    );
 }
 
 #[test]
@@ -317,7 +368,10 @@ fn hairpin_with_address_dependent_filtering() {
     let out = env.egress(a, &udp(POD_A, 6100, NODE_IP, ext_b, b"hello B"));
     assert_eq!(out.verdict, TC_ACT_SHOT);
     assert_eq!(env.counter(Counter::DropNoMapping), 1);
-    let ext_a = env.mapping(ep(POD_A, 6100, UDP)).expect("A's mapping made on the way").ext_port;
+    let ext_a = env
+        .mapping(ep(POD_A, 6100, UDP))
+        .expect("A's mapping made on the way")
+        .ext_port;
     // B → A's external port opens B toward the node's address and reaches A, from B's external
     // address and port (RFC 4787 REQ-9a).
     let out = env.egress(b, &udp(POD_B, 6000, NODE_IP, ext_a, b"hello A"));
@@ -337,7 +391,10 @@ fn hairpin_with_address_dependent_filtering() {
 
 #[test]
 fn hairpin_tcp_with_endpoint_independent_filtering() {
-    let mut env = Env::with(Config { flags: podgate_common::node_flags::FILTER_EIF, ..Default::default() });
+    let mut env = Env::with(Config {
+        flags: podgate_common::node_flags::FILTER_EIF,
+        ..Default::default()
+    });
     let (a, b) = (env.pod_a, env.pod_b);
     let (_, ext_b) = snat_ok(&mut env, b, &tcp(POD_B, 8080, REMOTE1, 80, "S", b""));
     let out = env.egress(a, &tcp(POD_A, 45000, NODE_IP, ext_b, "S", b""));
@@ -347,7 +404,9 @@ fn hairpin_tcp_with_endpoint_independent_filtering() {
     let ext_a = env.mapping(ep(POD_A, 45000, TCP)).unwrap().ext_port;
     assert_eq!(ports(&p), (ext_a, 8080));
     // B's side of the flow is tracked as inbound.
-    let ct = env.ct(flow(POD_B, 8080, NODE_IP, ext_a, TCP)).expect("B's flow");
+    let ct = env
+        .ct(flow(POD_B, 8080, NODE_IP, ext_a, TCP))
+        .expect("B's flow");
     assert_eq!(ct.state, podgate_common::tcp::TcpState::SynIn as u8);
 }
 
@@ -355,7 +414,11 @@ fn hairpin_tcp_with_endpoint_independent_filtering() {
 fn node_services_on_the_node_address_are_not_translated() {
     let mut env = Env::new();
     let a = env.pod_a;
-    for f in [tcp(POD_A, 45001, NODE_IP, 22, "S", b""), udp(POD_A, 45001, NODE_IP, 8080, b"x"), echo_request(POD_A, NODE_IP, 5, 1)] {
+    for f in [
+        tcp(POD_A, 45001, NODE_IP, 22, "S", b""),
+        udp(POD_A, 45001, NODE_IP, 8080, b"x"),
+        echo_request(POD_A, NODE_IP, 5, 1),
+    ] {
         let out = env.egress(a, &f);
         assert_eq!(out.verdict, TC_ACT_OK);
         assert_eq!(out.packet, f);

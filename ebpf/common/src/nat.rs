@@ -201,8 +201,16 @@ pub const fn mapping_timeout_ns(proto: u8, t: &crate::Timeouts) -> u64 {
 /// endpoint uses that remote and port; then, when `mapping_expired`, delete the mapping (and its
 /// 0.0.0.0 claim if it points at this endpoint) and decrement `Pod::mappings` of
 /// `Mapping4::pod_ifindex` (saturating).
-pub const fn mapping_expired(ep: &Endpoint4, m: &Mapping4, live_flows: u32, now_ns: u64, t: &crate::Timeouts) -> bool {
-    live_flows == 0 && now_ns > m.last_seen_ns && now_ns - m.last_seen_ns > mapping_timeout_ns(ep.proto, t)
+pub const fn mapping_expired(
+    ep: &Endpoint4,
+    m: &Mapping4,
+    live_flows: u32,
+    now_ns: u64,
+    t: &crate::Timeouts,
+) -> bool {
+    live_flows == 0
+        && now_ns > m.last_seen_ns
+        && now_ns - m.last_seen_ns > mapping_timeout_ns(ep.proto, t)
 }
 
 /// Whether the GC may delete this `frag4` entry.
@@ -218,11 +226,18 @@ mod tests {
     const S: u64 = NS_PER_SEC;
 
     fn flow(proto: u8) -> Flow4 {
-        Flow4 { proto, ..Default::default() }
+        Flow4 {
+            proto,
+            ..Default::default()
+        }
     }
 
     fn ct(state: TcpState, last: u64) -> Ct4 {
-        Ct4 { state: state as u8, last_seen_ns: last, ..Default::default() }
+        Ct4 {
+            state: state as u8,
+            last_seen_ns: last,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -241,19 +256,69 @@ mod tests {
         let t = Timeouts::default();
         let base = 1_000 * S;
         // UDP idle 119 s and 299 s: alive; 301 s: gone.
-        assert!(!ct_expired(&flow(PROTO_UDP), &ct(TcpState::None, base), base + 299 * S, &t));
-        assert!(ct_expired(&flow(PROTO_UDP), &ct(TcpState::None, base), base + 301 * S, &t));
+        assert!(!ct_expired(
+            &flow(PROTO_UDP),
+            &ct(TcpState::None, base),
+            base + 299 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &flow(PROTO_UDP),
+            &ct(TcpState::None, base),
+            base + 301 * S,
+            &t
+        ));
         // ICMP query: 59 s alive, 61 s gone.
-        assert!(!ct_expired(&flow(PROTO_ICMP), &ct(TcpState::None, base), base + 59 * S, &t));
-        assert!(ct_expired(&flow(PROTO_ICMP), &ct(TcpState::None, base), base + 61 * S, &t));
+        assert!(!ct_expired(
+            &flow(PROTO_ICMP),
+            &ct(TcpState::None, base),
+            base + 59 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &flow(PROTO_ICMP),
+            &ct(TcpState::None, base),
+            base + 61 * S,
+            &t
+        ));
         // TCP established survives 2 h 4 min, a reset one only 4 min.
         let tcp = flow(PROTO_TCP);
-        assert!(!ct_expired(&tcp, &ct(TcpState::Established, base), base + 7440 * S, &t));
-        assert!(ct_expired(&tcp, &ct(TcpState::Established, base), base + 7441 * S, &t));
-        assert!(!ct_expired(&tcp, &ct(TcpState::Rst, base), base + 239 * S, &t));
-        assert!(ct_expired(&tcp, &ct(TcpState::Rst, base), base + 241 * S, &t));
-        assert!(ct_expired(&tcp, &ct(TcpState::FinBoth, base), base + 241 * S, &t));
-        assert!(!ct_expired(&tcp, &ct(TcpState::FinOut, base), base + 241 * S, &t));
+        assert!(!ct_expired(
+            &tcp,
+            &ct(TcpState::Established, base),
+            base + 7440 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &tcp,
+            &ct(TcpState::Established, base),
+            base + 7441 * S,
+            &t
+        ));
+        assert!(!ct_expired(
+            &tcp,
+            &ct(TcpState::Rst, base),
+            base + 239 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &tcp,
+            &ct(TcpState::Rst, base),
+            base + 241 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &tcp,
+            &ct(TcpState::FinBoth, base),
+            base + 241 * S,
+            &t
+        ));
+        assert!(!ct_expired(
+            &tcp,
+            &ct(TcpState::FinOut, base),
+            base + 241 * S,
+            &t
+        ));
         // A stamp from the future never expires.
         assert!(!ct_expired(&tcp, &ct(TcpState::SynOut, base + S), base, &t));
     }
@@ -261,18 +326,30 @@ mod tests {
     #[test]
     fn mapping_lives_while_a_flow_does() {
         let t = Timeouts::default();
-        let ep = Endpoint4 { proto: PROTO_UDP, ..Default::default() };
-        let m = Mapping4 { last_seen_ns: S, ..Default::default() };
+        let ep = Endpoint4 {
+            proto: PROTO_UDP,
+            ..Default::default()
+        };
+        let m = Mapping4 {
+            last_seen_ns: S,
+            ..Default::default()
+        };
         assert!(!mapping_expired(&ep, &m, 1, 10_000 * S, &t));
         assert!(mapping_expired(&ep, &m, 0, 10_000 * S, &t));
         assert!(!mapping_expired(&ep, &m, 0, 300 * S, &t));
-        let tcp = Endpoint4 { proto: PROTO_TCP, ..Default::default() };
+        let tcp = Endpoint4 {
+            proto: PROTO_TCP,
+            ..Default::default()
+        };
         assert!(!mapping_expired(&tcp, &m, 0, 7000 * S, &t));
     }
 
     #[test]
     fn frag_expiry() {
-        let v = FragVal4 { seen_ns: S, ..Default::default() };
+        let v = FragVal4 {
+            seen_ns: S,
+            ..Default::default()
+        };
         assert!(!frag_expired(&v, 30 * S));
         assert!(frag_expired(&v, 32 * S));
     }

@@ -42,7 +42,10 @@ impl TcpState {
     /// Whether the long (established) idle timeout applies. Half-closed sessions keep it, as in
     /// RFC 6146: one side may still stream data for hours.
     pub const fn is_long_lived(self) -> bool {
-        matches!(self, TcpState::Established | TcpState::FinOut | TcpState::FinIn)
+        matches!(
+            self,
+            TcpState::Established | TcpState::FinOut | TcpState::FinIn
+        )
     }
 
     pub const fn name(self) -> &'static str {

@@ -14,9 +14,9 @@ use podgate_common::{
 };
 
 use super::{
-    Ctx, fwd, icmp, in_prefix, reverse, unreach,
+    Ctx, fwd, icmp, in_prefix,
     ip::{self, IP_DST, IP_SRC, Ip4},
-    now_ns,
+    now_ns, reverse, unreach,
 };
 use crate::{
     maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
@@ -110,7 +110,16 @@ pub fn l4(ctx: &impl crate::packet::Packet, ip: &Ip4, outbound: bool) -> Result<
 /// Rewrites the pod-side address and port of a translated packet and every checksum covering
 /// them. `field` is IP_SRC outbound, IP_DST inbound.
 #[inline(always)]
-pub fn rewrite<C: Ctx>(ctx: &C, ip: &Ip4, l: &L4, field: usize, old_addr: [u8; 4], new_addr: [u8; 4], old_port: u16, new_port: u16) -> Result<(), Counter> {
+pub fn rewrite<C: Ctx>(
+    ctx: &C,
+    ip: &Ip4,
+    l: &L4,
+    field: usize,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), Counter> {
     ip::set_addr(ctx, ip.l3, field, old_addr, new_addr)?;
     if ip.proto == PROTO_ICMP {
         // No pseudo-header: only the identifier is covered.
@@ -160,7 +169,12 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
     }
     let l = l4(ctx, &ip, true)?;
     let now = now_ns();
-    let ep = Endpoint4 { addr: ip.src, port: l.sport, proto: ip.proto, _pad: 0 };
+    let ep = Endpoint4 {
+        addr: ip.src,
+        port: l.sport,
+        proto: ip.proto,
+        _pad: 0,
+    };
     let flow = Flow4 {
         pod_addr: ip.src,
         remote_addr: ip.dst,
@@ -222,7 +236,11 @@ fn hairpin_candidate(ctx: &TcContext, ip: &Ip4, node: &NodeConfig) -> Result<boo
     let h: *const [u8; 4] = ptr_at(ctx, ip.l4)?;
     // SAFETY: bounds checked by ptr_at.
     let h = unsafe { *h };
-    Ok(ports::is_snat_port(u16::from_be_bytes([h[2], h[3]]), node.port_min, node.port_max))
+    Ok(ports::is_snat_port(
+        u16::from_be_bytes([h[2], h[3]]),
+        node.port_min,
+        node.port_max,
+    ))
 }
 
 /// The second half of a hairpin: the packet, already translated as if it left the node, is
@@ -239,7 +257,11 @@ fn hairpin_in(ctx: &TcContext, node: &NodeConfig) -> Result<Verdict, Counter> {
     reverse::track_in(&ip, &ep, l.sport, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, l.dport, ep.port)?;
     // SAFETY: map value read.
-    let ifindex = unsafe { *PODS_V4.get_ptr(&ep.addr).ok_or(Counter::DropInternalError)? };
+    let ifindex = unsafe {
+        *PODS_V4
+            .get_ptr(&ep.addr)
+            .ok_or(Counter::DropInternalError)?
+    };
     // The neighbour lookup fills in the MACs on the pod's veth.
     // SAFETY: plain helper call; no parameters means "look the destination up".
     let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
@@ -253,11 +275,23 @@ fn hairpin_in(ctx: &TcContext, node: &NodeConfig) -> Result<Verdict, Counter> {
 /// overlapping) or 0.0.0.0 (endpoint-independent filtering).
 #[inline(always)]
 fn claim_remote(node: &NodeConfig, remote: [u8; 4]) -> [u8; 4] {
-    if node.flags & node_flags::FILTER_EIF != 0 { [0; 4] } else { remote }
+    if node.flags & node_flags::FILTER_EIF != 0 {
+        [0; 4]
+    } else {
+        remote
+    }
 }
 
 #[inline(always)]
-fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow: &Flow4, tcp_flags: u8, now: u64) -> Result<u16, Counter> {
+fn new_flow(
+    ifindex: u32,
+    pod: *mut Pod,
+    node: &NodeConfig,
+    ep: &Endpoint4,
+    flow: &Flow4,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<u16, Counter> {
     let remote = claim_remote(node, flow.remote_addr);
     let ext = match NAT4_MAP.get_ptr_mut(ep) {
         Some(m) => {
@@ -270,7 +304,11 @@ fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow
         }
         None => create_mapping(ifindex, pod, node, ep, remote, now)?,
     };
-    let state = if ep.proto == PROTO_TCP { tcp::next(TcpState::None, Dir::Out, tcp_flags) as u8 } else { 0 };
+    let state = if ep.proto == PROTO_TCP {
+        tcp::next(TcpState::None, Dir::Out, tcp_flags) as u8
+    } else {
+        0
+    };
     let ct = Ct4 {
         ext_port: ext,
         state,
@@ -292,11 +330,25 @@ fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow
 /// gets its own port instead: endpoint independence yields only where the alternative would be
 /// mis-delivery (RFC 4787 REQ-3).
 #[inline(always)]
-fn claim_for_flow(ep: &Endpoint4, remote: [u8; 4], ext: u16, node: &NodeConfig) -> Result<u16, Counter> {
-    let key = Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 };
+fn claim_for_flow(
+    ep: &Endpoint4,
+    remote: [u8; 4],
+    ext: u16,
+    node: &NodeConfig,
+) -> Result<u16, Counter> {
+    let key = Claim4 {
+        remote,
+        ext_port: ext,
+        proto: ep.proto,
+        _pad: 0,
+    };
     if let Some(owner) = NAT4_CLAIM.get_ptr(&key) {
         // SAFETY: map value pointer.
-        return if unsafe { *owner } == *ep { Ok(ext) } else { claim_new(ep, remote, node) };
+        return if unsafe { *owner } == *ep {
+            Ok(ext)
+        } else {
+            claim_new(ep, remote, node)
+        };
     }
     if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
         return Ok(ext);
@@ -315,7 +367,12 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
         // SAFETY: plain helper call.
         let r = unsafe { bpf_get_prandom_u32() };
         let cand = ports::candidate(ep.port, r, node.port_min, node.port_max);
-        let key = Claim4 { remote, ext_port: cand, proto: ep.proto, _pad: 0 };
+        let key = Claim4 {
+            remote,
+            ext_port: cand,
+            proto: ep.proto,
+            _pad: 0,
+        };
         if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
             return Ok(cand);
         }
@@ -325,7 +382,14 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
 }
 
 #[inline(always)]
-fn create_mapping(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, remote: [u8; 4], now: u64) -> Result<u16, Counter> {
+fn create_mapping(
+    ifindex: u32,
+    pod: *mut Pod,
+    node: &NodeConfig,
+    ep: &Endpoint4,
+    remote: [u8; 4],
+    now: u64,
+) -> Result<u16, Counter> {
     // SAFETY: map value pointer.
     let (quota, held) = unsafe { ((*pod).quota, (*pod).mappings) };
     let quota = if quota != 0 { quota } else { node.pod_quota };
@@ -334,10 +398,21 @@ fn create_mapping(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4
         return Err(Counter::DropPodQuota);
     }
     let ext = claim_new(ep, remote, node)?;
-    let m = Mapping4 { ext_port: ext, _pad: 0, pod_ifindex: ifindex, created_ns: now, last_seen_ns: now };
+    let m = Mapping4 {
+        ext_port: ext,
+        _pad: 0,
+        pod_ifindex: ifindex,
+        created_ns: now,
+        last_seen_ns: now,
+    };
     if NAT4_MAP.insert(ep, &m, BPF_NOEXIST as u64).is_err() {
         // Another CPU mapped this endpoint first: give our claim back and use its port.
-        let _ = NAT4_CLAIM.remove(&Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 });
+        let _ = NAT4_CLAIM.remove(&Claim4 {
+            remote,
+            ext_port: ext,
+            proto: ep.proto,
+            _pad: 0,
+        });
         let theirs = NAT4_MAP.get_ptr(ep).ok_or(Counter::DropMapFull)?;
         // SAFETY: map value pointer.
         let ext = unsafe { (*theirs).ext_port };

@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use podgate_common::{NodeConfig, csum, node_flags, stats::Counter};
 
-use super::{Ctx, ip::{IP_CSUM, Ip4}};
+use super::{
+    Ctx,
+    ip::{IP_CSUM, Ip4},
+};
 use crate::{
     packet::ptr_at_mut,
     verdict::{Verdict, count},
@@ -19,7 +22,14 @@ const AF_INET: u8 = 2;
 /// no complete answer (no neighbour yet, local destination, TTL about to expire), to the stack,
 /// which then does the same job or sends the right ICMP error. `done` counts the translation.
 #[inline(always)]
-pub fn forward<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4, src: [u8; 4], dst: [u8; 4], done: Counter) -> Result<Verdict, Counter> {
+pub fn forward<C: Ctx>(
+    ctx: &C,
+    node: &NodeConfig,
+    ip: &Ip4,
+    src: [u8; 4],
+    dst: [u8; 4],
+    done: Counter,
+) -> Result<Verdict, Counter> {
     if node.flags & node_flags::FIB_REDIRECT == 0 || ip.ttl <= 1 {
         return Ok(Verdict::Pass(done));
     }
@@ -31,7 +41,14 @@ pub fn forward<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4, src: [u8; 4], dst: 
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: p lives on the stack for the call; the size is the struct's.
-    let rc = unsafe { fib_lookup(ctx.raw(), &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.raw(),
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Ok(Verdict::Pass(done));
     }

@@ -45,14 +45,28 @@ fn embedded(ctx: &impl Ctx, outer: &Ip4) -> Result<Embedded, Counter> {
         PROTO_ICMP => inner.l4 + 2,
         _ => return Err(Counter::DropIcmpNoMapping),
     };
-    Ok(Embedded { ip: inner, head, l4_csum_off })
+    Ok(Embedded {
+        ip: inner,
+        head,
+        l4_csum_off,
+    })
 }
 
 /// Rewrites one address (`field` of the embedded header) and the port at `port_off`, fixing the
 /// embedded IPv4 checksum, the embedded transport checksum when it was quoted (never verified:
 /// REQ-3c) and, for every change inside the ICMP message, the ICMP checksum.
 #[inline(always)]
-fn rewrite_embedded(ctx: &impl Ctx, outer: &Ip4, e: &Embedded, field: usize, old: [u8; 4], new: [u8; 4], port_off: usize, old_port: u16, new_port: u16) -> Result<(), Counter> {
+fn rewrite_embedded(
+    ctx: &impl Ctx,
+    outer: &Ip4,
+    e: &Embedded,
+    field: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), Counter> {
     let icmp_csum_off = outer.l4 + 2;
     let mut ic = ip::get_u16(ctx, icmp_csum_off)?;
 
@@ -69,7 +83,10 @@ fn rewrite_embedded(ctx: &impl Ctx, outer: &Ip4, e: &Embedded, field: usize, old
         let n = match e.ip.proto {
             // No pseudo-header in ICMP.
             PROTO_ICMP => csum::update16(c, old_port, new_port),
-            PROTO_UDP => csum::udp_fix(c, csum::update16(csum::update32(c, old, new), old_port, new_port)),
+            PROTO_UDP => csum::udp_fix(
+                c,
+                csum::update16(csum::update32(c, old, new), old_port, new_port),
+            ),
             _ => csum::update16(csum::update32(c, old, new), old_port, new_port),
         };
         ip::set_u16(ctx, e.l4_csum_off, n)?;
@@ -100,7 +117,9 @@ pub fn error_in<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict,
     let Some(ep) = owner(e.ip.proto, ext, e.ip.dst) else {
         return Ok(Verdict::Drop(Counter::DropIcmpNoMapping));
     };
-    rewrite_embedded(ctx, ip, &e, IP_SRC, node.ipv4, ep.addr, port_off, ext, ep.port)?;
+    rewrite_embedded(
+        ctx, ip, &e, IP_SRC, node.ipv4, ep.addr, port_off, ext, ep.port,
+    )?;
     ip::set_addr(ctx, ip.l3, IP_DST, ip.dst, ep.addr)?;
     fwd::forward(ctx, node, ip, ip.src, ep.addr, Counter::IcmpErrorTranslated)
 }
@@ -132,7 +151,24 @@ pub fn error_out<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict
     };
     // SAFETY: map value pointer.
     let ext = unsafe { (*ct).ext_port };
-    rewrite_embedded(ctx, ip, &e, IP_DST, e.ip.dst, node.ipv4, e.ip.l4 + 2, pod_port, ext)?;
+    rewrite_embedded(
+        ctx,
+        ip,
+        &e,
+        IP_DST,
+        e.ip.dst,
+        node.ipv4,
+        e.ip.l4 + 2,
+        pod_port,
+        ext,
+    )?;
     ip::set_addr(ctx, ip.l3, IP_SRC, ip.src, node.ipv4)?;
-    fwd::forward(ctx, node, ip, node.ipv4, ip.dst, Counter::IcmpErrorTranslated)
+    fwd::forward(
+        ctx,
+        node,
+        ip,
+        node.ipv4,
+        ip.dst,
+        Counter::IcmpErrorTranslated,
+    )
 }

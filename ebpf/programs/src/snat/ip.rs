@@ -81,7 +81,13 @@ pub fn parse_outer(ctx: &impl Packet) -> Result<Ip4, Counter> {
 /// Writes a new address at `l3 + field` (IP_SRC or IP_DST) and fixes the IPv4 header checksum.
 /// The L4 checksum is the caller's business.
 #[inline(always)]
-pub fn set_addr(ctx: &impl Packet, l3: usize, field: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), Counter> {
+pub fn set_addr(
+    ctx: &impl Packet,
+    l3: usize,
+    field: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+) -> Result<(), Counter> {
     let a: *mut [u8; 4] = ptr_at_mut(ctx, l3 + field)?;
     let c: *mut [u8; 2] = ptr_at_mut(ctx, l3 + IP_CSUM)?;
     // SAFETY: bounds checked by ptr_at_mut.

@@ -27,7 +27,13 @@ pub trait Ctx: Packet {
     fn raw(&self) -> *mut c_void;
     /// The checksum at `csum_off` after a pseudo-header address changed from `old` to `new`.
     /// The address bytes themselves are written by the caller.
-    fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter>;
+    fn l4_csum_addr(
+        &self,
+        csum_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        udp: bool,
+    ) -> Result<(), Counter>;
     /// The checksum at `csum_off` after a covered 16-bit word changed.
     fn l4_csum_port(&self, csum_off: usize, old: u16, new: u16, udp: bool) -> Result<(), Counter>;
     /// Redirect to `ifindex` (TC calls the helper now; XDP returns XDP_REDIRECT via the verdict).
@@ -43,13 +49,24 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
-    fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter> {
+    fn l4_csum_addr(
+        &self,
+        csum_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        udp: bool,
+    ) -> Result<(), Counter> {
         let mut flags = BPF_F_PSEUDO_HDR as u64 | 4;
         if udp {
             flags |= BPF_F_MARK_MANGLED_0 as u64;
         }
-        self.l4_csum_replace(csum_off, u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64, flags)
-            .map_err(|_| Counter::DropInternalError)
+        self.l4_csum_replace(
+            csum_off,
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+            flags,
+        )
+        .map_err(|_| Counter::DropInternalError)
     }
 
     #[inline(always)]
@@ -60,7 +77,8 @@ impl Ctx for TcContext {
         }
         let o = u16::from_ne_bytes(old.to_be_bytes()) as u64;
         let n = u16::from_ne_bytes(new.to_be_bytes()) as u64;
-        self.l4_csum_replace(csum_off, o, n, flags).map_err(|_| Counter::DropInternalError)
+        self.l4_csum_replace(csum_off, o, n, flags)
+            .map_err(|_| Counter::DropInternalError)
     }
 
     #[inline(always)]
@@ -83,7 +101,13 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter> {
+    fn l4_csum_addr(
+        &self,
+        csum_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        udp: bool,
+    ) -> Result<(), Counter> {
         update_csum_at(self, csum_off, udp, |hc| csum::update32(hc, old, new))
     }
 
@@ -104,7 +128,12 @@ impl Ctx for XdpContext {
 
 /// Rewrites the checksum field at `off` with `f(old field)`, keeping UDP's "no checksum" rule.
 #[inline(always)]
-fn update_csum_at(ctx: &impl Packet, off: usize, udp: bool, f: impl FnOnce(u16) -> u16) -> Result<(), Counter> {
+fn update_csum_at(
+    ctx: &impl Packet,
+    off: usize,
+    udp: bool,
+    f: impl FnOnce(u16) -> u16,
+) -> Result<(), Counter> {
     let p: *mut [u8; 2] = ptr_at_mut(ctx, off)?;
     // SAFETY: bounds checked by ptr_at_mut.
     let hc = u16::from_be_bytes(unsafe { *p });

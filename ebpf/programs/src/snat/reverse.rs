@@ -36,12 +36,22 @@ pub fn uplink_v4_tc(ctx: &TcContext) -> Result<Verdict, Counter> {
 /// then the endpoint-independent one.
 #[inline(always)]
 pub fn owner(proto: u8, ext_port: u16, remote: [u8; 4]) -> Option<Endpoint4> {
-    let k = Claim4 { remote, ext_port, proto, _pad: 0 };
+    let k = Claim4 {
+        remote,
+        ext_port,
+        proto,
+        _pad: 0,
+    };
     if let Some(ep) = NAT4_CLAIM.get_ptr(&k) {
         // SAFETY: map value pointer.
         return Some(unsafe { *ep });
     }
-    let k = Claim4 { remote: [0; 4], ext_port, proto, _pad: 0 };
+    let k = Claim4 {
+        remote: [0; 4],
+        ext_port,
+        proto,
+        _pad: 0,
+    };
     NAT4_CLAIM.get_ptr(&k).map(|ep| unsafe { *ep })
 }
 
@@ -59,7 +69,9 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
         PROTO_TCP | PROTO_UDP => {}
         PROTO_ICMP => match ip::get_u8(ctx, ip.l4)? {
             ICMP_ECHO_REPLY => {}
-            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => return icmp::error_in(ctx, &node, &ip),
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
+                return icmp::error_in(ctx, &node, &ip);
+            }
             // Echo requests and the rest are for the node itself.
             _ => return Ok(Verdict::Pass(Counter::NotOurs)),
         },
@@ -67,7 +79,11 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
     }
     let l = l4(ctx, &ip, false)?;
     // Inbound, the NAT's port is the destination (ICMP: the identifier, in `sport`).
-    let (ext, remote_port) = if ip.proto == PROTO_ICMP { (l.sport, 0) } else { (l.dport, l.sport) };
+    let (ext, remote_port) = if ip.proto == PROTO_ICMP {
+        (l.sport, 0)
+    } else {
+        (l.dport, l.sport)
+    };
     let Some(ep) = owner(ip.proto, ext, ip.src) else {
         // No mapping: possibly the node's own traffic.
         return Ok(Verdict::Pass(Counter::NotOurs));
@@ -75,8 +91,18 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
     track_in(&ip, &ep, remote_port, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
     if ip.is_first_fragment() {
-        let k = FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 };
-        let v = FragVal4 { new_addr: ep.addr, ifindex: 0, seen_ns: now_ns() };
+        let k = FragKey4 {
+            src: ip.src,
+            dst: ip.dst,
+            id: ip.id,
+            proto: ip.proto,
+            dir: 1,
+        };
+        let v = FragVal4 {
+            new_addr: ep.addr,
+            ifindex: 0,
+            seen_ns: now_ns(),
+        };
         // Losing this entry only costs the later fragments (counted as orphans there).
         let _ = FRAG4.insert(&k, &v, 0);
     }
@@ -119,7 +145,11 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
     };
     // SAFETY: map value pointer.
     let m = unsafe { *m };
-    let state = if ip.proto == PROTO_TCP { tcp::next(TcpState::None, Dir::In, tcp_flags) as u8 } else { 0 };
+    let state = if ip.proto == PROTO_TCP {
+        tcp::next(TcpState::None, Dir::In, tcp_flags) as u8
+    } else {
+        0
+    };
     let ct = Ct4 {
         ext_port: m.ext_port,
         state,
@@ -139,7 +169,13 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
 /// is a bounded LRU, so a flood of orphans costs nothing else).
 #[inline(always)]
 fn later_fragment<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
-    let k = FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 };
+    let k = FragKey4 {
+        src: ip.src,
+        dst: ip.dst,
+        id: ip.id,
+        proto: ip.proto,
+        dir: 1,
+    };
     let Some(v) = FRAG4.get_ptr(&k) else {
         return Ok(Verdict::Drop(Counter::DropFragOrphan));
     };

@@ -5,7 +5,7 @@
 //! cut, and the skb goes back out of the pod's veth.
 
 use aya_ebpf::{
-    bindings::{bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, TC_ACT_REDIRECT},
+    bindings::{TC_ACT_REDIRECT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC},
     helpers::bpf_skb_change_tail,
     programs::TcContext,
 };
@@ -38,7 +38,8 @@ pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4) -> Result<u32, Counter
     let eth: *const [u8; 12] = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let eth = unsafe { *eth };
-    ctx.adjust_room(NEW_HDRS as i32, BPF_ADJ_ROOM_MAC, 0).map_err(|_| Counter::DropInternalError)?;
+    ctx.adjust_room(NEW_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(|_| Counter::DropInternalError)?;
     // SAFETY: plain helper call on our skb.
     if unsafe { bpf_skb_change_tail(ctx.skb.skb, total as u32, 0) } != 0 {
         return Err(Counter::DropInternalError);

@@ -91,13 +91,7 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
     track_in(&ip, &ep, remote_port, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
     if ip.is_first_fragment() {
-        let k = FragKey4 {
-            src: ip.src,
-            dst: ip.dst,
-            id: ip.id,
-            proto: ip.proto,
-            dir: 1,
-        };
+        let k = frag_key_in(&ip);
         let v = FragVal4 {
             new_addr: ep.addr,
             ifindex: 0,
@@ -164,18 +158,18 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
     let _ = CT4.insert(&flow, &ct, 0);
 }
 
+/// The `frag4` key of an inbound datagram's fragments.
+#[inline(always)]
+fn frag_key_in(ip: &Ip4) -> FragKey4 {
+    FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 }
+}
+
 /// A non-first fragment for the node's address: it follows its first fragment's translation, or
 /// is dropped when the first has not been seen (the sender's retransmission recovers; the state
 /// is a bounded LRU, so a flood of orphans costs nothing else).
 #[inline(always)]
 fn later_fragment<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
-    let k = FragKey4 {
-        src: ip.src,
-        dst: ip.dst,
-        id: ip.id,
-        proto: ip.proto,
-        dir: 1,
-    };
+    let k = frag_key_in(ip);
     let Some(v) = FRAG4.get_ptr(&k) else {
         return Ok(Verdict::Drop(Counter::DropFragOrphan));
     };

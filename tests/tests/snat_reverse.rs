@@ -484,6 +484,20 @@ fn fib_fast_path_redirects_both_ways() {
     h.time_to_live = 1;
     let out = env.egress(a, &raw_frame(h, rest));
     assert_eq!(out.verdict, TC_ACT_OK);
+    // Too big for the uplink's MTU: left to the stack (fragmentation or 3/4 to the pod).
+    env.set_mtu("pgup", 1280);
+    let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1300]));
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&out.packet).ip.source, NODE_IP);
+    let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1200]));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    // The same toward the pod on the XDP path.
+    env.set_mtu("pga", 1280);
+    let o = env.reverse_xdp(&udp(REMOTE1, 53, NODE_IP, ext, &[8u8; 1300]));
+    assert_eq!(o.verdict, XDP_PASS);
+    assert_eq!(parse_checked(&o.packet).ip.destination, POD_A);
+    let o = env.reverse_xdp(&udp(REMOTE1, 53, NODE_IP, ext, &[8u8; 1200]));
+    assert_eq!(o.verdict, XDP_REDIRECT);
 }
 
 #[test]

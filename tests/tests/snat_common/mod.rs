@@ -177,6 +177,10 @@ impl Env {
         env
     }
 
+    pub fn set_mtu(&self, name: &str, mtu: u32) {
+        ip(&["link", "set", name, "mtu", &mtu.to_string()]);
+    }
+
     pub fn mac(name: &str) -> [u8; 6] {
         // Not /sys/class/net: sysfs shows the namespace it was mounted in, not this thread's.
         let out = Command::new("ip")

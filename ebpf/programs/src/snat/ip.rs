@@ -21,6 +21,8 @@ pub struct Ip4 {
     pub l4: usize,
     pub proto: u8,
     pub ttl: u8,
+    /// Total length from the header.
+    pub tot_len: u16,
     pub id: u16,
     pub frag: u16,
     pub src: [u8; 4],
@@ -65,6 +67,7 @@ pub fn parse(ctx: &impl Packet, l3: usize) -> Result<Ip4, Counter> {
         l4: l3 + ihl,
         proto: b[9],
         ttl: b[8],
+        tot_len: tot_len as u16,
         id: u16::from_be_bytes([b[4], b[5]]),
         frag: u16::from_be_bytes([b[6], b[7]]),
         src: [b[12], b[13], b[14], b[15]],

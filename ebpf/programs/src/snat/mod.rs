@@ -40,6 +40,8 @@ pub trait Ctx: Packet {
     fn redirect(&self, ifindex: u32);
     /// The interface the packet arrived on.
     fn ifindex(&self) -> u32;
+    /// The `tot_len` to give `bpf_fib_lookup` for its MTU check.
+    fn fib_tot_len(&self, ip_tot_len: u16) -> u16;
 }
 
 impl Ctx for TcContext {
@@ -88,6 +90,12 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
+    fn fib_tot_len(&self, _ip_tot_len: u16) -> u16 {
+        // 0: the kernel checks the skb itself, GSO-aware (a TSO super-packet is no MTU problem).
+        0
+    }
+
+    #[inline(always)]
     fn redirect(&self, ifindex: u32) {
         // SAFETY: plain helper call; the TC verdict then returns TC_ACT_REDIRECT.
         unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) };
@@ -120,6 +128,11 @@ impl Ctx for XdpContext {
     fn ifindex(&self) -> u32 {
         // SAFETY: the context pointer is valid for the program's lifetime.
         unsafe { (*self.ctx).ingress_ifindex }
+    }
+
+    #[inline(always)]
+    fn fib_tot_len(&self, ip_tot_len: u16) -> u16 {
+        ip_tot_len
     }
 
     #[inline(always)]

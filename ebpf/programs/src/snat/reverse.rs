@@ -161,7 +161,13 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
 /// The `frag4` key of an inbound datagram's fragments.
 #[inline(always)]
 fn frag_key_in(ip: &Ip4) -> FragKey4 {
-    FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 }
+    FragKey4 {
+        src: ip.src,
+        dst: ip.dst,
+        id: ip.id,
+        proto: ip.proto,
+        dir: 1,
+    }
 }
 
 /// A non-first fragment for the node's address: it follows its first fragment's translation, or

@@ -44,6 +44,13 @@ pub const fn candidate(src_port: u16, rand: u32, port_min: u16, port_max: u16) -
     p as u16
 }
 
+/// Whether `port` is one the NAT hands out (either range): a pod sending to the node's address
+/// on such a port is hairpinning toward another pod's mapping, not talking to a node service.
+#[inline(always)]
+pub const fn is_snat_port(port: u16, port_min: u16, port_max: u16) -> bool {
+    (port >= PRIV_PORT_MIN && port <= PRIV_PORT_MAX) || (port >= port_min && port <= port_max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +86,23 @@ mod tests {
         }
         for (i, s) in seen.iter().enumerate() {
             assert_eq!(*s, i % 2 == 0, "port {}", 40000 + i);
+        }
+    }
+
+    #[test]
+    fn snat_ports() {
+        assert!(is_snat_port(40000, 32768, 65535));
+        assert!(is_snat_port(600, 32768, 65535));
+        assert!(!is_snat_port(22, 32768, 65535));
+        assert!(!is_snat_port(8080, 32768, 65535));
+        assert!(!is_snat_port(32767, 32768, 65535));
+    }
+
+    proptest! {
+        #[test]
+        fn candidates_are_snat_ports(src in any::<u16>(), rand in any::<u32>(), min in 1024u16..60000, len in 0u16..5000) {
+            let max = min.saturating_add(len);
+            prop_assert!(is_snat_port(candidate(src, rand, min, max), min, max));
         }
     }
 

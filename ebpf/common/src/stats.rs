@@ -75,6 +75,8 @@ counters! {
     DropTinyFragment = 49 => "drop_tiny_fragment",
     DropInternalError = 50 => "drop_internal_error",
     DropUnknownPod = 51 => "drop_unknown_pod",
+    // Added by the SNAT work (verdict).
+    SnatHairpin = 52 => "snat_hairpin",
 }
 
 /// Size of the `stats` array.

@@ -143,28 +143,42 @@ pub fn goals(micro: &Value, e2e: &Value) -> Value {
     );
     let pts = micro["scale"]["points"].as_array().cloned().unwrap_or_default();
     let bpm = f(&micro["scale"]["bytes_per_mapping"]);
-    g.insert(
-        "lookup_flat_and_256_bytes_per_mapping".into(),
-        if pts.len() >= 2 {
-            let hot: Vec<f64> = pts.iter().filter_map(|p| f(&p["hot"]["ns"])).collect();
-            let spread: Vec<f64> = pts.iter().filter_map(|p| f(&p["spread"]["net_ns"])).collect();
-            let (first, last) = (&pts[0], &pts[pts.len() - 1]);
-            let hot_ratio = hot.last().unwrap_or(&f64::NAN) / hot.first().unwrap_or(&f64::NAN);
-            let spread_ratio = spread.last().unwrap_or(&f64::NAN) / spread.first().unwrap_or(&f64::NAN);
-            // "Flat": the same flow costs within 20 % from the smallest to the largest table.
-            let flat = hot_ratio <= 1.2;
+    if pts.len() >= 2 {
+        let hot: Vec<f64> = pts.iter().filter_map(|p| f(&p["hot"]["ns"])).collect();
+        let spread: Vec<f64> = pts.iter().filter_map(|p| f(&p["spread"]["net_ns"])).collect();
+        let (first, last) = (&pts[0], &pts[pts.len() - 1]);
+        let ratio = |v: &[f64]| v.last().unwrap_or(&f64::NAN) / v.first().unwrap_or(&f64::NAN);
+        let (hot_ratio, spread_ratio) = (ratio(&hot), ratio(&spread));
+        // "Flat": within 20 % from the smallest to the largest table, for one flow (the hash
+        // lookup itself) and for random flows (the lookup plus the cache misses a big table brings).
+        g.insert(
+            "lookup_flat_1k_to_1m".into(),
             verdict(
-                Some(flat && bpm.is_some_and(|b| b <= 256.0)),
+                Some(hot_ratio <= 1.2 && spread_ratio <= 1.2),
                 format!(
-                    "one flow: {:.1} ns at {} entries, {:.1} ns at {} (×{hot_ratio:.2}); random flows over the table (cache misses): net {:.0} → {:.0} ns (×{spread_ratio:.2}); memory {} bytes per mapping (nat4_map + nat4_claim + ct4 entry, preallocated)",
+                    "one flow: {:.1} ns at {} entries, {:.1} ns at {} (×{hot_ratio:.2}, flat); random flows over the table: net {:.0} → {:.0} ns (×{spread_ratio:.2}: the hash lookup is O(1), the cache and TLB misses of a {:.0} MB table are not)",
                     hot.first().unwrap_or(&f64::NAN), first["entries"], hot.last().unwrap_or(&f64::NAN), last["entries"],
                     spread.first().unwrap_or(&f64::NAN), spread.last().unwrap_or(&f64::NAN),
-                    opt(bpm, 0)
+                    bpm.unwrap_or(0.0) * f(&last["entries"]).unwrap_or(0.0) / 1e6
                 ),
-            )
-        } else {
-            verdict(None, "scale part not run".into())
-        },
+            ),
+        );
+    } else {
+        g.insert("lookup_flat_1k_to_1m".into(), verdict(None, "scale part not run".into()));
+    }
+    g.insert(
+        "at_most_256_bytes_per_mapping".into(),
+        verdict(
+            bpm.map(|b| b <= 256.0),
+            match micro["scale"]["memory"].as_array() {
+                Some(m) => format!(
+                    "{} bytes: {} (bytes_memlock / max_entries; LRU hashes are preallocated, so this is paid for every slot, used or not)",
+                    opt(bpm, 0),
+                    m.iter().map(|x| format!("{} {:.0}", s(&x["map"]), f(&x["bytes_per_entry"]).unwrap_or(0.0))).collect::<Vec<_>>().join(" + ")
+                ),
+                None => "scale part not run".into(),
+            },
+        ),
     );
     Value::Object(g)
 }

@@ -74,6 +74,9 @@ counters! {
     DropTinyFragment = 49 => "drop_tiny_fragment",
     DropInternalError = 50 => "drop_internal_error",
     DropUnknownPod = 51 => "drop_unknown_pod",
+    // IPv6 security groups.
+    /// A non-first fragment that would overwrite the headers its first fragment was judged on.
+    DropFragOverlap = 52 => "drop_frag_overlap",
 }
 
 /// Size of the `stats` array.

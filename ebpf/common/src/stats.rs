@@ -75,7 +75,7 @@ counters! {
     DropInternalError = 50 => "drop_internal_error",
     DropUnknownPod = 51 => "drop_unknown_pod",
     // IPv6 security groups.
-    /// A non-first fragment that would overwrite the headers its first fragment was judged on.
+    // A non-first fragment that would overwrite the headers its first fragment was judged on.
     DropFragOverlap = 52 => "drop_frag_overlap",
 }
 

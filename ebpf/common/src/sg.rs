@@ -107,13 +107,24 @@ pub const fn has_ports(proto: u8) -> bool {
 
 /// Bounded binary search over `count` disjoint sorted ranges read through `get` (relative index).
 /// Returns the rule id of the range containing `key`.
+///
+/// `opaque` is the identity on the host; in the programs it hides a value's known bounds from the
+/// verifier, so that the states of every step look alike and get pruned instead of multiplying
+/// (2^steps paths otherwise).
 #[inline(always)]
-pub fn find_range(count: u32, key: u32, get: impl Fn(u32) -> Option<SgRange>) -> Option<u32> {
+pub fn find_range(
+    count: u32,
+    key: u32,
+    get: impl Fn(u32) -> Option<SgRange>,
+    opaque: impl Fn(u32) -> Option<u32>,
+) -> Option<u32> {
     let mut lo = 0u32;
     let mut hi = count;
     let mut i = 0;
     while i < SG_SEARCH_STEPS {
-        if lo >= hi {
+        lo = opaque(lo)?;
+        hi = opaque(hi)?;
+        if lo >= hi || hi > SG_RANGES_PER_GEN {
             return None;
         }
         let mid = lo + (hi - lo) / 2;
@@ -183,6 +194,35 @@ pub struct Flow6 {
     pub remote_port: u16,
     pub proto: u8,
     pub _pad: [u8; 3],
+}
+
+impl Flow6 {
+    /// The tracked flow of a packet, or `None` for ICMPv6 messages that do not open flows
+    /// (everything but echo). `pod_is_src`: the pod sent the packet. For ICMPv6 echo, `sport`
+    /// is the identifier, used as the pod port in both directions so that request and reply
+    /// meet.
+    #[inline(always)]
+    pub fn of_packet(
+        proto: u8,
+        pod_addr: [u8; 16],
+        remote_addr: [u8; 16],
+        pod_is_src: bool,
+        sport: u16,
+        dport: u16,
+        icmp_type: u8,
+    ) -> Option<Self> {
+        let (pod_port, remote_port) = match proto {
+            PROTO_ICMPV6 => match icmp_type {
+                ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY => (sport, 0),
+                _ => return None,
+            },
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+                if pod_is_src { (sport, dport) } else { (dport, sport) }
+            }
+            _ => (0, 0),
+        };
+        Some(Self { pod_addr, remote_addr, pod_port, remote_port, proto, _pad: [0; 3] })
+    }
 }
 
 /// `Ct6::flags` bits.
@@ -266,7 +306,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn search(ranges: &[SgRange], key: u32) -> Option<u32> {
-        find_range(ranges.len() as u32, key, |i| ranges.get(i as usize).copied())
+        find_range(ranges.len() as u32, key, |i| ranges.get(i as usize).copied(), Some)
     }
 
     #[test]
@@ -274,6 +314,20 @@ mod tests {
         assert_eq!(match_key(PROTO_TCP, 443, 0, 0), (6 << 16) | 443);
         assert_eq!(match_key(PROTO_ICMPV6, 0, 128, 0), (58 << 16) | (128 << 8));
         assert_eq!(match_key(47, 1234, 0, 0), 47 << 16);
+    }
+
+    #[test]
+    fn request_and_reply_share_a_flow() {
+        let (pod, remote) = ([1u8; 16], [2u8; 16]);
+        let out = Flow6::of_packet(PROTO_TCP, pod, remote, true, 40000, 443, 0);
+        let back = Flow6::of_packet(PROTO_TCP, pod, remote, false, 443, 40000, 0);
+        assert_eq!(out, back);
+        assert_eq!(out.unwrap().pod_port, 40000);
+        let req = Flow6::of_packet(PROTO_ICMPV6, pod, remote, false, 77, 0, ICMPV6_ECHO_REQUEST);
+        let rep = Flow6::of_packet(PROTO_ICMPV6, pod, remote, true, 77, 0, ICMPV6_ECHO_REPLY);
+        assert_eq!(req, rep);
+        assert!(Flow6::of_packet(PROTO_ICMPV6, pod, remote, true, 0, 0, 135).is_none());
+        assert_eq!(Flow6::of_packet(47, pod, remote, true, 1, 2, 0).unwrap().pod_port, 0);
     }
 
     #[test]

@@ -23,6 +23,13 @@ pub const NH_DEST_OPTS: u8 = 60;
 pub trait Bytes {
     /// `N` bytes at `off`, or `None` past the end.
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+
+    /// The identity. The programs use it to forget what the verifier knows about a value, so
+    /// that the walk's paths converge instead of multiplying (see `find_range`).
+    #[inline(always)]
+    fn opaque(&self, v: u32) -> Option<u32> {
+        Some(v)
+    }
 }
 
 impl Bytes for [u8] {
@@ -73,61 +80,66 @@ pub const fn upper_header_len(proto: u8) -> usize {
 /// Ethernet padding are never read as headers).
 #[inline(always)]
 pub fn walk<B: Bytes + ?Sized>(b: &B, ip_off: usize, end: usize) -> Result<Upper, Counter> {
-    let mut off = ip_off + 40;
+    let mut off = (ip_off + 40) as u32;
     let nh0 = b.read::<1>(ip_off + 6).ok_or(Counter::DropMalformed)?;
     let mut nh = nh0[0];
-    let mut frag = Frag::None;
-    let mut frag_part = 0usize;
+    // Start of the fragmentable part once a first fragment's header was seen, else 0.
+    let mut frag_part = 0u32;
+    let mut frag_id = 0u32;
     let mut i = 0;
-    // A missing header is a tiny first fragment (RFC 7112) once a fragment header was seen.
-    let mut short = Counter::DropExtHdrChain;
     while i <= MAX_EXT_HEADERS {
-        if off > ip_off + MAX_CHAIN_BYTES {
+        off = b.opaque(off).ok_or(Counter::DropInternalError)?;
+        frag_part = b.opaque(frag_part).ok_or(Counter::DropInternalError)?;
+        if off as usize > ip_off + MAX_CHAIN_BYTES || frag_part > off {
             return Err(Counter::DropExtHdrChain);
         }
+        let o = off as usize;
+        // A missing header is a tiny first fragment (RFC 7112) once a fragment header was seen.
+        let short = if frag_part != 0 { Counter::DropTinyFragment } else { Counter::DropExtHdrChain };
         let len = match nh {
             NH_HOP_BY_HOP | NH_DEST_OPTS | NH_ROUTING | NH_AH => {
                 if nh == NH_HOP_BY_HOP && i != 0 {
                     // RFC 8200 §4.1: only right after the IPv6 header.
                     return Err(Counter::DropExtHdrChain);
                 }
-                let h = read_within::<4, B>(b, off, end).ok_or(short)?;
+                let h = read_within::<4, B>(b, o, end).ok_or(short)?;
                 if nh == NH_ROUTING && h[2] == 0 {
                     return Err(Counter::DropRoutingType0);
                 }
-                let len = if nh == NH_AH { (h[1] as usize + 2) * 4 } else { (h[1] as usize + 1) * 8 };
+                let len = if nh == NH_AH { (h[1] as u32 + 2) * 4 } else { (h[1] as u32 + 1) * 8 };
                 nh = h[0];
                 len
             }
             NH_FRAGMENT => {
-                if !matches!(frag, Frag::None) {
+                if frag_part != 0 {
                     return Err(Counter::DropExtHdrChain);
                 }
-                let h = read_within::<8, B>(b, off, end).ok_or(short)?;
+                let h = read_within::<8, B>(b, o, end).ok_or(short)?;
                 let off_flags = u16::from_be_bytes([h[2], h[3]]);
                 let offset = off_flags & 0xfff8;
                 let more = off_flags & 1 != 0;
                 let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 nh = h[0];
                 if offset != 0 {
-                    return Ok(Upper { proto: nh, off: off + 8, frag: Frag::NonFirst { id, offset } });
+                    return Ok(Upper { proto: nh, off: o + 8, frag: Frag::NonFirst { id, offset } });
                 }
                 if more {
-                    frag = Frag::First { id, hdr_end: 0 };
                     frag_part = off + 8;
-                    short = Counter::DropTinyFragment;
+                    frag_id = id;
                 }
                 8
             }
             _ => {
                 let need = upper_header_len(nh);
-                if off + need > end || b.read::<1>(off + need.saturating_sub(1)).is_none() {
-                    return Err(if matches!(frag, Frag::None) { Counter::DropMalformed } else { short });
+                if o + need > end || b.read::<1>(o + need.saturating_sub(1)).is_none() {
+                    return Err(if frag_part == 0 { Counter::DropMalformed } else { short });
                 }
-                if let Frag::First { id, .. } = frag {
-                    frag = Frag::First { id, hdr_end: (off + need - frag_part) as u16 };
-                }
-                return Ok(Upper { proto: nh, off, frag });
+                let frag = if frag_part != 0 {
+                    Frag::First { id: frag_id, hdr_end: (o + need - frag_part as usize) as u16 }
+                } else {
+                    Frag::None
+                };
+                return Ok(Upper { proto: nh, off: o, frag });
             }
         };
         off += len;

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 
 use aya::maps::{Array, HashMap, PerCpuArray, RingBuf};
 use etherparse::{
-    EtherType, Ethernet2Header, IpFragOffset, IpNumber, Ipv6FlowLabel, Ipv6FragmentHeader, Ipv6Header,
+    EtherType, Ethernet2Header, IpNumber, Ipv6FlowLabel, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, TcpHeader,
 };
 use podgate::sg::{self, CompileInput, Compiled, PodSpec, SecurityGroups};
@@ -138,16 +138,28 @@ impl Fx {
         out
     }
 
+    /// Non-zero counters, for failure messages.
+    pub fn counters(&self) -> String {
+        Counter::ALL
+            .iter()
+            .filter_map(|&c| {
+                let v = self.counter(c);
+                (v != 0).then(|| format!("{}={v}", c.name()))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Asserts a TC pass that left the packet untouched, counted under `c`.
     pub fn expect_pass(&self, out: &RunOutput, pkt: &[u8], c: Counter, before: u64, what: &str) {
-        assert_eq!(out.verdict, TC_ACT_OK, "{what}: expected pass");
+        assert_eq!(out.verdict, TC_ACT_OK, "{what}: expected pass; counters: {}", self.counters());
         assert_eq!(out.packet, pkt, "{what}: packet changed");
-        assert_eq!(self.counter(c), before + 1, "{what}: counter {}", c.name());
+        assert_eq!(self.counter(c), before + 1, "{what}: counter {}; counters: {}", c.name(), self.counters());
     }
 
     pub fn expect_drop(&self, out: &RunOutput, c: Counter, before: u64, what: &str) {
-        assert_eq!(out.verdict, TC_ACT_SHOT, "{what}: expected drop");
-        assert_eq!(self.counter(c), before + 1, "{what}: counter {}", c.name());
+        assert_eq!(out.verdict, TC_ACT_SHOT, "{what}: expected drop; counters: {}", self.counters());
+        assert_eq!(self.counter(c), before + 1, "{what}: counter {}; counters: {}", c.name(), self.counters());
     }
 
     /// Sends `pkt` through the given direction and checks pass/drop with its counter.
@@ -272,9 +284,14 @@ pub fn with_ext(src: &str, dst: &str, chain: &[Ext], proto: u8, upper: &[u8]) ->
                 Ipv6RawExtHeader::new_raw(IpNumber(next), &[t, 0, 0, 0, 0, 0]).unwrap().write(&mut exts).unwrap()
             }
             Ext::Fragment { offset, more, id } => {
-                Ipv6FragmentHeader::new(IpNumber(next), IpFragOffset::try_new(offset).unwrap(), more, id)
-                    .write(&mut exts)
-                    .unwrap()
+                // etherparse 0.16 puts the offset's low bits and the M flag in the wrong bits of
+                // byte 3 (JulianSchmid/etherparse#150, fixed in 0.20), so the header is laid out
+                // here per RFC 8200 §4.5: offset in the top 13 bits of a big-endian word, M last.
+                assert!(offset <= 0x1fff);
+                let word = (offset << 3) | more as u16;
+                exts.extend_from_slice(&[next, 0]);
+                exts.extend_from_slice(&word.to_be_bytes());
+                exts.extend_from_slice(&id.to_be_bytes());
             }
         }
     }

@@ -142,6 +142,10 @@ pub fn walk<B: Bytes + ?Sized>(b: &B, ip_off: usize, end: usize) -> Result<Upper
                 return Ok(Upper { proto: nh, off: o, frag });
             }
         };
+        // A header running past the payload: the rest of the chain is not here.
+        if o + len as usize > end {
+            return Err(short);
+        }
         off += len;
         i += 1;
     }
@@ -222,6 +226,11 @@ mod tests {
         assert_eq!(walk_all(&packet(60, &chain, &TCP)), Err(Counter::DropExtHdrChain));
         let chain: Vec<(u8, Vec<u8>)> = (0..6).map(|i| (if i == 5 { 6 } else { 60 }, opts(0))).collect();
         assert_eq!(walk_all(&packet(60, &chain, &TCP)).unwrap().proto, 6);
+        // An options header claiming more bytes than the payload holds.
+        let p = packet(60, &[(6, opts(3))], &[]);
+        assert_eq!(walk(&p[..], 0, p.len() - 1), Err(Counter::DropExtHdrChain));
+        let p = packet(44, &[(60, frag(0, true, 1)), (6, opts(3))], &[]);
+        assert_eq!(walk(&p[..], 0, p.len() - 1), Err(Counter::DropTinyFragment));
     }
 
     #[test]

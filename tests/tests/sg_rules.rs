@@ -60,12 +60,15 @@ fn rule_kinds(to_pod: bool) {
     // The node's /80.
     fx.check(to_pod, &t(OTHER_POD, 9000, 40011), true, ok, "tcp/9000 from the node /80");
     fx.check(to_pod, &t(REMOTE, 9000, 40012), false, no, "tcp/9000 from outside the node");
+    // A more specific prefix still carries the wider rules (longest-prefix match returns only it).
+    fx.check(to_pod, &t("2001:db8:ff::9", 443, 40013), true, ok, "tcp/443 from inside the GRE /64");
+    fx.check(to_pod, &t("2001:db8:ff::9", 444, 40014), false, no, "tcp/444 from inside the GRE /64");
 
     // Allowed flows are tracked, with the rule that allowed them.
     let ct = fx.ct();
-    assert_eq!(ct.len(), 8, "{ct:?}");
+    assert_eq!(ct.len(), 9, "{ct:?}");
     let dir = if to_pod { Direction::Ingress } else { Direction::Egress };
-    let (flow, entry) = ct.iter().find(|(f, _)| f.remote_port == 443 || f.pod_port == 443).unwrap();
+    let (flow, entry) = ct.iter().find(|(f, _)| (f.remote_port == 443 || f.pod_port == 443) && f.remote_addr == a(REMOTE)).unwrap();
     assert_eq!(flow.pod_addr, a(POD));
     assert_eq!(flow.remote_addr, a(REMOTE));
     assert_eq!(entry.origin == DIR_INGRESS, to_pod);
@@ -76,7 +79,7 @@ fn rule_kinds(to_pod: bool) {
 
     // Every drop was reported with its 5-tuple.
     let ev = fx.events();
-    assert_eq!(ev.len(), 8);
+    assert_eq!(ev.len(), 9);
     let e = ev.iter().find(|e| e.dport == 444).expect("event of tcp/444");
     assert_eq!((e.kind, e.reason, e.pod_id, e.proto, e.sport), (event_kind::DROP, no as u32, POD_ID, 6, 40002));
 }

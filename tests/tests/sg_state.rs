@@ -74,7 +74,11 @@ fn related_icmpv6_error() {
     let other = tcp(POD, REMOTE, 40009, 443, true);
     let ptb = icmp(router, POD, 2, 0, mtu, &other[14..]);
     fx.check(true, &ptb, false, Counter::DropSg6Ingress, "PTB for no flow");
-    // A quote claiming another pod's packet does not borrow this pod's state.
+    // A quote of another pod's tracked flow does not reach this pod.
+    let theirs = podgate_common::sg::Flow6::of_packet(6, a(OTHER_POD), a(REMOTE), true, 40000, 443, 0).unwrap();
+    let mut ct6: aya::maps::HashMap<_, podgate_common::sg::Flow6, podgate_common::sg::Ct6> =
+        aya::maps::HashMap::try_from(fx.h.ebpf.map_mut("ct6").unwrap()).unwrap();
+    ct6.insert(theirs, podgate_common::sg::Ct6 { origin: DIR_EGRESS, ..Default::default() }, 0).unwrap();
     let spoofed = tcp(OTHER_POD, REMOTE, 40000, 443, true);
     fx.check(true, &icmp(router, POD, 2, 0, mtu, &spoofed[14..]), false, Counter::DropSg6Ingress, "quote of another pod");
     // The pod's own error about an inbound tracked flow goes out.

@@ -43,11 +43,9 @@ fn denied_port_behind_options_headers() {
         assert_eq!(fx.ct().len(), 1, "{what}: state keyed on the real ports");
         let (f, _) = fx.ct()[0];
         assert_eq!((f.pod_port, f.remote_port, f.proto), (80, 50000, PROTO_TCP));
-        fx.h.ebpf.map_mut("ct6").map(|m| {
-            let mut m: aya::maps::HashMap<_, podgate_common::sg::Flow6, podgate_common::sg::Ct6> =
-                aya::maps::HashMap::try_from(m).unwrap();
-            m.remove(&f).unwrap();
-        });
+        let mut m: aya::maps::HashMap<_, podgate_common::sg::Flow6, podgate_common::sg::Ct6> =
+            aya::maps::HashMap::try_from(fx.h.ebpf.map_mut("ct6").unwrap()).unwrap();
+        m.remove(&f).unwrap();
     }
     // The egress side walks the same way.
     let mut fx = Fx::new("[security_groups.web]\negress = [{ proto = \"tcp\", ports = \"443\", cidr = \"::/0\" }]", &["web"]);

@@ -57,7 +57,7 @@ proptest! {
                 },
             };
             let before: Vec<u64> = Counter::ALL.iter().map(|&c| fx.counter(c)).collect();
-            let out = fx.to_pod(&pkt);
+            let out = fx.pod_receives(&pkt);
             let after: Vec<u64> = Counter::ALL.iter().map(|&c| fx.counter(c)).collect();
             let moved: Vec<Counter> = Counter::ALL.iter().zip(before.iter().zip(&after))
                 .filter(|(_, (b, a))| a != b).map(|(&c, _)| c).collect();

@@ -171,7 +171,7 @@ fn pod_with_1000_rules() {
     let miss = tcp(REMOTE, POD, 30001, 9, true);
     let ns = fx.h.bench("pod_egress", &miss, POD_IFINDEX, 20000).unwrap();
     let hit = tcp(REMOTE, POD, 30002, 10000 + 15 * 64 + 62, true);
-    let _ = fx.to_pod(&hit);
+    let _ = fx.pod_receives(&hit);
     let tracked = fx.h.bench("pod_egress", &hit, POD_IFINDEX, 20000).unwrap();
     // The same miss for a pod with only the first group, for scale.
     let first_group = toml.split("[security_groups.g1]").next().unwrap().to_owned();

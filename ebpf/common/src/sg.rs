@@ -302,6 +302,8 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -381,6 +383,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-extern crate std;

@@ -99,12 +99,12 @@ impl Fx {
     }
 
     /// What the pod sends: TC ingress of its veth.
-    pub fn from_pod(&mut self, pkt: &[u8]) -> RunOutput {
+    pub fn pod_sends(&mut self, pkt: &[u8]) -> RunOutput {
         self.h.run_tc("pod_ingress", pkt, POD_IFINDEX).unwrap()
     }
 
     /// What is delivered to the pod: TC egress of its veth.
-    pub fn to_pod(&mut self, pkt: &[u8]) -> RunOutput {
+    pub fn pod_receives(&mut self, pkt: &[u8]) -> RunOutput {
         self.h.run_tc("pod_egress", pkt, POD_IFINDEX).unwrap()
     }
 
@@ -165,7 +165,7 @@ impl Fx {
     /// Sends `pkt` through the given direction and checks pass/drop with its counter.
     pub fn check(&mut self, to_pod: bool, pkt: &[u8], pass: bool, c: Counter, what: &str) {
         let before = self.counter(c);
-        let out = if to_pod { self.to_pod(pkt) } else { self.from_pod(pkt) };
+        let out = if to_pod { self.pod_receives(pkt) } else { self.pod_sends(pkt) };
         if pass {
             self.expect_pass(&out, pkt, c, before, what);
         } else {

@@ -198,7 +198,7 @@ pub fn validate_rule(
         (Some(c), None) => {
             let net = c
                 .parse::<Ipv6Net>()
-                .or_else(|_| c.parse::<Ipv6Addr>().map(|a| Ipv6Net::from(a)))
+                .or_else(|_| c.parse::<Ipv6Addr>().map(Ipv6Net::from))
                 .map_err(|_| err("cidr", c, "expected an IPv6 CIDR (2001:db8::/32) or \"node\""))?;
             Remote::Cidr(net.trunc())
         }

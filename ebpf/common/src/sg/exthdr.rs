@@ -269,10 +269,10 @@ mod tests {
         /// Garbage never panics and whatever is found lies within the buffer.
         #[test]
         fn garbage_is_bounded(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 40..600)) {
-            if let Ok(u) = walk(&bytes[..], 0, bytes.len()) {
-                if !matches!(u.frag, Frag::NonFirst { .. }) {
-                    proptest::prop_assert!(u.off + upper_header_len(u.proto) <= bytes.len());
-                }
+            if let Ok(u) = walk(&bytes[..], 0, bytes.len())
+                && !matches!(u.frag, Frag::NonFirst { .. })
+            {
+                proptest::prop_assert!(u.off + upper_header_len(u.proto) <= bytes.len());
             }
         }
     }

@@ -152,9 +152,14 @@ fn rule_change_mid_flow_and_cut() {
     fx.check(false, &tcp(POD, REMOTE, 80, 50000, false), false, Counter::DropSg6Egress, "80 cut");
     fx.check(true, &udp("2001:db8:ff::53", POD, 53, 5000), true, Counter::Sg6Tracked, "dns lives");
 
-    // Back to the first rules: generation 1 again, stale entries of the old set are gone.
-    assert_eq!(fx.reapply(WEB), 1);
+    // A third set: generation 1 again, and what the first set left there is gone.
+    let third = r#"
+        [security_groups.web]
+        egress = [{ proto = "tcp", ports = "443", cidr = "2001:db8:ff::/64" }]
+    "#;
+    assert_eq!(fx.reapply(third), 1);
     fx.check(false, &tcp(POD, REMOTE, 40002, 443, true), true, Counter::Sg6Allowed, "443 allowed again");
+    fx.check(true, &tcp(REMOTE, POD, 50002, 80, true), false, Counter::DropSg6Ingress, "the first set's 80 is gone");
     let rules: aya::maps::LpmTrie<_, podgate_common::sg::SgKey, podgate_common::sg::SgEntry> =
         aya::maps::LpmTrie::try_from(fx.h.ebpf.map("sg_rules").unwrap()).unwrap();
     let gens: Vec<u8> = rules.keys().map(|k| k.unwrap().data().generation).collect();

@@ -98,7 +98,7 @@ fn egress_rule_kinds() {
 #[test]
 fn directions_are_separate() {
     let mut fx = kinds_fixture("ingress");
-    fx.check(false, &tcp(POD, REMOTE, 40000, 444, true), false, Counter::DropSg6Egress, "egress has no rules");
+    fx.check(false, &tcp(POD, REMOTE, 40000, 443, true), false, Counter::DropSg6Egress, "egress has no rules");
     let mut fx = kinds_fixture("egress");
     fx.check(true, &tcp(REMOTE, POD, 40000, 443, true), false, Counter::DropSg6Ingress, "ingress has no rules");
 }

@@ -77,6 +77,9 @@ counters! {
     DropUnknownPod = 51 => "drop_unknown_pod",
     // Added by the SNAT work (verdict).
     SnatHairpin = 52 => "snat_hairpin",
+    // IPv6 security groups.
+    // A non-first fragment that would overwrite the headers its first fragment was judged on.
+    DropFragOverlap = 53 => "drop_frag_overlap",
 }
 
 /// Size of the `stats` array.

@@ -10,7 +10,7 @@ fn micro_bench_smoke() {
     let r = micro(&o).map_err(|e| format!("{e:#}")).expect("micro bench");
     let v: serde_json::Value = serde_json::from_str(&serde_json::to_string(&r).unwrap()).expect("JSON parses");
     let cases = v["cases"].as_array().unwrap();
-    for name in ["established SNAT egress (UDP", "established SNAT egress (TCP", "reply reverse NAT, XDP", "reply reverse NAT, TC", "new flow"] {
+    for name in ["established SNAT egress (UDP", "established SNAT egress (TCP", "reply reverse NAT, XDP", "reply reverse NAT, TC", "new flow", "v6 deny", "v6 allow, new flow", "v6 allow, tracked"] {
         let c = cases.iter().find(|c| c["name"].as_str().unwrap().starts_with(name)).unwrap_or_else(|| panic!("case {name} missing: {v}"));
         let (ns, floor) = (c["ns"].as_f64().unwrap(), c["floor_ns"].as_f64().unwrap());
         assert!(ns > 0.0 && ns < 1e6, "{name}: {ns} ns");

@@ -15,8 +15,8 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, Xdp,
         links::{FdLink, LinkError, PinnedLink},
-        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType},
-        xdp::{XdpLink, XdpMode},
+        tc::{NlOptions, TcAttachOptions, TcAttachType},
+        xdp::XdpMode,
         LinkOrder,
     },
 };
@@ -283,12 +283,7 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         return attach_tc_netlink(pins, &mut p, ifname, prog, dir);
     }
     let id = if link_path.exists() {
-        let old = take_pinned_link(&link_path)?;
-        let link = SchedClassifierLink::try_from(old).map_err(|source| DataplaneError::Link {
-            path: link_path.clone(),
-            source,
-        })?;
-        p.attach_to_link(link).map_err(prog_err(prog))?
+        p.attach_to_link(relink(&link_path)?).map_err(prog_err(prog))?
     } else {
         netif::ifindex(ifname)?;
         match p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first())) {
@@ -297,13 +292,7 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
             Err(e) => return Err(prog_err(prog)(e)),
         }
     };
-    let link = p.take_link(id).map_err(prog_err(prog))?;
-    let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-        path: link_path.clone(),
-        source,
-    })?;
-    fd.pin(&link_path).map_err(|source| DataplaneError::Pin { path: link_path, source })?;
-    Ok(())
+    pin_link(p.take_link(id).map_err(prog_err(prog))?, link_path)
 }
 
 /// tcx arrived in Linux 6.6; before it, BPF_LINK_CREATE with a tcx attach type is EINVAL.
@@ -372,12 +361,7 @@ pub fn attach_xdp(pins: &Pins, ifname: &str, prog: &str, mode: CfgXdpMode) -> Re
     let mut p = Xdp::from_pin(pins.prog(prog), XdpAttachType::Interface).map_err(prog_err(prog))?;
     let link_path = pins.link(ifname, prog);
     let id = if link_path.exists() {
-        let old = take_pinned_link(&link_path)?;
-        let link = XdpLink::try_from(old).map_err(|source| DataplaneError::Link {
-            path: link_path.clone(),
-            source,
-        })?;
-        p.attach_to_link(link).map_err(prog_err(prog))?
+        p.attach_to_link(relink(&link_path)?).map_err(prog_err(prog))?
     } else {
         netif::ifindex(ifname)?;
         match mode {
@@ -389,12 +373,21 @@ pub fn attach_xdp(pins: &Pins, ifname: &str, prog: &str, mode: CfgXdpMode) -> Re
         }
         .map_err(prog_err(prog))?
     };
-    let link = p.take_link(id).map_err(prog_err(prog))?;
-    let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
-        path: link_path.clone(),
-        source,
-    })?;
-    fd.pin(&link_path).map_err(|source| DataplaneError::Pin { path: link_path, source })?;
+    pin_link(p.take_link(id).map_err(prog_err(prog))?, link_path)
+}
+
+/// The link pinned at `path`, unpinned and typed for `attach_to_link` (which re-points it).
+fn relink<L: TryFrom<FdLink, Error = LinkError>>(path: &Path) -> Result<L, DataplaneError> {
+    L::try_from(take_pinned_link(path)?).map_err(|source| DataplaneError::Link { path: path.to_owned(), source })
+}
+
+/// Pins a link taken from its program, so that it outlives this process.
+fn pin_link<L>(link: L, path: PathBuf) -> Result<(), DataplaneError>
+where
+    FdLink: TryFrom<L, Error = LinkError>,
+{
+    let fd = FdLink::try_from(link).map_err(|source| DataplaneError::Link { path: path.clone(), source })?;
+    fd.pin(&path).map_err(|source| DataplaneError::Pin { path, source })?;
     Ok(())
 }
 

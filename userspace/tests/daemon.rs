@@ -8,13 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podgate_lab::{Lab, LabSpec, ns_command, sweep_orphans};
+mod common;
 
-const PODGATE: &str = env!("CARGO_BIN_EXE_podgate");
+use common::PODGATE;
+use podgate_lab::{Lab, ns_command};
 
 fn lab(tag: &str, pods: usize) -> Lab {
-    sweep_orphans();
-    Lab::up(LabSpec::new(format!("d{}-{tag}", std::process::id()), pods)).expect("lab up")
+    common::lab("d", tag, pods)
 }
 
 fn podgate_in(ns: &str, args: &[&str]) -> Output {
@@ -51,9 +51,7 @@ fn wait_links(lab: &Lab, root: &str, links: usize) -> serde_json::Value {
 }
 
 fn start_daemon(lab: &Lab, log: &str) -> podgate_lab::ChildGuard {
-    let cfg = lab.config_path();
-    lab.spawn_logged(&lab.node_ns(), &[PODGATE, "run", "--config", cfg.to_str().unwrap()], log)
-        .expect("start daemon")
+    common::start_daemon(lab, log)
 }
 
 #[test]

@@ -1,14 +1,13 @@
 //! IPv6 security groups in the namespace lab, with real sockets: egress and ingress rules, the
 //! default deny inbound, pod to pod by group, and every drop counted.
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+mod common;
 
-use podgate_lab::{ChildGuard, Lab, LabSpec, sweep_orphans};
+use std::{thread, time::Duration};
 
-const PODGATE: &str = env!("CARGO_BIN_EXE_podgate");
+use common::{counter, podgate_cli, start_daemon};
+use podgate_lab::{ChildGuard, Lab};
+
 const INET6: &str = "2001:db8:ffff::1";
 
 const GROUPS: &str = r#"
@@ -37,39 +36,16 @@ fn connects(lab: &Lab, ns: &str, addr: &str, port: u16) -> bool {
     String::from_utf8_lossy(&o.stdout).trim() == "ok"
 }
 
-fn podgate_cli(lab: &Lab, args: &[&str]) -> String {
-    let root = lab.pin_root();
-    let mut argv = vec![PODGATE, "--pin-root", root.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let o = lab.exec_in(&lab.node_ns(), &argv).unwrap();
-    assert!(o.status.success(), "podgate {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn counter(lab: &Lab, name: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&podgate_cli(lab, &["stats", "--json", "--all"])).unwrap();
-    v.as_array().unwrap().iter().find(|r| r["counter"] == name).map(|r| r["value"].as_u64().unwrap()).unwrap_or(0)
-}
-
 #[test]
 fn security_groups_with_real_sockets() {
-    sweep_orphans();
-    let lab = Lab::up(LabSpec::new(format!("g{}-sg", std::process::id()), 2)).unwrap();
+    let lab = common::lab("g", "sg", 2);
     // pod0 is a client allowed out on tcp/443 only (and to the web group on tcp/80); pod1 is a
     // web server open on tcp/80.
     let cfg = std::fs::read_to_string(lab.config_path()).unwrap();
     let cfg = cfg.replacen("veth_v4 = \"v4pod0\"\n", "veth_v4 = \"v4pod0\"\nsecurity_groups = [\"client\"]\n", 1);
     let cfg = cfg.replacen("veth_v4 = \"v4pod1\"\n", "veth_v4 = \"v4pod1\"\nsecurity_groups = [\"web\"]\n", 1);
     std::fs::write(lab.config_path(), format!("{cfg}\n{GROUPS}")).unwrap();
-    let _d = lab
-        .spawn_logged(&lab.node_ns(), &[PODGATE, "run", "--config", lab.config_path().to_str().unwrap()], "podgate.log")
-        .unwrap();
-    let log = lab.state_dir().join("podgate.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("podgate: running") {
-        assert!(Instant::now() < deadline, "podgate did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
-        thread::sleep(Duration::from_millis(50));
-    }
+    let _d = start_daemon(&lab, "podgate.log");
     let inet = lab.internet_ns();
     let _l443 = listen(&lab, &inet, 443);
     let _l22 = listen(&lab, &inet, 22);

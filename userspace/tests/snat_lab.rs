@@ -7,44 +7,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use podgate_lab::{ChildGuard, Family, Lab, LabSpec, NODE_V4, sweep_orphans};
+mod common;
 
-const PODGATE: &str = env!("CARGO_BIN_EXE_podgate");
+use common::{podgate_cli, start_daemon};
+use podgate_lab::{ChildGuard, Family, Lab, NODE_V4};
 
 fn lab(tag: &str, pods: usize) -> Lab {
-    sweep_orphans();
-    Lab::up(LabSpec::new(format!("s{}-{tag}", std::process::id()), pods)).expect("lab up")
+    common::lab("s", tag, pods)
 }
 
-/// Starts the daemon and waits until every pod's programs are attached.
+/// Starts the daemon; once it reports running, every pod's programs are attached.
 fn podgate(lab: &Lab, log: &str) -> ChildGuard {
-    let cfg = lab.config_path();
-    let d = lab
-        .spawn_logged(&lab.node_ns(), &[PODGATE, "run", "--config", cfg.to_str().unwrap()], log)
-        .expect("start podgate");
-    let want = 1 + 3 * lab.pods().len();
-    let links = lab.pin_root().join("links");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while links.read_dir().map(|d| d.count()).unwrap_or(0) < want {
-        assert!(Instant::now() < deadline, "podgate did not attach in 30 s");
-        thread::sleep(Duration::from_millis(50));
-    }
-    // The log line comes after the last attachment.
-    let log = lab.state_dir().join(log);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("podgate: running") {
-        assert!(Instant::now() < deadline, "podgate did not report running");
-        thread::sleep(Duration::from_millis(50));
-    }
+    let d = start_daemon(lab, log);
+    let links = lab.pin_root().join("links").read_dir().map(|d| d.count()).unwrap_or(0);
+    assert!(links >= 1 + 3 * lab.pods().len(), "only {links} attachments");
     d
-}
-
-fn podgate_cli(lab: &Lab, args: &[&str]) -> String {
-    let root = lab.pin_root();
-    let mut argv = vec![PODGATE, "--pin-root", root.to_str().unwrap()];
-    argv.extend_from_slice(args);
-    let o = lab.exec_in(&lab.node_ns(), &argv).unwrap();
-    assert!(o.status.success(), "podgate {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]

@@ -15,8 +15,6 @@ pub enum Verdict {
     Pass(Counter),
     /// The packet was redirected with `bpf_redirect` (TC) or must be (XDP: ifindex).
     Redirect(Counter, u32),
-    /// XDP_TX / send back out of the same interface.
-    Tx(Counter),
     Drop(Counter),
 }
 
@@ -51,10 +49,6 @@ pub fn tc_verdict(_ctx: &TcContext, v: Result<Verdict, Counter>) -> i32 {
             count(c);
             TC_ACT_REDIRECT
         }
-        Ok(Verdict::Tx(c)) => {
-            count(c);
-            TC_ACT_REDIRECT
-        }
         Ok(Verdict::Drop(c)) | Err(c) => {
             count(c);
             TC_ACT_SHOT
@@ -73,10 +67,6 @@ pub fn xdp_verdict(_ctx: &XdpContext, v: Result<Verdict, Counter>) -> u32 {
             count(c);
             // SAFETY: plain helper call.
             unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
-        }
-        Ok(Verdict::Tx(c)) => {
-            count(c);
-            xdp_action::XDP_TX
         }
         Ok(Verdict::Drop(c)) | Err(c) => {
             count(c);

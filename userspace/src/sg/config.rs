@@ -217,16 +217,7 @@ pub fn validate_rule(
 fn parse_ports(p: &NameOrNumber) -> Option<(u16, u16)> {
     match p {
         NameOrNumber::Number(n) => u16::try_from(*n).ok().map(|n| (n, n)),
-        NameOrNumber::Name(s) => {
-            let (lo, hi) = match s.split_once('-') {
-                Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
-                None => {
-                    let p = s.trim().parse().ok()?;
-                    (p, p)
-                }
-            };
-            (lo <= hi).then_some((lo, hi))
-        }
+        NameOrNumber::Name(s) => crate::config::parse_port_range(s),
     }
 }
 

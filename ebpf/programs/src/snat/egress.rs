@@ -1,6 +1,12 @@
 //! Pod → outside: anti-spoofing, mapping and flow creation, source rewrite.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
+    programs::TcContext,
+};
 use podgate_common::{
     NodeConfig, Pod, csum,
     nat::{Claim4, Ct4, Endpoint4, Flow4, Mapping4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -23,6 +29,39 @@ use crate::{
 /// Random candidates tried before a new mapping gives up (each one an atomic claim). With a
 /// range half full, 16 tries miss a free port with probability 2^-16.
 const PORT_TRIES: u32 = 16;
+
+/// Candidates walked in order once random probing failed: every port of one parity in the
+/// largest range.
+const SCAN_PORTS: u32 = 32768;
+
+/// The state of the sequential walk, on the caller's stack for `bpf_loop`.
+#[repr(C)]
+struct Scan {
+    ep: Endpoint4,
+    remote: [u8; 4],
+    lo: u16,
+    hi: u16,
+    start: u16,
+    cand: u16,
+    found: u32,
+}
+
+/// One step of the walk: 1 stops the loop (claimed, or back at the start), 0 goes on.
+#[inline(never)]
+extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Scan`, alive for the whole `bpf_loop` call.
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    s.cand = ports::next_same_parity(s.cand, s.lo, s.hi);
+    if s.cand == s.start {
+        return 1;
+    }
+    let key = Claim4 { remote: s.remote, ext_port: s.cand, proto: s.ep.proto, _pad: 0 };
+    if NAT4_CLAIM.insert(&key, &s.ep, BPF_NOEXIST as u64).is_ok() {
+        s.found = 1;
+        return 1;
+    }
+    0
+}
 
 const ICMP_ECHO_REQUEST: u8 = 8;
 
@@ -163,8 +202,11 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
                 (*ct).last_seen_ns = now;
                 (*ct).packets_out += 1;
             }
-            // Outbound packets refresh the mapping (RFC 4787 REQ-6).
-            if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
+            // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST: it is
+            // usually the answer to an unwanted inbound packet (RFC 7857 §7.1).
+            if !(ip.proto == PROTO_TCP && l.tcp_flags & tcp::flags::RST != 0)
+                && let Some(m) = NAT4_MAP.get_ptr_mut(&ep)
+            {
                 unsafe { (*m).last_seen_ns = now };
             }
             unsafe { (*ct).ext_port }
@@ -246,6 +288,21 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
             return Ok(cand);
         }
         i += 1;
+    }
+    // A nearly full pool defeats random probing while ports are still free: walk the range from
+    // a random point instead (same parity), so exhaustion means the pool really is full (RFC 4787
+    // REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk out of
+    // the verifier's budget: its callback is verified once.
+    // SAFETY: plain helper call.
+    let start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, node.port_min, node.port_max);
+    let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
+    let mut s = Scan { ep: *ep, remote, lo, hi, start, cand: start, found: 0 };
+    // SAFETY: `s` outlives the call; the callback is a static function of this program.
+    unsafe {
+        bpf_loop(SCAN_PORTS, scan_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);
+    }
+    if s.found != 0 {
+        return Ok(s.cand);
     }
     Err(Counter::DropPortExhausted)
 }

@@ -23,6 +23,8 @@ pub struct Ip4 {
     pub ttl: u8,
     pub id: u16,
     pub frag: u16,
+    /// The header's total length (the IPv4 datagram, not the frame).
+    pub tot_len: usize,
     pub src: [u8; 4],
     pub dst: [u8; 4],
 }
@@ -67,6 +69,7 @@ pub fn parse(ctx: &impl Packet, l3: usize) -> Result<Ip4, Counter> {
         ttl: b[8],
         id: u16::from_be_bytes([b[4], b[5]]),
         frag: u16::from_be_bytes([b[6], b[7]]),
+        tot_len,
         src: [b[12], b[13], b[14], b[15]],
         dst: [b[16], b[17], b[18], b[19]],
     })

@@ -39,10 +39,19 @@ pub trait Ctx: Packet {
     fn redirect_neigh(&self, ifindex: u32) -> bool;
     /// The interface the packet arrived on.
     fn ifindex(&self) -> u32;
+    /// Makes the whole packet directly readable (TC: pulls it into the linear area; XDP: it
+    /// already is). Invalidates earlier packet pointers, never offsets.
+    fn pull_all(&self);
 }
 
 impl Ctx for TcContext {
     const REDIRECTS: bool = true;
+
+    #[inline(always)]
+    fn pull_all(&self) {
+        // A failure leaves the data short; the bounds checks then count it as malformed.
+        let _ = self.pull_data(self.len());
+    }
 
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
@@ -92,6 +101,9 @@ impl Ctx for TcContext {
 
 impl Ctx for XdpContext {
     const REDIRECTS: bool = false;
+
+    #[inline(always)]
+    fn pull_all(&self) {}
 
     #[inline(always)]
     fn raw(&self) -> *mut c_void {

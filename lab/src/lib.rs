@@ -24,8 +24,11 @@
 //! so [`down`] undoes a lab whose owner crashed; a [`Lab`] value downs its lab when dropped.
 
 pub mod conformance;
+mod daemon;
+mod probe;
 mod process;
 mod state;
+mod teardown;
 
 use std::{
     fmt, fs,
@@ -40,8 +43,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+pub use daemon::podgate_has_daemon;
+pub use probe::Probe;
 pub use process::{ChildGuard, ProcId, output_with_deadline};
 pub use state::STATE_ROOT;
+pub use teardown::{DownReport, down, list, processes, status, sweep_orphans};
 
 /// The node's uplink, as named in the node namespace and in the podgate config.
 pub const UPLINK: &str = "eni";
@@ -70,6 +76,28 @@ pub const FAR_GW_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0,
 pub const FAR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfffe, 0, 0, 0, 0, 0x10);
 const PIN_PREFIX: &str = "/sys/fs/bpf/podgate-lab-";
 const ENDPOINT_PY: &str = include_str!("endpoint.py");
+/// What the lab runs, with the Debian package that has it.
+const REQUIRED_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+    ("python3", "python3"),
+    ("iperf3", "iperf3"),
+    ("curl", "curl"),
+    ("socat", "socat"),
+    ("ping", "iputils-ping"),
+];
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::metadata(d.join(bin))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
 
 #[derive(Debug, Clone)]
 pub struct LabSpec {
@@ -196,21 +224,6 @@ impl Pod {
     }
 }
 
-/// One request from a pod to the internet endpoint and what came of it.
-#[derive(Debug, Clone)]
-pub struct Probe {
-    pub pod: String,
-    pub family: Family,
-    pub target: IpAddr,
-    /// `http`, `udp`, `ping` or `upload`.
-    pub kind: &'static str,
-    pub ok: bool,
-    /// The source address the endpoint reported seeing (HTTP and UDP echo answer with it).
-    pub seen: Option<IpAddr>,
-    /// The tool's output, trimmed, for a human.
-    pub detail: String,
-}
-
 /// A running lab. Dropping it takes the lab down (processes, namespaces, pins, state).
 pub struct Lab {
     name: String,
@@ -330,9 +343,16 @@ fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // ip reports the failing line as "Command failed -:N"; name the command itself.
+        let line = err
+            .rsplit_once("-:")
+            .and_then(|(_, n)| n.trim().parse::<usize>().ok())
+            .and_then(|n| lines.get(n.wrapping_sub(1)));
         bail!(
-            "configuring netns {ns} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "configuring netns {ns} failed at `ip {}`: {}",
+            line.map_or("?", |l| l.as_str()),
+            err.trim()
         );
     }
     Ok(())
@@ -366,6 +386,22 @@ impl Lab {
     /// Builds the lab. On any error, whatever was created is removed again.
     pub fn up(spec: LabSpec) -> Result<Lab> {
         validate_name(&spec.name)?;
+        let mut tools = REQUIRED_TOOLS.to_vec();
+        if spec.mode == Mode::Iptables {
+            tools.push(("iptables", "iptables"));
+        }
+        // A missing client would make every probe "fail", which would pass the tests that
+        // expect failure: refuse to build a lab that cannot really probe.
+        let missing: Vec<String> = tools
+            .iter()
+            .filter(|(bin, _)| !on_path(bin))
+            .map(|(bin, pkg)| format!("{bin} (Debian package {pkg})"))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "the lab needs {}; `cargo xtask setup` installs them",
+            missing.join(", ")
+        );
         ensure!(
             (1..=MAX_PODS).contains(&spec.pods),
             "pods: {} (1-{MAX_PODS})",
@@ -761,154 +797,6 @@ impl Lab {
             .collect()
     }
 
-    /// HTTP GET from pod `i` to the internet endpoint; the body names the source it saw.
-    pub fn http(&self, i: usize, fam: Family) -> Probe {
-        self.http_to(i, fam.endpoint())
-    }
-
-    /// One UDP datagram from pod `i` to the internet's echo service, which names the source.
-    pub fn udp_echo(&self, i: usize, fam: Family) -> Probe {
-        self.udp_echo_to(i, fam.endpoint())
-    }
-
-    /// Three echo requests from pod `i` to the internet endpoint.
-    pub fn ping(&self, i: usize, fam: Family) -> Probe {
-        self.ping_to(i, fam.endpoint())
-    }
-
-    /// HTTP GET from pod `i` to `addr` (either endpoint).
-    pub fn http_to(&self, i: usize, addr: IpAddr) -> Probe {
-        let url = format!("http://{}/", host_port(addr, HTTP_PORT));
-        let argv = [
-            "curl",
-            "-sS",
-            "--connect-timeout",
-            "2",
-            "--max-time",
-            "3",
-            &url,
-        ];
-        self.probe(i, addr, "http", &argv, None, Duration::from_secs(5))
-    }
-
-    /// One UDP datagram from pod `i` to the echo service at `addr`.
-    pub fn udp_echo_to(&self, i: usize, addr: IpAddr) -> Probe {
-        let family = if addr.is_ipv4() { "UDP4" } else { "UDP6" };
-        let target = format!("{family}:{}", host_port(addr, UDP_ECHO_PORT));
-        // -t: how long to wait for the answer after our datagram went out.
-        let argv = ["socat", "-t", "1", "-T", "3", "-", &target];
-        self.probe(
-            i,
-            addr,
-            "udp",
-            &argv,
-            Some(b"podgate-lab\n"),
-            Duration::from_secs(5),
-        )
-    }
-
-    /// Three echo requests from pod `i` to `addr` (1 s deadline each). Replies can only come
-    /// back if the endpoint saw a source it can route to.
-    pub fn ping_to(&self, i: usize, addr: IpAddr) -> Probe {
-        let a = addr.to_string();
-        let argv = ["ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "1", &a];
-        self.probe(i, addr, "ping", &argv, None, Duration::from_secs(6))
-    }
-
-    /// HTTP POST of `bytes` zero bytes from pod `i` to `addr` (20 s at most): large segments
-    /// from the pod, so with [`Lab::set_path_mtu`] it needs PMTU discovery to finish. The
-    /// endpoint answers with the source it saw and the byte count it received.
-    pub fn upload(&self, i: usize, addr: IpAddr, bytes: u64) -> Probe {
-        self.upload_within(i, addr, bytes, Duration::from_secs(20))
-    }
-
-    /// Like [`Lab::upload`], giving up after `limit`.
-    pub fn upload_within(&self, i: usize, addr: IpAddr, bytes: u64, limit: Duration) -> Probe {
-        let url = format!("http://{}/upload", host_port(addr, HTTP_PORT));
-        let secs = limit.as_secs().max(1);
-        let script = format!(
-            "head -c {bytes} /dev/zero | curl -sS --connect-timeout 2 --max-time {secs} \
-             -H 'Content-Type: application/octet-stream' --data-binary @- {url}"
-        );
-        let mut p = self.probe(
-            i,
-            addr,
-            "upload",
-            &["sh", "-c", &script],
-            None,
-            limit + Duration::from_secs(5),
-        );
-        let want = format!(" bytes {bytes}");
-        p.ok = p.ok
-            && p.detail
-                .lines()
-                .any(|l| l.starts_with("seen ") && l.ends_with(&want));
-        p
-    }
-
-    fn probe(
-        &self,
-        i: usize,
-        addr: IpAddr,
-        kind: &'static str,
-        argv: &[&str],
-        stdin: Option<&[u8]>,
-        limit: Duration,
-    ) -> Probe {
-        let pod = self.pods[i].name.clone();
-        let family = Family::of(addr);
-        let mut cmd = ns_command(&self.pods[i].ns, argv);
-        let result = match stdin {
-            None => output_with_deadline(cmd, limit),
-            Some(data) => {
-                // A shell-free way to feed stdin: write it to a file the child reads.
-                let path = state::dir(&self.name).join(format!(
-                    "stdin-{}-{kind}-{}",
-                    i,
-                    std::process::id()
-                ));
-                let r = fs::write(&path, data).and_then(|_| fs::File::open(&path));
-                let _ = fs::remove_file(&path);
-                match r {
-                    Ok(f) => {
-                        cmd.stdin(f);
-                        process::output_with_stdin(cmd, limit)
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-        };
-        let (ok, text) = match result {
-            Ok(out) => {
-                let mut t = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                let e = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                if !e.is_empty() {
-                    if !t.is_empty() {
-                        t.push('\n');
-                    }
-                    t.push_str(&e);
-                }
-                (out.status.success(), t)
-            }
-            Err(e) => (false, format!("{e:#}")),
-        };
-        let seen = text
-            .lines()
-            .find_map(|l| l.strip_prefix("seen "))
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|a| a.parse().ok());
-        let ok = ok && (kind == "ping" || seen.is_some());
-        Probe {
-            pod,
-            family,
-            target: addr,
-            kind,
-            ok,
-            seen,
-            detail: text,
-        }
-    }
-
     /// Leaves the lab running (for `cargo xtask lab up`); `lab down` removes it later.
     pub fn detach(mut self) {
         self.armed = false;
@@ -944,211 +832,8 @@ impl Drop for Lab {
     }
 }
 
-fn host_port(addr: IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 fn mac(pod: usize, side: u8) -> String {
     format!("02:00:a9:fe:{:02x}:{side:02x}", pod)
-}
-
-/// What `down` removed, one line per item.
-#[derive(Debug, Default)]
-pub struct DownReport {
-    pub removed: Vec<String>,
-}
-
-impl fmt::Display for DownReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.removed.is_empty() {
-            return writeln!(f, "nothing to remove");
-        }
-        for r in &self.removed {
-            writeln!(f, "removed {r}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Takes lab `name` down, from its state file and, for what the state missed, by the lab's
-/// namespace names: recorded processes (verified by start time), any process still inside the
-/// lab's namespaces, the namespaces (and with them every veth), the pin root, the state dir.
-/// Safe to run on a lab that is half built, already down, or whose owner crashed.
-pub fn down(name: &str) -> Result<DownReport> {
-    validate_name(name)?;
-    let st = state::read(name)?.unwrap_or_default();
-    let mut report = DownReport::default();
-    let grace = Duration::from_secs(2);
-    for (id, cmd) in &st.procs {
-        if id.terminate(grace) {
-            report.removed.push(format!("process {} ({cmd})", id.pid));
-        }
-    }
-    let mut nss: Vec<String> = st
-        .netns
-        .iter()
-        .filter(|n| belongs(name, n))
-        .cloned()
-        .collect();
-    for ns in netns_list() {
-        if belongs(name, &ns) && !nss.contains(&ns) {
-            nss.push(ns);
-        }
-    }
-    let mut errors = Vec::new();
-    for ns in nss.iter().filter(|ns| netns_exists(ns)) {
-        // A process left inside would keep the namespace, and its veths, alive after `del`.
-        if let Ok(pids) = run(Command::new("ip").args(["netns", "pids", ns])) {
-            for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
-                if let Some(id) = ProcId::of(pid) {
-                    let cmd = id.cmdline();
-                    if id.terminate(grace) {
-                        report
-                            .removed
-                            .push(format!("process {pid} ({cmd}) found in {ns}"));
-                    }
-                }
-            }
-        }
-        let _lock = NetnsLock::take()?;
-        match run(Command::new("ip").args(["netns", "del", ns])) {
-            Ok(_) => report.removed.push(format!("netns {ns}")),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    let pins = st.pin_root.unwrap_or_else(|| pin_root(name));
-    // Only ever this lab's own pin root, whatever the state file says.
-    if pins == pin_root(name) && pins.exists() {
-        match fs::remove_dir_all(&pins) {
-            Ok(()) => report.removed.push(format!("pins {}", pins.display())),
-            Err(e) => errors.push(format!("removing {}: {e}", pins.display())),
-        }
-    }
-    let dir = state::dir(name);
-    if dir.exists() {
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => report.removed.push(format!("state {}", dir.display())),
-            Err(e) => errors.push(format!("removing {}: {e}", dir.display())),
-        }
-    }
-    if !errors.is_empty() {
-        bail!("lab {name} down: {}", errors.join("; "));
-    }
-    Ok(report)
-}
-
-/// The processes recorded in lab `name`'s state (alive or not).
-pub fn processes(name: &str) -> Vec<ProcId> {
-    state::read(name)
-        .ok()
-        .flatten()
-        .map(|st| st.procs.into_iter().map(|(id, _)| id).collect())
-        .unwrap_or_default()
-}
-
-/// Labs that exist in any form: a state directory or a namespace of the right shape.
-pub fn list() -> Vec<String> {
-    let mut names = state::names();
-    for ns in netns_list() {
-        if let Some(rest) = ns.strip_prefix("pgl-") {
-            for suffix in ["-node", "-inet", "-far"] {
-                if let Some(n) = rest.strip_suffix(suffix)
-                    && !names.iter().any(|x| x == n)
-                {
-                    names.push(n.to_string());
-                }
-            }
-        }
-    }
-    names.sort();
-    names
-}
-
-/// Takes down labs whose owning process (a test run) died without doing so; labs left up on
-/// purpose (`cargo xtask lab up`) have no owner and are left alone.
-pub fn sweep_orphans() -> Vec<String> {
-    let mut swept = Vec::new();
-    for name in state::names() {
-        if let Ok(Some(st)) = state::read(&name)
-            && st.owner.is_some_and(|o| !o.alive())
-            && down(&name).is_ok()
-        {
-            swept.push(name);
-        }
-    }
-    swept
-}
-
-/// A human description of lab `name`: namespaces with their addresses, processes, pins.
-pub fn status(name: &str) -> Result<String> {
-    validate_name(name)?;
-    let st = state::read(name)?;
-    let mut s = String::new();
-    let nss: Vec<String> = netns_list()
-        .into_iter()
-        .filter(|n| belongs(name, n))
-        .collect();
-    if st.is_none() && nss.is_empty() {
-        return Ok(format!("lab {name}: not up\n"));
-    }
-    let st = st.unwrap_or_default();
-    s.push_str(&format!(
-        "lab {name}: {} pod(s), mode {}, state {}\n",
-        st.pods,
-        st.mode,
-        state::dir(name).display()
-    ));
-    match st.owner {
-        Some(o) if o.alive() => s.push_str(&format!("  owner: pid {} (alive)\n", o.pid)),
-        Some(o) => s.push_str(&format!(
-            "  owner: pid {} (gone: `lab down` cleans up)\n",
-            o.pid
-        )),
-        None => s.push_str("  owner: none (left up by `lab up`)\n"),
-    }
-    s.push_str("namespaces:\n");
-    for ns in &st.netns {
-        if !nss.contains(ns) {
-            s.push_str(&format!("  {ns}: MISSING\n"));
-        }
-    }
-    for ns in &nss {
-        s.push_str(&format!("  {ns}\n"));
-        if let Ok(out) = run(Command::new("ip").args(["-n", ns, "-br", "addr", "show"])) {
-            for l in out.lines().filter(|l| !l.starts_with("lo ")) {
-                s.push_str(&format!("    {l}\n"));
-            }
-        }
-    }
-    s.push_str("processes:\n");
-    for (id, cmd) in &st.procs {
-        let state = if id.alive() { "running" } else { "gone" };
-        s.push_str(&format!("  {} {state}: {cmd}\n", id.pid));
-    }
-    let pins = pin_root(name);
-    match fs::read_dir(&pins) {
-        Ok(rd) => {
-            let entries: Vec<String> = rd
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
-            s.push_str(&format!(
-                "pins: {} ({} entries: {})\n",
-                pins.display(),
-                entries.len(),
-                entries.join(" ")
-            ));
-        }
-        Err(_) => s.push_str(&format!("pins: none ({} absent)\n", pins.display())),
-    }
-    let cfg = config_path(name);
-    if cfg.exists() {
-        s.push_str(&format!("config: {}\n", cfg.display()));
-    }
-    Ok(s)
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ impl ProcId {
     /// is our child). Does nothing if the PID now belongs to someone else.
     pub fn terminate(&self, grace: Duration) -> bool {
         if !self.alive() {
-            reap(self.pid);
+            // Gone, or the PID now names another process: not ours to signal or reap.
             return false;
         }
         signal(self.pid, libc::SIGTERM);

@@ -91,7 +91,7 @@ fn lab_down_by_name_cleans_a_crashed_run() {
     // A process the test started, recorded, and one nobody recorded (as a crashed daemon
     // started by hand would be): both must go, or the namespace would outlive `ip netns del`.
     let recorded = lab.spawn_in(&lab.node_ns(), &["sleep", "300"]).unwrap();
-    let unrecorded = lab::ns_command(&lab.pod_ns(1).to_string(), &["sleep", "301"])
+    let mut unrecorded = lab::ns_command(lab.pod_ns(1), &["sleep", "301"])
         .spawn()
         .unwrap();
     let mut procs = lab.processes();
@@ -113,6 +113,8 @@ fn lab_down_by_name_cleans_a_crashed_run() {
         "{report}"
     );
     assert_eq!(leftovers(&name, &procs), Vec::<String>::new());
+    // `down` already reaped it (it is our child); this only keeps the handle honest.
+    let _ = unrecorded.wait();
     // Idempotent: a second down finds nothing and is no error.
     assert!(lab::down(&name).unwrap().removed.is_empty());
 }
@@ -217,4 +219,27 @@ fn lab_of_a_killed_test_process_is_swept() {
 
     lab::sweep_orphans();
     assert_eq!(leftovers(&name, &procs), Vec::<String>::new());
+}
+
+#[test]
+fn lab_status_describes_a_running_lab_and_a_missing_one() {
+    let lab = lab::test_lab("status", 1);
+    let text = lab::status(lab.name()).unwrap();
+    for want in [
+        lab.node_ns(),
+        lab.internet_ns(),
+        lab.far_ns(),
+        lab.pod_ns(0).to_string(),
+        "198.51.100.2/24".to_string(),
+        "169.254.172.10/32".to_string(),
+        "2001:db8:0:1::a/128".to_string(),
+        "iperf3".to_string(),
+        "pins: none".to_string(),
+    ] {
+        assert!(text.contains(&want), "status lacks {want:?}:\n{text}");
+    }
+    assert!(!text.contains("gone"), "{text}");
+    let name = lab.name().to_string();
+    drop(lab);
+    assert_eq!(lab::status(&name).unwrap(), format!("lab {name}: not up\n"));
 }

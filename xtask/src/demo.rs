@@ -6,14 +6,12 @@
 use std::{
     net::IpAddr,
     path::Path,
-    process::Command,
     sync::atomic::{AtomicBool, Ordering},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Result, bail};
-use podgate_lab::{ChildGuard, Family, Lab, LabSpec, NODE_V4, Probe, output_with_deadline};
+use podgate_lab::{ChildGuard, Family, Lab, LabSpec, NODE_V4, Probe};
 
 use crate::{build::build_podgate, setup, util::podgate_bin};
 
@@ -125,30 +123,17 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
     let translating = daemon.is_some();
 
     println!("\ndemo: traffic from every pod (HTTP, UDP echo, ping) to the internet endpoints");
-    // All pods at once, as a node sees it; each pod's checks run in order.
-    let per_pod: Vec<Vec<Probe>> = thread::scope(|s| {
-        let handles: Vec<_> = lab
-            .pods()
-            .iter()
-            .map(|pod| {
-                s.spawn(move || {
-                    let mut v = Vec::new();
-                    for fam in [Family::V4, Family::V6] {
-                        if INTERRUPTED.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        v.push(lab.http(pod.index, fam));
-                        v.push(lab.udp_echo(pod.index, fam));
-                        v.push(lab.ping(pod.index, fam));
-                    }
-                    v
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect()
+    let per_pod: Vec<Vec<Probe>> = lab.on_all_pods(|pod| {
+        let mut v = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                break;
+            }
+            v.push(lab.http(pod.index, fam));
+            v.push(lab.udp_echo(pod.index, fam));
+            v.push(lab.ping(pod.index, fam));
+        }
+        v
     });
     check_interrupt()?;
     let probes: Vec<Probe> = per_pod.into_iter().flatten().collect();
@@ -186,13 +171,7 @@ fn demo(lab: &Lab, bin: &Path) -> Result<Outcome> {
     if daemon.is_some() {
         for verb in [&["nat", "list"][..], &["stats"][..]] {
             println!("\ndemo: podgate {}", verb.join(" "));
-            let mut argv: Vec<&str> = verb.to_vec();
-            let root = lab.pin_root();
-            let root = root.to_string_lossy();
-            argv.extend(["--pin-root", &root]);
-            let mut cmd = podgate_lab::ns_command(&lab.node_ns(), &[&bin.to_string_lossy()]);
-            cmd.args(&argv);
-            match output_with_deadline(cmd, Duration::from_secs(10)) {
+            match lab.podgate_cli(bin, verb) {
                 Ok(out) => {
                     print!("{}", String::from_utf8_lossy(&out.stdout));
                     print!("{}", String::from_utf8_lossy(&out.stderr));
@@ -266,75 +245,41 @@ fn describe(p: &Probe, translating: bool) -> String {
     format!("{head} FAILED{why}: {last}")
 }
 
-/// Whether this podgate binary has the daemon (`podgate run --config`).
-fn podgate_supports_run(bin: &Path) -> bool {
-    let mut cmd = Command::new(bin);
-    cmd.args(["run", "--help"]);
-    match output_with_deadline(cmd, Duration::from_secs(10)) {
-        Ok(out) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.status.success() && text.contains("--config")
-        }
-        Err(_) => false,
-    }
-}
-
-/// Starts the daemon in the node namespace (nsenter: the host's bpffs stays visible) and waits
-/// for its pins. `None` when this podgate has no daemon yet.
+/// Starts the daemon in the node namespace and waits for its pins. `None` when this podgate has
+/// no daemon yet or it did not come up (said plainly; the demo goes on without translation).
 fn start_podgate(lab: &Lab, bin: &Path) -> Result<Option<ChildGuard>> {
-    if !bin.exists() || !podgate_supports_run(bin) {
+    if !podgate_lab::podgate_has_daemon(bin) {
         println!(
             "demo: podgate not available yet ({} has no `run --config`): skipping translation",
             bin.display()
         );
         return Ok(None);
     }
-    let cfg = lab.config_path();
-    let argv = [
-        &*bin.to_string_lossy(),
-        "run",
-        "--config",
-        &*cfg.to_string_lossy(),
-    ];
     println!(
-        "demo: starting podgate: nsenter --net=/run/netns/{} {}",
+        "demo: starting podgate: nsenter --net=/run/netns/{} {} run --config {}",
         lab.node_ns(),
-        argv.join(" ")
+        bin.display(),
+        lab.config_path().display()
     );
-    let mut daemon = lab.spawn_logged(&lab.node_ns(), &argv, "podgate.log")?;
-    let log = lab.state_dir().join("podgate.log");
-    let pins = lab.pin_root();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        check_interrupt()?;
-        if let Some(st) = daemon.exited() {
-            println!("demo: podgate exited at start ({st}); its log:");
-            print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let daemon = match lab.start_podgate(bin, Duration::from_secs(20)) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("demo: podgate did not come up: {e:#}");
             println!("demo: continuing without translation");
             return Ok(None);
         }
-        if std::fs::read_dir(&pins).is_ok_and(|mut d| d.next().is_some()) {
-            println!(
-                "demo: podgate running (pid {}), pins under {}",
-                daemon.pid(),
-                pins.display()
-            );
-            break;
-        }
-        if Instant::now() >= deadline {
-            println!(
-                "demo: podgate running (pid {}) but nothing pinned under {} after 20 s",
-                daemon.pid(),
-                pins.display()
-            );
-            break;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
+    };
+    check_interrupt()?;
+    println!(
+        "demo: podgate running (pid {}), pinned under {}: {}",
+        daemon.pid(),
+        lab.pin_root().display(),
+        lab.pins().join(" ")
+    );
+    println!(
+        "      (inspect: bpftool map dump pinned {}/<map>)",
+        lab.pin_root().display()
+    );
     if let Ok(out) = lab.exec_in(&lab.node_ns(), &["bpftool", "net", "show"]) {
         println!("demo: programs attached in the node namespace (bpftool net show):");
         for l in String::from_utf8_lossy(&out.stdout)

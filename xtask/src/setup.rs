@@ -36,6 +36,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "containernetworking-plugins",
+    // cargo xtask vm-test: QEMU, the initramfs' shell, and cpio to check the archive format.
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 const BPF_LINKER_SERIES: &str = "0.13";

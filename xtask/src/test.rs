@@ -17,16 +17,16 @@ pub struct Args {
 }
 
 #[derive(Default)]
-struct Tally {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    suites: u64,
+pub(crate) struct Tally {
+    pub(crate) passed: u64,
+    pub(crate) failed: u64,
+    pub(crate) ignored: u64,
+    pub(crate) suites: u64,
 }
 
 impl Tally {
     /// Parses libtest's `test result: ok. 3 passed; 0 failed; 1 ignored; ...` line.
-    fn add_line(&mut self, line: &str) -> bool {
+    pub(crate) fn add_line(&mut self, line: &str) -> bool {
         let Some(rest) = line.strip_prefix("test result: ") else {
             return false;
         };

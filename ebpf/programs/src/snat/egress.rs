@@ -96,6 +96,13 @@ pub struct L4 {
 /// port the NAT rewrites (source outbound, destination inbound) and, for ICMP, the echo type.
 #[inline(always)]
 pub fn l4(ctx: &impl crate::packet::Packet, ip: &Ip4, outbound: bool) -> Result<L4, Counter> {
+    // The header must lie inside the datagram, not only inside the frame: bytes after the
+    // IPv4 total length are padding the stack trims away.
+    let room = ip.tot_len - (ip.l4 - ip.l3);
+    let need = if ip.proto == PROTO_TCP { 20 } else { 8 };
+    if room < need {
+        return Err(Counter::DropMalformed);
+    }
     match ip.proto {
         PROTO_TCP => {
             let h: *const [u8; 20] = ptr_at(ctx, ip.l4)?;

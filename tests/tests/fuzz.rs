@@ -441,6 +441,16 @@ struct Tally {
 fn fuzz(prog: Prog, n: usize, seed: u64) -> Tally {
     println!("fuzz {}: {n} packets, seed {seed:#x} (PODGATE_FUZZ_SEED={seed})", prog.name());
     let mut env = Env::with_fib();
+    // The same programs with small SNAT maps, so that counting entries per packet is cheap.
+    let node: podgate_common::NodeConfig = {
+        let a: aya::maps::Array<_, podgate_common::NodeConfig> = aya::maps::Array::try_from(env.h.ebpf.map("node").unwrap()).unwrap();
+        a.get(&0, 0).unwrap()
+    };
+    env.h = Harness::with_max_entries(&[("nat4_map", 4096), ("nat4_claim", 4096), ("ct4", 4096), ("frag4", 1024)]).expect("load programs");
+    {
+        let mut a: aya::maps::Array<_, podgate_common::NodeConfig> = aya::maps::Array::try_from(env.h.ebpf.map_mut("node").unwrap()).unwrap();
+        a.set(0, node, 0).unwrap();
+    }
     let mut rng = Rng(seed ^ (prog as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut t = Tally::default();
     let mut ext: Vec<u16> = vec![];

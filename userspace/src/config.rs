@@ -22,7 +22,7 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9542";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -73,6 +73,8 @@ pub struct RawNode {
     pub reverse_path: Option<String>,
     /// "auto" (default: driver mode, generic where the driver has none), "native", "generic".
     pub xdp_mode: Option<String>,
+    /// "auto" (default: tcx links, netlink where the kernel has no tcx) or "netlink".
+    pub tc_attach: Option<String>,
     /// "redirect" (default: FIB lookup + bpf_redirect) or "stack".
     pub forwarding: Option<String>,
     /// "address-dependent" (default) or "endpoint-independent".
@@ -125,6 +127,12 @@ pub enum XdpMode {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcAttach {
+    Auto,
+    Netlink,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forwarding {
     Redirect,
     Stack,
@@ -148,6 +156,7 @@ pub struct NodeSettings {
     pub pin_root: PathBuf,
     pub reverse_path: ReversePath,
     pub xdp_mode: XdpMode,
+    pub tc_attach: TcAttach,
     pub forwarding: Forwarding,
     pub filtering: Filtering,
     pub pod_quota: u32,
@@ -294,6 +303,11 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
             return Err(invalid("node.xdp_mode", other, "expected \"auto\", \"native\" or \"generic\""));
         }
     };
+    let tc_attach = match n.tc_attach.as_deref().unwrap_or("auto") {
+        "auto" => TcAttach::Auto,
+        "netlink" => TcAttach::Netlink,
+        other => return Err(invalid("node.tc_attach", other, "expected \"auto\" or \"netlink\"")),
+    };
     let forwarding = match n.forwarding.as_deref().unwrap_or("redirect") {
         "redirect" => Forwarding::Redirect,
         "stack" => Forwarding::Stack,
@@ -360,6 +374,7 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         pin_root,
         reverse_path,
         xdp_mode,
+        tc_attach,
         forwarding,
         filtering,
         pod_quota,

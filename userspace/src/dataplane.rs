@@ -15,7 +15,7 @@ use aya::{
     programs::{
         ProgramError, SchedClassifier, Xdp,
         links::{FdLink, LinkError, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType},
         xdp::{XdpLink, XdpMode},
         LinkOrder,
     },
@@ -27,7 +27,7 @@ use podgate_common::{
 use thiserror::Error;
 
 use crate::{
-    config::{Filtering, Forwarding, NodeSettings, PodSpec, ReversePath, XdpMode as CfgXdpMode},
+    config::{Filtering, Forwarding, NodeSettings, PodSpec, ReversePath, TcAttach, XdpMode as CfgXdpMode},
     netif::{self, NetifError},
     pins::{PinError, Pins},
 };
@@ -54,31 +54,31 @@ pub enum DataplaneError {
     AbiMismatch { root: PathBuf, found: u32, ours: u32 },
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name}")]
     Program {
         name: String,
         #[source]
         source: ProgramError,
     },
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: String,
         #[source]
         source: MapError,
     },
-    #[error("pinning {path}: {source}")]
+    #[error("pinning {path}")]
     Pin {
         path: PathBuf,
         #[source]
         source: AyaPinError,
     },
-    #[error("link {path}: {source}")]
+    #[error("link {path}")]
     Link {
         path: PathBuf,
         #[source]
         source: LinkError,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -236,6 +236,9 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
     if node.filtering == Filtering::EndpointIndependent {
         flags |= node_flags::FILTER_EIF;
     }
+    if node.tc_attach == TcAttach::Netlink {
+        flags |= node_flags::TC_NETLINK;
+    }
     NodeConfig {
         abi_version: ABI_VERSION,
         flags,
@@ -265,10 +268,20 @@ pub fn write_node(pins: &Pins, node: &NodeSettings) -> Result<NodeConfig, Datapl
 
 /// Attaches (or atomically re-points) a TC program on `ifname`. A pinned link from an earlier
 /// run is updated in place with BPF_LINK_UPDATE, so traffic never sees the interface without a
-/// program; otherwise a new tcx link is created and pinned.
+/// program; otherwise a new tcx link is created and pinned. Kernels before 6.6 have no tcx: there
+/// the program goes on a clsact qdisc through netlink instead (see `attach_tc_netlink`).
 pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Result<(), DataplaneError> {
     let mut p = SchedClassifier::from_pin(pins.prog(prog)).map_err(prog_err(prog))?;
     let link_path = pins.link(ifname, prog);
+    let forced = read_node(pins)?.flags & node_flags::TC_NETLINK != 0;
+    if forced || pins.netlink_link(ifname, prog).exists() {
+        if link_path.exists() {
+            // Switching from tcx to netlink: the old link goes once the filter is in.
+            attach_tc_netlink(pins, &mut p, ifname, prog, dir)?;
+            return detach_pin(&link_path);
+        }
+        return attach_tc_netlink(pins, &mut p, ifname, prog, dir);
+    }
     let id = if link_path.exists() {
         let old = take_pinned_link(&link_path)?;
         let link = SchedClassifierLink::try_from(old).map_err(|source| DataplaneError::Link {
@@ -278,8 +291,11 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         p.attach_to_link(link).map_err(prog_err(prog))?
     } else {
         netif::ifindex(ifname)?;
-        p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first()))
-            .map_err(prog_err(prog))?
+        match p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first())) {
+            Ok(id) => id,
+            Err(e) if tcx_unsupported(&e) => return attach_tc_netlink(pins, &mut p, ifname, prog, dir),
+            Err(e) => return Err(prog_err(prog)(e)),
+        }
     };
     let link = p.take_link(id).map_err(prog_err(prog))?;
     let fd: FdLink = link.try_into().map_err(|source| DataplaneError::Link {
@@ -287,6 +303,67 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         source,
     })?;
     fd.pin(&link_path).map_err(|source| DataplaneError::Pin { path: link_path, source })?;
+    Ok(())
+}
+
+/// tcx arrived in Linux 6.6; before it, BPF_LINK_CREATE with a tcx attach type is EINVAL.
+fn tcx_unsupported(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::SyscallError(aya::sys::SyscallError { call: "bpf_mprog_attach", io_error })
+        if io_error.raw_os_error() == Some(libc::EINVAL))
+}
+
+/// The pre-6.6 path: a direct-action filter on the clsact qdisc. Netlink filters have no link
+/// object to pin; they stay attached when podgate exits, and the program itself is pinned at
+/// `<root>/links/<ifname>:<program>:netlink` so that status, detach and reset find them. Replacing
+/// one is remove-then-add, so an upgrade leaves a moment without a program on that interface.
+fn attach_tc_netlink(
+    pins: &Pins,
+    p: &mut SchedClassifier,
+    ifname: &str,
+    prog: &str,
+    dir: TcAttachType,
+) -> Result<(), DataplaneError> {
+    let tc_err = |source: aya::programs::tc::TcError| DataplaneError::Program {
+        name: prog.into(),
+        source: ProgramError::from(source),
+    };
+    // EEXIST: the qdisc is there already (ours or another tool's), which is what we need.
+    if let Err(e) = aya::programs::tc::qdisc_add_clsact(ifname)
+        && !matches!(&e, aya::programs::tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+    {
+        return Err(tc_err(e));
+    }
+    remove_netlink_filter(ifname, prog, dir)?;
+    let id = p
+        .attach_with_options(ifname, dir, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(prog_err(prog))?;
+    // Dropping the link would detach the filter: it must outlive this process.
+    std::mem::forget(p.take_link(id).map_err(prog_err(prog))?);
+    repin(pins.netlink_link(ifname, prog), |path| p.pin(path))
+}
+
+fn remove_netlink_filter(ifname: &str, prog: &str, dir: TcAttachType) -> Result<(), DataplaneError> {
+    match aya::programs::tc::qdisc_detach_program(ifname, dir, prog) {
+        Ok(()) => Ok(()),
+        Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        // The interface is gone, and its filters with it.
+        Err(_) if netif::ifindex(ifname).is_err() => Ok(()),
+        Err(source) => Err(DataplaneError::Program { name: prog.into(), source: source.into() }),
+    }
+}
+
+/// Detaches whatever a pin under `links/` stands for: a bpf link (tcx, XDP) or a netlink filter.
+fn detach_pin(path: &Path) -> Result<(), DataplaneError> {
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+    if let Some((ifname, prog)) = Pins::parse_link_name(file)
+        && let Some(prog) = prog.strip_suffix(crate::pins::NETLINK_SUFFIX)
+    {
+        let dir = if prog == POD_EGRESS { TcAttachType::Egress } else { TcAttachType::Ingress };
+        remove_netlink_filter(&ifname, prog, dir)?;
+        return std::fs::remove_file(path).map_err(|source| DataplaneError::Io { path: path.to_owned(), source });
+    }
+    // Dropping the last fd of an unpinned link detaches it.
+    drop(take_pinned_link(path)?);
     Ok(())
 }
 
@@ -339,7 +416,7 @@ pub fn detach_interface(pins: &Pins, ifname: &str) -> Result<usize, DataplaneErr
     for path in list_links(pins)? {
         if link_ifname(&path).as_deref() == Some(ifname) {
             // Dropping the last fd of an unpinned link detaches it.
-            drop(take_pinned_link(&path)?);
+            detach_pin(&path)?;
             n += 1;
         }
     }
@@ -378,9 +455,10 @@ pub fn attach_uplink(pins: &Pins, node: &NodeSettings) -> Result<(), DataplaneEr
 }
 
 fn remove_link(pins: &Pins, ifname: &str, prog: &str) -> Result<(), DataplaneError> {
-    let path = pins.link(ifname, prog);
-    if path.exists() {
-        drop(take_pinned_link(&path)?);
+    for path in [pins.link(ifname, prog), pins.netlink_link(ifname, prog)] {
+        if path.exists() {
+            detach_pin(&path)?;
+        }
     }
     Ok(())
 }
@@ -506,7 +584,7 @@ pub fn remove_pod(pins: &Pins, name: &str) -> Result<PodEntry, DataplaneError> {
             Err(_) => true,
         };
         if ours_or_stale {
-            drop(take_pinned_link(&links)?);
+            detach_pin(&links)?;
         }
     }
     let mut pods = pods_map(pins)?;
@@ -549,7 +627,7 @@ pub fn read_stats(pins: &Pins) -> Result<Vec<(stats::Counter, u64)>, DataplaneEr
 pub fn reset(pins: &Pins, purge: bool) -> Result<usize, DataplaneError> {
     let mut n = 0;
     for path in list_links(pins)? {
-        drop(take_pinned_link(&path)?);
+        detach_pin(&path)?;
         n += 1;
     }
     if purge && pins.root().exists() {

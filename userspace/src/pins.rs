@@ -13,6 +13,9 @@ use thiserror::Error;
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
+/// Ends the name of a `links/` pin that stands for a netlink TC filter rather than a bpf link.
+pub const NETLINK_SUFFIX: &str = ":netlink";
+
 #[derive(Debug, Error)]
 pub enum PinError {
     #[error(
@@ -22,7 +25,7 @@ pub enum PinError {
          namespace with `nsenter --net=/run/netns/NAME` instead, which keeps the host's mounts"
     )]
     NotBpffs { root: PathBuf, found: String },
-    #[error("creating pin directory {path}: {source}")]
+    #[error("creating pin directory {path}")]
     Create {
         path: PathBuf,
         source: std::io::Error,
@@ -59,7 +62,13 @@ impl Pins {
         self.links_dir().join(format!("{}:{prog}", ifname.replace('.', "%")))
     }
 
-    /// The (interface, program) a link pin's file name stands for.
+    /// The pin standing for a netlink TC filter (kernels without tcx): the program itself.
+    pub fn netlink_link(&self, ifname: &str, prog: &str) -> PathBuf {
+        self.links_dir().join(format!("{}:{prog}{NETLINK_SUFFIX}", ifname.replace('.', "%")))
+    }
+
+    /// The (interface, program) a link pin's file name stands for; the program part keeps a
+    /// `NETLINK_SUFFIX`.
     pub fn parse_link_name(file: &str) -> Option<(String, String)> {
         let (ifname, prog) = file.split_once(':')?;
         Some((ifname.replace('%', "."), prog.to_string()))

@@ -163,3 +163,31 @@ fn a_tcp_transfer_survives_a_daemon_sigkill_and_restart() {
     let v: serde_json::Value = serde_json::from_str(&report).expect("iperf3 JSON");
     assert!(v["end"]["sum_received"]["seconds"].as_f64().unwrap() >= 5.5, "{report}");
 }
+
+/// Kernels before 6.6 have no tcx: the same dataplane on netlink clsact filters, with the TC
+/// reverse path, survives a restart and is removed by `reset`.
+#[test]
+fn snat_on_netlink_tc_filters_and_the_tc_reverse_path() {
+    let lab = lab("netlink", 1);
+    let cfg = std::fs::read_to_string(lab.config_path()).unwrap();
+    let cfg = cfg.replacen("[node]\n", "[node]\ntc_attach = \"netlink\"\nreverse_path = \"tc\"\n", 1);
+    std::fs::write(lab.config_path(), cfg).unwrap();
+    let d = podgate(&lab, "podgate-1.log");
+    let filters = || {
+        let o = lab.exec_in(&lab.node_ns(), &["tc", "filter", "show", "dev", "v4pod0", "ingress"]).unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.contains("pod_ingress")).count()
+    };
+    assert_eq!(filters(), 1, "expected one netlink filter on v4pod0");
+    let status = podgate_cli(&lab, &["status", "--json"]);
+    assert!(status.contains("v4pod0:pod_ingress:netlink") && status.contains("eni:uplink_tc:netlink"), "{status}");
+    for probe in [lab.http(0, Family::V4), lab.ping(0, Family::V4)] {
+        assert!(probe.ok, "{probe:?}");
+    }
+    drop(d);
+    let _d2 = podgate(&lab, "podgate-2.log");
+    assert_eq!(filters(), 1, "a restart must replace the filter, not add one");
+    let probe = lab.udp_echo(0, Family::V4);
+    assert!(probe.ok && probe.seen == Some(IpAddr::V4(NODE_V4)), "{probe:?}");
+    podgate_cli(&lab, &["reset"]);
+    assert_eq!(filters(), 0, "reset left a netlink filter behind");
+}

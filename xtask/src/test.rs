@@ -11,6 +11,9 @@ use crate::{setup, util::{show, workspace_root}};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Leave out the other-kernel run in QEMU (`cargo xtask vm-test`); it is counted as skipped.
+    #[arg(long)]
+    no_vm: bool,
     /// Extra arguments for `cargo test` (after `--`), e.g. a test-name filter.
     #[arg(last = true)]
     cargo_args: Vec<String>,
@@ -66,10 +69,39 @@ pub fn run(args: Args) -> Result<()> {
         tally.add_line(&line);
     }
     let status = child.wait()?;
+    // Other kernels last: they reuse the test binaries just built. Each kernel counts as one test.
+    let mut vm_error = None;
+    if args.no_vm {
+        println!("test: vm-test left out (--no-vm)");
+        tally.ignored += 1;
+    } else {
+        println!("test: other kernels in QEMU (cargo xtask vm-test)");
+        match crate::vm::run_default() {
+            Ok(s) => {
+                for k in &s.kernels {
+                    println!("test vm-test {} ... {}", k.series, if k.ok { "ok" } else { "FAILED" });
+                    if k.ok {
+                        tally.passed += 1;
+                    } else {
+                        tally.failed += 1;
+                    }
+                }
+                tally.suites += 1;
+            }
+            Err(e) => {
+                println!("test vm-test ... FAILED: {e:#}");
+                tally.failed += 1;
+                vm_error = Some(e);
+            }
+        }
+    }
     println!(
         "summary: {} passed, {} failed, {} skipped ({} suites)",
         tally.passed, tally.failed, tally.ignored, tally.suites
     );
+    if let Some(e) = vm_error {
+        return Err(e.context("vm-test could not run"));
+    }
     if !status.success() || tally.failed > 0 {
         bail!("tests failed ({status})");
     }

@@ -111,7 +111,6 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// The default run (6.1 and 6.12, smoke/snat/sg binaries, namespace test), for `cargo xtask test`.
-#[allow(dead_code)] // the lead wires it into `cargo xtask test`
 pub fn run_default() -> Result<VmSummary> {
     run_with(&Options::default())
 }

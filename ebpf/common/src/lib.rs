@@ -37,6 +37,8 @@ pub mod node_flags {
     pub const FILTER_EIF: u32 = 1 << 1;
     /// Emit new-flow events (drop events are always emitted).
     pub const FLOW_EVENTS: u32 = 1 << 2;
+    /// Userspace only: attach TC programs through netlink (clsact) instead of tcx links.
+    pub const TC_NETLINK: u32 = 1 << 3;
 }
 
 /// The single entry of the `node` array: what the programs need to know about this node.

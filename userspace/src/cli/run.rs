@@ -53,45 +53,71 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
     }
     pins.check_bpffs()?;
 
-    let adopted = dataplane::install(&pins).context("installing the dataplane")?;
+    // Bound before anything is installed: a port in use must not leave a half-started node.
+    let metrics_listener = match cfg.node.metrics {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("daemon.metrics = \"{addr}\": cannot listen"))?;
+            l.set_nonblocking(true)?;
+            Some(l)
+        }
+        None => None,
+    };
+    let fresh = !pins.exists();
+    if let Err(e) = bring_up(&pins, &cfg) {
+        // A first start that fails leaves nothing behind; a restart keeps the previous state,
+        // which is still forwarding.
+        if fresh {
+            match dataplane::reset(&pins, true) {
+                Ok(_) => return Err(e.context("nothing was left attached or pinned")),
+                Err(r) => warn!("rolling back failed too: {r:#}"),
+            }
+        }
+        return Err(e);
+    }
+    println!("podgate: running (pins under {}); Ctrl-C or SIGTERM to exit, the dataplane stays attached", pins.root().display());
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(daemon_loop(&pins, &cfg, metrics_listener))
+}
+
+/// Installs or adopts the dataplane and applies the configuration to it.
+fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
+    let adopted = dataplane::install(pins).context("installing the dataplane")?;
     if adopted.is_empty() {
         info!(root = %pins.root().display(), "created new pinned maps");
     } else {
         info!(root = %pins.root().display(), maps = adopted.len(), "adopted pinned maps from a previous run (flows kept)");
     }
-    let node = dataplane::write_node(&pins, &cfg.node)?;
+    let node = dataplane::write_node(pins, &cfg.node)?;
     info!(
         ipv4 = %std::net::Ipv4Addr::from(node.ipv4),
         uplink = %cfg.node.uplink,
         prefix = %cfg.node.pod_prefix,
         "node configured"
     );
-    dataplane::attach_uplink(&pins, &cfg.node)?;
+    dataplane::attach_uplink(pins, &cfg.node)?;
     info!(uplink = %cfg.node.uplink, path = ?cfg.node.reverse_path, "uplink attached");
     for p in &cfg.pods {
-        let pod = dataplane::add_pod(&pins, cfg.node.pod_quota, p, &[])
+        let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &[])
             .with_context(|| format!("registering pod {}", p.name))?;
         info!(pod = %p.name, id = pod.id, ipv6 = %p.ipv6, ipv4 = %p.ipv4, "pod registered");
     }
     let configured: std::collections::HashSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
-    for e in dataplane::list_pods(&pins)? {
+    for e in dataplane::list_pods(pins)? {
         if !configured.contains(e.name.as_str()) {
             info!(pod = %e.name, "keeping pod registered at runtime (not in the config file)");
         }
     }
-    println!("podgate: running (pins under {}); Ctrl-C or SIGTERM to exit, the dataplane stays attached", pins.root().display());
-
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(daemon_loop(&pins, &cfg))
+    Ok(())
 }
 
-async fn daemon_loop(pins: &Pins, cfg: &Config) -> Result<()> {
+async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpListener>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let metrics = Arc::new(Mutex::new(DaemonMetrics::default()));
-    if let Some(addr) = cfg.node.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("daemon.metrics: cannot listen on {addr}"))?;
+    if let Some(listener) = listener {
+        let addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         info!(%addr, "metrics at http://{addr}/metrics");
         tokio::spawn(serve_metrics(listener, pins.clone(), metrics.clone()));
     }
@@ -152,7 +178,7 @@ async fn serve_metrics(listener: tokio::net::TcpListener, pins: Pins, d: Arc<Mut
                 let snapshot = d.lock().expect("metrics lock").clone();
                 match metrics::render(&pins, &snapshot) {
                     Ok(b) => ("200 OK", b),
-                    Err(e) => ("500 Internal Server Error", format!("{e}\n")),
+                    Err(e) => ("500 Internal Server Error", format!("{:#}\n", anyhow::Error::new(e))),
                 }
             } else {
                 ("404 Not Found", "try /metrics\n".to_string())

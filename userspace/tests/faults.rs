@@ -107,7 +107,8 @@ fn a_second_xdp_owner_on_the_uplink_is_refused_not_replaced() {
         .split("[[pods]]")
         .next()
         .unwrap()
-        .to_string();
+        .to_string()
+        + "\n[daemon]\nmetrics = \"off\"\n";
     let path = n.lab.state_dir().join("other.toml");
     std::fs::write(&path, other_cfg).unwrap();
     let o = n
@@ -123,4 +124,30 @@ fn a_second_xdp_owner_on_the_uplink_is_refused_not_replaced() {
     let prog_id = |s: &str| s.split_whitespace().skip_while(|w| *w != "prog/xdp").nth(1).map(str::to_string);
     assert_eq!(prog_id(&before), prog_id(&after), "the uplink's XDP program changed:\n{before}\n{after}");
     assert!(n.py(n.lab.pod_ns(0), &["udp", "42000", "2", "0", &inet()]).contains("reply"), "podgate broken by the attempt");
+}
+
+#[test]
+fn the_snat_address_follows_the_uplink_when_not_configured() {
+    let mut n = Node::up("addr", 1, "", "\n[daemon]\ngc_interval = 1\n");
+    // Restart the daemon without `node.ipv4`: the address comes from the uplink.
+    drop(n.daemon.take());
+    thread::sleep(Duration::from_millis(300));
+    let cfg = std::fs::read_to_string(n.lab.state_dir().join("conformance.toml")).unwrap();
+    let cfg: String = cfg.lines().filter(|l| !l.starts_with("ipv4 = \"198.51.100.2\"")).map(|l| format!("{l}\n")).collect();
+    let path = n.lab.state_dir().join("noaddr.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let _d = n.lab.spawn_logged(&n.lab.node_ns(), &[PODGATE, "run", "--config", path.to_str().unwrap()], "podgate-2.log").unwrap();
+    assert!(n.wait_log("podgate-2.log", "podgate: running", Duration::from_secs(30)), "{}", n.log("podgate-2.log"));
+    let p0 = n.lab.pod_ns(0).to_string();
+    let seen = |n: &Node, sport: &str| n.py(&p0, &["udp", sport, "2", "0", &inet()]);
+    assert!(seen(&n, "42000").contains("seen 198.51.100.2 "), "before the change");
+    for argv in [["ip", "addr", "del", "198.51.100.2/24", "dev", "eni"], ["ip", "addr", "add", "198.51.100.3/24", "dev", "eni"]] {
+        let o = n.lab.exec_in(&n.lab.node_ns(), &argv).unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(n.wait_log("podgate-2.log", "uplink address changed", Duration::from_secs(5)), "{}", n.log("podgate-2.log"));
+    let out = seen(&n, "42002");
+    assert!(out.contains("seen 198.51.100.3 "), "after the change: {out}");
+    let st: serde_json::Value = serde_json::from_str(&n.cli(&["status", "--json"])).unwrap();
+    assert!(st.to_string().contains("198.51.100.3"), "{st}");
 }

@@ -75,6 +75,8 @@ counters! {
     DropTinyFragment = 49 => "drop_tiny_fragment",
     DropInternalError = 50 => "drop_internal_error",
     DropUnknownPod = 51 => "drop_unknown_pod",
+    // A pod reached another pod through the node's external address:port (RFC 4787 REQ-9).
+    Hairpin = 52 => "hairpin",
 }
 
 /// Size of the `stats` array.

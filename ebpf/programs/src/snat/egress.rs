@@ -17,7 +17,7 @@ use podgate_common::{
 
 use super::{
     Ctx, fwd, in_prefix,
-    ip::{self, IP_SRC, Ip4},
+    ip::{self, IP_DST, IP_SRC, Ip4},
     now_ns,
 };
 use crate::{
@@ -221,7 +221,41 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
         None => new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now)?,
     };
     rewrite(ctx, &ip, &l, IP_SRC, ip.src, node.ipv4, l.sport, ext)?;
+    if ip.dst == node.ipv4
+        && ip.proto != PROTO_ICMP
+        && let Some(v) = hairpin(ctx, &node, &ip, &l, ext)?
+    {
+        return Ok(v);
+    }
     fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::SnatOut)
+}
+
+/// A pod sending to the node's external address:port of another pod's mapping (RFC 4787 REQ-9,
+/// RFC 5382 REQ-8): the packet, already translated to the sender's external address:port
+/// (REQ-9a), is reverse-translated here as if it had come back in on the uplink, with the same
+/// filtering, and sent straight to the owner's veth. `None`: nobody owns that port toward the
+/// node's address; the packet goes on as before.
+#[inline(always)]
+fn hairpin(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, l: &L4, src_ext: u16) -> Result<Option<Verdict>, Counter> {
+    let Some(owner) = super::reverse::owner(ip.proto, l.dport, node.ipv4) else {
+        return Ok(None);
+    };
+    let Some(m) = NAT4_MAP.get_ptr(&owner) else {
+        return Ok(None);
+    };
+    // SAFETY: map value pointer.
+    let ifindex = unsafe { (*m).pod_ifindex };
+    // The owner sees a flow from the node's address and the sender's external port.
+    let mut seen = *ip;
+    seen.src = node.ipv4;
+    super::reverse::track_in(&seen, &owner, src_ext, l.tcp_flags);
+    let inbound = L4 { port_off: ip.l4 + 2, ..*l };
+    rewrite(ctx, ip, &inbound, IP_DST, ip.dst, owner.addr, l.dport, owner.port)?;
+    if ctx.redirect_neigh(ifindex) {
+        count(Counter::SnatOut);
+        return Ok(Some(Verdict::Redirect(Counter::Hairpin, ifindex)));
+    }
+    Ok(Some(Verdict::Drop(Counter::DropInternalError)))
 }
 
 /// The remote a claim is made for: the flow's remote (address-dependent filtering, port

@@ -72,6 +72,16 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
     // Inbound, the NAT's port is the destination (ICMP: the identifier, in `sport`).
     let (ext, remote_port) = if ip.proto == PROTO_ICMP { (l.sport, 0) } else { (l.dport, l.sport) };
     let Some(ep) = owner(ip.proto, ext, ip.src) else {
+        // An unsolicited connection attempt to a port of the SNAT range: the range belongs to
+        // the NAT, and the node's stack would answer it with an RST at once. Drop it silently
+        // instead (RFC 5382 REQ-4/4a); SYN-ACKs for the node's own connections are not SYN-only.
+        if ip.proto == PROTO_TCP
+            && l.tcp_flags & (tcp::flags::SYN | tcp::flags::ACK | tcp::flags::RST) == tcp::flags::SYN
+            && ext >= node.port_min
+            && ext <= node.port_max
+        {
+            return Ok(Verdict::Drop(Counter::DropNoMapping));
+        }
         // No mapping: possibly the node's own traffic.
         return Ok(Verdict::Pass(Counter::NotOurs));
     };
@@ -89,7 +99,7 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
 /// Updates (or recreates) the flow's conntrack from an inbound packet. The mapping itself is not
 /// refreshed: only outbound traffic keeps it alive (RFC 4787 REQ-6, RFC 7857 §7.1).
 #[inline(always)]
-fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8) {
+pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8) {
     let now = now_ns();
     let flow = Flow4 {
         pod_addr: ep.addr,

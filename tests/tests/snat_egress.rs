@@ -1,7 +1,7 @@
 //! Pod → outside through `pod_ingress` (BPF_PROG_TEST_RUN fixtures).
 mod snat_common;
-use snat_common::*;
 use podgate_common::stats::Counter;
+use snat_common::*;
 
 #[test]
 fn new_tcp_flow_is_translated_and_tracked() {
@@ -34,11 +34,23 @@ fn established_flow_reuses_its_port_and_refreshes() {
     let mut m = env.mapping(e).unwrap();
     m.last_seen_ns = 1;
     env.set_mapping(e, m);
-    let (p, ext2) = snat_ok(&mut env, a, &tcp(POD_A, 40001, REMOTE1, 80, "A", b"GET / HTTP/1.0\r\n\r\n"));
+    let (p, ext2) = snat_ok(
+        &mut env,
+        a,
+        &tcp(POD_A, 40001, REMOTE1, 80, "A", b"GET / HTTP/1.0\r\n\r\n"),
+    );
     assert_eq!(ext, ext2);
     assert_eq!(p.payload, b"GET / HTTP/1.0\r\n\r\n");
-    assert!(env.mapping(e).unwrap().last_seen_ns > 1, "outbound refreshes the mapping");
-    assert_eq!(env.ct(flow(POD_A, 40001, REMOTE1, 80, TCP)).unwrap().packets_out, 2);
+    assert!(
+        env.mapping(e).unwrap().last_seen_ns > 1,
+        "outbound refreshes the mapping"
+    );
+    assert_eq!(
+        env.ct(flow(POD_A, 40001, REMOTE1, 80, TCP))
+            .unwrap()
+            .packets_out,
+        2
+    );
     assert_eq!(env.counter(Counter::SnatNewMapping), 1);
     assert_eq!(env.counter(Counter::SnatNewFlow), 1);
     assert_eq!(env.pod(a).mappings, 1);
@@ -66,7 +78,9 @@ fn udp_without_checksum_keeps_zero() {
     f[14 + 20 + 6] = 0;
     f[14 + 20 + 7] = 0;
     let (p, _) = snat_ok(&mut env, a, &f);
-    let Some(etherparse::TransportHeader::Udp(u)) = p.transport else { panic!() };
+    let Some(etherparse::TransportHeader::Udp(u)) = p.transport else {
+        panic!()
+    };
     assert_eq!(u.checksum, 0);
 }
 
@@ -89,8 +103,15 @@ fn endpoint_independent_mapping_across_destinations() {
 fn port_range_and_parity_are_preserved() {
     let mut env = Env::new();
     let a = env.pod_a;
-    for (i, sport) in [53u16, 500, 1023, 1024, 40001, 65534].into_iter().enumerate() {
-        let (_, ext) = snat_ok(&mut env, a, &udp(POD_A, sport, REMOTE1, 9000 + i as u16, b"x"));
+    for (i, sport) in [53u16, 500, 1023, 1024, 40001, 65534]
+        .into_iter()
+        .enumerate()
+    {
+        let (_, ext) = snat_ok(
+            &mut env,
+            a,
+            &udp(POD_A, sport, REMOTE1, 9000 + i as u16, b"x"),
+        );
         if sport < 1024 {
             assert!((512..1024).contains(&ext), "{sport} -> {ext}");
         } else {
@@ -103,7 +124,11 @@ fn port_range_and_parity_are_preserved() {
 #[test]
 fn port_overlapping_two_pods_different_remotes() {
     // A two-port range: both pods must end up on the one even port, toward different remotes.
-    let mut env = Env::with(Config { port_min: 40000, port_max: 40001, ..Default::default() });
+    let mut env = Env::with(Config {
+        port_min: 40000,
+        port_max: 40001,
+        ..Default::default()
+    });
     let (a, b) = (env.pod_a, env.pod_b);
     let (_, ea) = snat_ok(&mut env, a, &udp(POD_A, 2000, REMOTE1, 53, b"x"));
     let (_, eb) = snat_ok(&mut env, b, &udp(POD_B, 2000, REMOTE2, 53, b"x"));
@@ -112,21 +137,26 @@ fn port_overlapping_two_pods_different_remotes() {
     assert_eq!(env.claim(REMOTE2, 40000, UDP), Some(ep(POD_B, 2000, UDP)));
     // Same remote: no overloading (RFC 4787 REQ-3). The odd port is the only other candidate
     // and parity is kept, so pod B toward REMOTE1 (even source port) is exhausted.
-    let out = env.egress(b, &udp(POD_B, 2002, REMOTE1, 53, b"x"));
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let f = udp(POD_B, 2002, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(b, &f), &f);
     assert_eq!(env.counter(Counter::DropPortExhausted), 1);
 }
 
 #[test]
 fn exhaustion_drops_and_keeps_existing_flows() {
-    let mut env = Env::with(Config { port_min: 41000, port_max: 41001, ..Default::default() });
+    let mut env = Env::with(Config {
+        port_min: 41000,
+        port_max: 41001,
+        ..Default::default()
+    });
     let a = env.pod_a;
     let (_, e1) = snat_ok(&mut env, a, &tcp(POD_A, 3000, REMOTE1, 80, "S", b""));
     let (_, e2) = snat_ok(&mut env, a, &tcp(POD_A, 3001, REMOTE1, 80, "S", b""));
     assert_ne!(e1, e2);
-    let out = env.egress(a, &tcp(POD_A, 3002, REMOTE1, 80, "S", b""));
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let f = tcp(POD_A, 3002, REMOTE1, 80, "S", b"");
+    assert_unreach_13(&env.egress(a, &f), &f);
     assert_eq!(env.counter(Counter::DropPortExhausted), 1);
+    assert_eq!(env.counter(Counter::IcmpUnreachSent), 1);
     assert!(env.mapping(ep(POD_A, 3002, TCP)).is_none());
     assert_eq!(env.pod(a).mappings, 2);
     // Existing flows are untouched.
@@ -136,21 +166,42 @@ fn exhaustion_drops_and_keeps_existing_flows() {
 
 #[test]
 fn pod_quota_node_default_and_per_pod() {
-    let mut env = Env::with(Config { pod_quota: 2, ..Default::default() });
+    let mut env = Env::with(Config {
+        pod_quota: 2,
+        ..Default::default()
+    });
     let (a, b) = (env.pod_a, env.pod_b);
     snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE1, 53, b"x"));
     snat_ok(&mut env, a, &udp(POD_A, 7002, REMOTE1, 53, b"x"));
     // A new flow of an existing mapping is not a new mapping: allowed at the quota.
     snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE2, 53, b"x"));
-    let out = env.egress(a, &udp(POD_A, 7004, REMOTE1, 53, b"x"));
-    assert_eq!(out.verdict, TC_ACT_SHOT);
+    let f = udp(POD_A, 7004, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(a, &f), &f);
     assert_eq!(env.counter(Counter::DropPodQuota), 1);
     assert_eq!(env.pod(a).mappings, 2);
     // Another pod is not affected by A's quota; a per-pod quota overrides the node's.
     env.add_pod(b, POD_B, 1);
     snat_ok(&mut env, b, &udp(POD_B, 7000, REMOTE1, 53, b"x"));
-    assert_eq!(env.egress(b, &udp(POD_B, 7002, REMOTE1, 53, b"x")).verdict, TC_ACT_SHOT);
+    let f = udp(POD_B, 7002, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(b, &f), &f);
     assert_eq!(env.counter(Counter::DropPodQuota), 2);
+}
+
+#[test]
+fn unreachable_13_quotes_ipv4_options() {
+    let mut env = Env::with(Config {
+        pod_quota: 1,
+        ..Default::default()
+    });
+    let a = env.pod_a;
+    snat_ok(&mut env, a, &udp(POD_A, 7000, REMOTE1, 53, b"x"));
+    let plain = tcp(POD_A, 7002, REMOTE1, 80, "S", b"");
+    let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
+    hdr.options = (&[0x01u8, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00][..])
+        .try_into()
+        .unwrap();
+    let f = raw_frame(hdr, rest);
+    assert_unreach_13(&env.egress(a, &f), &f);
 }
 
 #[test]
@@ -197,7 +248,9 @@ fn ipv4_options_are_skipped() {
     let mut env = Env::new();
     let a = env.pod_a;
     // Router alert (4 bytes) + NOPs + end: IHL 8 (32 bytes of header).
-    let opts: &[u8] = &[0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00];
+    let opts: &[u8] = &[
+        0x94, 0x04, 0x00, 0x00, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x01, 0x00,
+    ];
     let plain = udp(POD_A, 5004, REMOTE1, 53, b"with options");
     let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
     hdr.options = opts.try_into().unwrap();
@@ -259,7 +312,11 @@ fn fragments_outbound_in_and_out_of_order() {
     assert_eq!(out.verdict, TC_ACT_OK);
     let p = parse_checked(&out.packet);
     assert_eq!(p.ip.source, NODE_IP);
-    assert_eq!(&out.packet[14 + 20..], &rest[14 + 20..], "payload untouched");
+    assert_eq!(
+        &out.packet[14 + 20..],
+        &rest[14 + 20..],
+        "payload untouched"
+    );
     // Then the first fragment: full translation.
     let out = env.egress(a, &first);
     assert_eq!(out.verdict, TC_ACT_OK);
@@ -274,7 +331,11 @@ fn fragments_outbound_in_and_out_of_order() {
     let (u, payload) = etherparse::UdpHeader::from_slice(&dgram).unwrap();
     let mut ip = p.ip.clone();
     ip.more_fragments = false;
-    assert_eq!(u.checksum, u.calc_checksum_ipv4(&ip, payload).unwrap(), "reassembled UDP checksum");
+    assert_eq!(
+        u.checksum,
+        u.calc_checksum_ipv4(&ip, payload).unwrap(),
+        "reassembled UDP checksum"
+    );
 }
 
 #[test]
@@ -285,6 +346,83 @@ fn tcp_state_follows_outbound_flags() {
     let f = flow(POD_A, 5007, REMOTE1, 80, TCP);
     snat_ok(&mut env, a, &tcp(POD_A, 5007, REMOTE1, 80, "S", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::SynOut as u8);
+    let e = ep(POD_A, 5007, TCP);
+    let mut m = env.mapping(e).unwrap();
+    m.last_seen_ns = 1;
+    env.set_mapping(e, m);
     snat_ok(&mut env, a, &tcp(POD_A, 5007, REMOTE1, 80, "R", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::Rst as u8);
+    assert_eq!(
+        env.mapping(e).unwrap().last_seen_ns,
+        1,
+        "an outbound RST does not refresh (RFC 7857 §7.1)"
+    );
+}
+
+#[test]
+fn hairpin_with_address_dependent_filtering() {
+    let mut env = Env::new();
+    let (a, b) = (env.pod_a, env.pod_b);
+    let (_, ext_b) = snat_ok(&mut env, b, &udp(POD_B, 6000, REMOTE1, 3478, b"stun"));
+    // A → B's external port: B never sent to the node's address, so the hairpin is filtered.
+    let out = env.egress(a, &udp(POD_A, 6100, NODE_IP, ext_b, b"hello B"));
+    assert_eq!(out.verdict, TC_ACT_SHOT);
+    assert_eq!(env.counter(Counter::DropNoMapping), 1);
+    let ext_a = env
+        .mapping(ep(POD_A, 6100, UDP))
+        .expect("A's mapping made on the way")
+        .ext_port;
+    // B → A's external port opens B toward the node's address and reaches A, from B's external
+    // address and port (RFC 4787 REQ-9a).
+    let out = env.egress(b, &udp(POD_B, 6000, NODE_IP, ext_a, b"hello A"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_A));
+    assert_eq!(ports(&p), (ext_b, 6100));
+    assert_eq!(p.payload, b"hello A");
+    // Now A → B gets through.
+    let out = env.egress(a, &udp(POD_A, 6100, NODE_IP, ext_b, b"hello B"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_B));
+    assert_eq!(ports(&p), (ext_a, 6000));
+    assert_eq!(env.counter(Counter::SnatHairpin), 2);
+}
+
+#[test]
+fn hairpin_tcp_with_endpoint_independent_filtering() {
+    let mut env = Env::with(Config {
+        flags: podgate_common::node_flags::FILTER_EIF,
+        ..Default::default()
+    });
+    let (a, b) = (env.pod_a, env.pod_b);
+    let (_, ext_b) = snat_ok(&mut env, b, &tcp(POD_B, 8080, REMOTE1, 80, "S", b""));
+    let out = env.egress(a, &tcp(POD_A, 45000, NODE_IP, ext_b, "S", b""));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_B));
+    let ext_a = env.mapping(ep(POD_A, 45000, TCP)).unwrap().ext_port;
+    assert_eq!(ports(&p), (ext_a, 8080));
+    // B's side of the flow is tracked as inbound.
+    let ct = env
+        .ct(flow(POD_B, 8080, NODE_IP, ext_a, TCP))
+        .expect("B's flow");
+    assert_eq!(ct.state, podgate_common::tcp::TcpState::SynIn as u8);
+}
+
+#[test]
+fn node_services_on_the_node_address_are_not_translated() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    for f in [
+        tcp(POD_A, 45001, NODE_IP, 22, "S", b""),
+        udp(POD_A, 45001, NODE_IP, 8080, b"x"),
+        echo_request(POD_A, NODE_IP, 5, 1),
+    ] {
+        let out = env.egress(a, &f);
+        assert_eq!(out.verdict, TC_ACT_OK);
+        assert_eq!(out.packet, f);
+    }
+    assert_eq!(env.counter(Counter::LocalPass), 3);
+    assert!(env.mappings().is_empty());
 }

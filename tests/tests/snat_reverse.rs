@@ -27,12 +27,20 @@ fn run(env: &mut Env, path: Path, frame: &[u8]) -> (bool, Vec<u8>) {
     match path {
         Path::Xdp => {
             let o = env.reverse_xdp(frame);
-            assert!(o.verdict == XDP_PASS || o.verdict == XDP_DROP, "xdp verdict {}", o.verdict);
+            assert!(
+                o.verdict == XDP_PASS || o.verdict == XDP_DROP,
+                "xdp verdict {}",
+                o.verdict
+            );
             (o.verdict == XDP_PASS, o.packet)
         }
         Path::Tc => {
             let o = env.reverse_tc(frame);
-            assert!(o.verdict == TC_ACT_OK || o.verdict == TC_ACT_SHOT, "tc verdict {}", o.verdict);
+            assert!(
+                o.verdict == TC_ACT_OK || o.verdict == TC_ACT_SHOT,
+                "tc verdict {}",
+                o.verdict
+            );
             (o.verdict == TC_ACT_OK, o.packet)
         }
     }
@@ -45,7 +53,11 @@ fn tcp_reply_through_xdp_and_tc() {
         let ext = open(&mut env, &tcp(POD_A, 40000, REMOTE1, 443, "S", b""));
         let e = ep(POD_A, 40000, TCP);
         age_mapping(&mut env, e);
-        let (pass, out) = run(&mut env, path, &tcp(REMOTE1, 443, NODE_IP, ext, "SA", b"hello"));
+        let (pass, out) = run(
+            &mut env,
+            path,
+            &tcp(REMOTE1, 443, NODE_IP, ext, "SA", b"hello"),
+        );
         assert!(pass, "{path:?}");
         let p = parse_checked(&out);
         assert_eq!(p.ip.destination, POD_A);
@@ -55,7 +67,11 @@ fn tcp_reply_through_xdp_and_tc() {
         let ct = env.ct(flow(POD_A, 40000, REMOTE1, 443, TCP)).unwrap();
         assert_eq!(ct.state, TcpState::Established as u8);
         assert_eq!(ct.packets_in, 1);
-        assert_eq!(env.mapping(e).unwrap().last_seen_ns, 1, "inbound never refreshes the mapping");
+        assert_eq!(
+            env.mapping(e).unwrap().last_seen_ns,
+            1,
+            "inbound never refreshes the mapping"
+        );
         assert_eq!(env.counter(Counter::RevNat), 1);
     }
 }
@@ -74,7 +90,12 @@ fn udp_and_echo_replies_through_xdp_and_tc() {
         assert!(pass);
         let p = parse_checked(&out);
         assert_eq!((p.ip.destination, ports(&p).0), (POD_A, 0x77));
-        assert_eq!(env.ct(flow(POD_A, 0x77, REMOTE1, 0, ICMP)).unwrap().packets_in, 1);
+        assert_eq!(
+            env.ct(flow(POD_A, 0x77, REMOTE1, 0, ICMP))
+                .unwrap()
+                .packets_in,
+            1
+        );
         assert_eq!(env.counter(Counter::RevNat), 2, "{path:?}");
     }
 }
@@ -90,7 +111,9 @@ fn udp_reply_without_checksum() {
         let (pass, out) = run(&mut env, path, &f);
         assert!(pass);
         let p = parse_checked(&out);
-        let Some(TransportHeader::Udp(u)) = p.transport else { panic!() };
+        let Some(TransportHeader::Udp(u)) = p.transport else {
+            panic!()
+        };
         assert_eq!(u.checksum, 0);
         assert_eq!(u.destination_port, 5355);
     }
@@ -125,26 +148,41 @@ fn no_mapping_passes_to_the_stack_untouched() {
 
 #[test]
 fn endpoint_independent_filtering_mode() {
-    let mut env = Env::with(Config { flags: podgate_common::node_flags::FILTER_EIF, ..Default::default() });
+    let mut env = Env::with(Config {
+        flags: podgate_common::node_flags::FILTER_EIF,
+        ..Default::default()
+    });
     let ext = open(&mut env, &udp(POD_A, 5000, REMOTE1, 3478, b"q"));
     assert_eq!(env.claim([0; 4], ext, UDP), Some(ep(POD_A, 5000, UDP)));
-    let (pass, out) = run(&mut env, Path::Xdp, &udp(REMOTE2, 9999, NODE_IP, ext, b"hi"));
+    let (pass, out) = run(
+        &mut env,
+        Path::Xdp,
+        &udp(REMOTE2, 9999, NODE_IP, ext, b"hi"),
+    );
     assert!(pass);
     let p = parse_checked(&out);
     assert_eq!((p.ip.destination, ports(&p)), (POD_A, (9999, 5000)));
-    let ct = env.ct(flow(POD_A, 5000, REMOTE2, 9999, UDP)).expect("flow created by inbound");
+    let ct = env
+        .ct(flow(POD_A, 5000, REMOTE2, 9999, UDP))
+        .expect("flow created by inbound");
     assert_eq!((ct.packets_in, ct.packets_out), (1, 0));
 }
 
 /// The embedded packet of a translated ICMP error, parsed and checked.
 fn inner(p: &Parsed) -> (etherparse::Ipv4Header, Vec<u8>) {
     let (h, rest) = etherparse::Ipv4Header::from_slice(&p.payload).expect("embedded IPv4");
-    assert_eq!(h.header_checksum, h.calc_header_checksum(), "embedded IPv4 checksum");
+    assert_eq!(
+        h.header_checksum,
+        h.calc_header_checksum(),
+        "embedded IPv4 checksum"
+    );
     (h, rest.to_vec())
 }
 
 fn icmp_type(p: &Parsed) -> Icmpv4Type {
-    let Some(TransportHeader::Icmpv4(i)) = &p.transport else { panic!("not icmp") };
+    let Some(TransportHeader::Icmpv4(i)) = &p.transport else {
+        panic!("not icmp")
+    };
     i.icmp_type.clone()
 }
 
@@ -156,30 +194,60 @@ fn icmp_errors_are_translated_with_their_inner_packet() {
         // TCP flow; 3/4 quoting the full header and payload, MTU kept, inner TCP checksum valid.
         let syn = tcp(POD_A, 40100, REMOTE1, 443, "S", b"0123456789");
         let out = env.egress(a, &syn).packet;
-        let ext = parse_checked(&out).transport.map(|t| t.tcp().unwrap().source_port).unwrap();
+        let ext = parse_checked(&out)
+            .transport
+            .map(|t| t.tcp().unwrap().source_port)
+            .unwrap();
         let ct_before = env.ct(flow(POD_A, 40100, REMOTE1, 443, TCP)).unwrap();
         let m_before = env.mapping(ep(POD_A, 40100, TCP)).unwrap();
-        let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }), &out, 1000);
+        let err = icmp_error(
+            ROUTER,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1280,
+            }),
+            &out,
+            1000,
+        );
         let (pass, o) = run(&mut env, path, &err);
         assert!(pass);
         let p = parse_checked(&o);
         assert_eq!((p.ip.source, p.ip.destination), (ROUTER, POD_A));
-        assert_eq!(icmp_type(&p), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 }));
+        assert_eq!(
+            icmp_type(&p),
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1280
+            })
+        );
         let (ih, rest) = inner(&p);
         assert_eq!((ih.source, ih.destination), (POD_A, REMOTE1));
         let (th, payload) = etherparse::TcpHeader::from_slice(&rest).unwrap();
         assert_eq!((th.source_port, th.destination_port), (40100, 443));
-        assert_eq!(th.checksum, th.calc_checksum_ipv4(&ih, payload).unwrap(), "embedded TCP checksum");
+        assert_eq!(
+            th.checksum,
+            th.calc_checksum_ipv4(&ih, payload).unwrap(),
+            "embedded TCP checksum"
+        );
         // Errors never refresh or end anything.
-        assert_eq!(env.ct(flow(POD_A, 40100, REMOTE1, 443, TCP)).unwrap(), ct_before);
+        assert_eq!(
+            env.ct(flow(POD_A, 40100, REMOTE1, 443, TCP)).unwrap(),
+            ct_before
+        );
         assert_eq!(env.mapping(ep(POD_A, 40100, TCP)).unwrap(), m_before);
 
         // 3/1 about the same flow quoting only IP + 8 bytes (the TCP checksum is not there).
-        let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &out, 28);
+        let err = icmp_error(
+            ROUTER,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+            &out,
+            28,
+        );
         let (pass, o) = run(&mut env, path, &err);
         assert!(pass);
         let p = parse_checked(&o);
-        assert_eq!(icmp_type(&p), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host));
+        assert_eq!(
+            icmp_type(&p),
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host)
+        );
         let (ih, rest) = inner(&p);
         assert_eq!(ih.source, POD_A);
         assert_eq!(rest.len(), 8);
@@ -187,8 +255,15 @@ fn icmp_errors_are_translated_with_their_inner_packet() {
         let _ = ext;
 
         // 3/3 for a UDP flow, quoting the whole datagram: the inner UDP checksum verifies.
-        let out = env.egress(a, &udp(POD_A, 5400, REMOTE1, 9, b"discard me")).packet;
-        let err = icmp_error(REMOTE1, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &out, 1000);
+        let out = env
+            .egress(a, &udp(POD_A, 5400, REMOTE1, 9, b"discard me"))
+            .packet;
+        let err = icmp_error(
+            REMOTE1,
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+            &out,
+            1000,
+        );
         let (pass, o) = run(&mut env, path, &err);
         assert!(pass);
         let p = parse_checked(&o);
@@ -196,18 +271,34 @@ fn icmp_errors_are_translated_with_their_inner_packet() {
         let (ih, rest) = inner(&p);
         let (uh, payload) = etherparse::UdpHeader::from_slice(&rest).unwrap();
         assert_eq!((uh.source_port, uh.destination_port), (5400, 9));
-        assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&ih, payload).unwrap(), "embedded UDP checksum");
+        assert_eq!(
+            uh.checksum,
+            uh.calc_checksum_ipv4(&ih, payload).unwrap(),
+            "embedded UDP checksum"
+        );
 
         // 11/0 for an echo request: the identifier and the inner ICMP checksum go back.
         let out = env.egress(a, &echo_request(POD_A, REMOTE1, 0x4d, 9)).packet;
-        let err = icmp_error(ROUTER, Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit), &out, 1000);
+        let err = icmp_error(
+            ROUTER,
+            Icmpv4Type::TimeExceeded(etherparse::icmpv4::TimeExceededCode::TtlExceededInTransit),
+            &out,
+            1000,
+        );
         let (pass, o) = run(&mut env, path, &err);
         assert!(pass);
         let p = parse_checked(&o);
         let (_, rest) = inner(&p);
         let (ich, payload) = etherparse::Icmpv4Header::from_slice(&rest).unwrap();
-        assert_eq!(ich.icmp_type, Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 0x4d, seq: 9 }));
-        assert_eq!(ich.checksum, ich.icmp_type.calc_checksum(payload), "embedded ICMP checksum");
+        assert_eq!(
+            ich.icmp_type,
+            Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 0x4d, seq: 9 })
+        );
+        assert_eq!(
+            ich.checksum,
+            ich.icmp_type.calc_checksum(payload),
+            "embedded ICMP checksum"
+        );
         assert_eq!(env.counter(Counter::IcmpErrorTranslated), 4, "{path:?}");
     }
 }
@@ -220,7 +311,12 @@ fn icmp_error_with_embedded_options() {
     let (mut hdr, rest) = etherparse::Ipv4Header::from_slice(&plain[14..]).unwrap();
     hdr.options = (&[0x01u8, 0x01, 0x01, 0x00][..]).try_into().unwrap();
     let out = env.egress(a, &raw_frame(hdr, rest)).packet;
-    let err = icmp_error(REMOTE1, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), &out, 1000);
+    let err = icmp_error(
+        REMOTE1,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        &out,
+        1000,
+    );
     let (pass, o) = run(&mut env, Path::Xdp, &err);
     assert!(pass);
     let p = parse_checked(&o);
@@ -236,20 +332,35 @@ fn icmp_error_without_mapping_is_dropped() {
     let mut env = Env::new();
     // A packet that never went through the NAT.
     let fake = udp(NODE_IP, 45000, REMOTE1, 53, b"x");
-    let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &fake, 28);
+    let err = icmp_error(
+        ROUTER,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+        &fake,
+        28,
+    );
     for path in [Path::Xdp, Path::Tc] {
         let (pass, _) = run(&mut env, path, &err);
         assert!(!pass);
     }
     // One about a packet with another source than the node.
     let other = udp(REMOTE2, 45000, REMOTE1, 53, b"x");
-    let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &other, 28);
+    let err = icmp_error(
+        ROUTER,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+        &other,
+        28,
+    );
     assert!(!run(&mut env, Path::Xdp, &err).0);
     assert_eq!(env.counter(Counter::DropIcmpNoMapping), 3);
     // Embedded header cut short.
     let ext = open(&mut env, &udp(POD_A, 5401, REMOTE1, 53, b"q"));
     let out = udp(NODE_IP, ext, REMOTE1, 53, b"q");
-    let err = icmp_error(ROUTER, Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host), &out, 24);
+    let err = icmp_error(
+        ROUTER,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host),
+        &out,
+        24,
+    );
     assert!(!run(&mut env, Path::Xdp, &err).0);
     assert_eq!(env.counter(Counter::DropMalformed), 1);
 }
@@ -270,7 +381,13 @@ fn inbound_fragments_first_then_rest_and_rest_first() {
         assert!(pass);
         let p1 = parse_checked(&o1);
         assert_eq!(p1.ip.destination, POD_A);
-        let k = FragKey4 { src: REMOTE1, dst: NODE_IP, id: 0x1111, proto: UDP, dir: 1 };
+        let k = FragKey4 {
+            src: REMOTE1,
+            dst: NODE_IP,
+            id: 0x1111,
+            proto: UDP,
+            dir: 1,
+        };
         assert_eq!(env.frag(k).expect("frag4 entry").new_addr, POD_A);
         let (pass, o2) = run(&mut env, path, &rest);
         assert!(pass);
@@ -285,7 +402,11 @@ fn inbound_fragments_first_then_rest_and_rest_first() {
         assert_eq!(u.destination_port, 5500);
         let mut ip = p1.ip.clone();
         ip.more_fragments = false;
-        assert_eq!(u.checksum, u.calc_checksum_ipv4(&ip, payload).unwrap(), "{path:?}");
+        assert_eq!(
+            u.checksum,
+            u.calc_checksum_ipv4(&ip, payload).unwrap(),
+            "{path:?}"
+        );
     }
 }
 
@@ -307,14 +428,26 @@ fn tcp_state_machine_across_both_directions() {
     let a = env.pod_a;
     let f = flow(POD_A, 40200, REMOTE1, 80, TCP);
     let ext = open(&mut env, &tcp(POD_A, 40200, REMOTE1, 80, "S", b""));
-    run(&mut env, Path::Xdp, &tcp(REMOTE1, 80, NODE_IP, ext, "SA", b""));
+    run(
+        &mut env,
+        Path::Xdp,
+        &tcp(REMOTE1, 80, NODE_IP, ext, "SA", b""),
+    );
     assert_eq!(env.ct(f).unwrap().state, TcpState::Established as u8);
     snat_ok(&mut env, a, &tcp(POD_A, 40200, REMOTE1, 80, "FA", b""));
     assert_eq!(env.ct(f).unwrap().state, TcpState::FinOut as u8);
-    run(&mut env, Path::Xdp, &tcp(REMOTE1, 80, NODE_IP, ext, "FA", b""));
+    run(
+        &mut env,
+        Path::Xdp,
+        &tcp(REMOTE1, 80, NODE_IP, ext, "FA", b""),
+    );
     assert_eq!(env.ct(f).unwrap().state, TcpState::FinBoth as u8);
     // An RST is translated and keeps the session (RFC 7857 §2.2).
-    let (pass, o) = run(&mut env, Path::Xdp, &tcp(REMOTE1, 80, NODE_IP, ext, "R", b""));
+    let (pass, o) = run(
+        &mut env,
+        Path::Xdp,
+        &tcp(REMOTE1, 80, NODE_IP, ext, "R", b""),
+    );
     assert!(pass);
     assert_eq!(parse_checked(&o).ip.destination, POD_A);
     assert_eq!(env.ct(f).unwrap().state, TcpState::Rst as u8);
@@ -334,15 +467,20 @@ fn fib_fast_path_redirects_both_ways() {
     assert_eq!(&out.packet[0..6], &[2, 0, 0, 0, 0, 0xfe], "gateway MAC");
     assert_eq!(&out.packet[6..12], &Env::mac("pgup"), "uplink MAC");
     let ext = ports(&p).0;
+    // XDP translates and hands the packet to the stack: an XDP_REDIRECT into a veth would be
+    // dropped unless the pod's end runs XDP or GRO. The TTL is the stack's to decrement.
     let o = env.reverse_xdp(&udp(REMOTE1, 53, NODE_IP, ext, b"back"));
-    assert_eq!(o.verdict, XDP_REDIRECT);
+    assert_eq!(o.verdict, XDP_PASS);
+    let p = parse_checked(&o.packet);
+    assert_eq!((p.ip.destination, p.ip.time_to_live), (POD_A, 64));
+    // TC redirects straight to the pod's veth with the MACs of that hop.
+    let o = env.reverse_tc(&udp(REMOTE1, 53, NODE_IP, ext, b"back"));
+    assert_eq!(o.verdict, TC_ACT_REDIRECT);
     let p = parse_checked(&o.packet);
     assert_eq!((p.ip.destination, p.ip.time_to_live), (POD_A, 63));
     assert_eq!(&o.packet[0..6], &POD_MAC);
     assert_eq!(&o.packet[6..12], &Env::mac("pga"));
-    let o = env.reverse_tc(&udp(REMOTE1, 53, NODE_IP, ext, b"back"));
-    assert_eq!(o.verdict, TC_ACT_REDIRECT);
-    assert_eq!(env.counter(Counter::FibRedirect), 3);
+    assert_eq!(env.counter(Counter::FibRedirect), 2);
     let _ = up;
     // TTL 1 is left to the stack, which answers with Time Exceeded.
     let mut f = udp(POD_A, 5600, REMOTE1, 53, b"ttl");
@@ -351,4 +489,76 @@ fn fib_fast_path_redirects_both_ways() {
     h.time_to_live = 1;
     let out = env.egress(a, &raw_frame(h, rest));
     assert_eq!(out.verdict, TC_ACT_OK);
+    // Too big for the uplink's MTU: left to the stack (fragmentation or 3/4 to the pod).
+    env.set_mtu("pgup", 1280);
+    let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1300]));
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&out.packet).ip.source, NODE_IP);
+    let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1200]));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    // The same toward the pod on the TC reverse path.
+    env.set_mtu("pga", 1280);
+    let o = env.reverse_tc(&udp(REMOTE1, 53, NODE_IP, ext, &[8u8; 1300]));
+    assert_eq!(o.verdict, TC_ACT_OK);
+    assert_eq!(parse_checked(&o.packet).ip.destination, POD_A);
+    let o = env.reverse_tc(&udp(REMOTE1, 53, NODE_IP, ext, &[8u8; 1200]));
+    assert_eq!(o.verdict, TC_ACT_REDIRECT);
+}
+
+#[test]
+fn icmp_error_from_a_pod_is_translated_outbound() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    let ext = open(&mut env, &udp(POD_A, 5700, REMOTE1, 53, b"q"));
+    let (pass, delivered) = run(
+        &mut env,
+        Path::Xdp,
+        &udp(REMOTE1, 53, NODE_IP, ext, b"late answer"),
+    );
+    assert!(pass);
+    let ct_before = env.ct(flow(POD_A, 5700, REMOTE1, 53, UDP)).unwrap();
+    let m_before = env.mapping(ep(POD_A, 5700, UDP)).unwrap();
+    // The pod's socket is gone: its stack answers 3/3 about the packet it received.
+    let err = icmp_error_to(
+        POD_A,
+        REMOTE1,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        &delivered,
+        1000,
+    );
+    let out = env.egress(a, &err);
+    assert_eq!(out.verdict, TC_ACT_OK);
+    let p = parse_checked(&out.packet);
+    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, REMOTE1));
+    assert_eq!(
+        icmp_type(&p),
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+    );
+    let (ih, rest) = inner(&p);
+    assert_eq!((ih.source, ih.destination), (REMOTE1, NODE_IP));
+    let (uh, payload) = etherparse::UdpHeader::from_slice(&rest).unwrap();
+    assert_eq!((uh.source_port, uh.destination_port), (53, ext));
+    assert_eq!(
+        uh.checksum,
+        uh.calc_checksum_ipv4(&ih, payload).unwrap(),
+        "embedded UDP checksum"
+    );
+    // Nothing refreshed (RFC 7857 §7.1).
+    assert_eq!(
+        env.ct(flow(POD_A, 5700, REMOTE1, 53, UDP)).unwrap(),
+        ct_before
+    );
+    assert_eq!(env.mapping(ep(POD_A, 5700, UDP)).unwrap(), m_before);
+    assert_eq!(env.counter(Counter::IcmpErrorTranslated), 1);
+    // About a flow that does not exist: dropped.
+    let stray = udp(REMOTE2, 53, POD_A, 5700, b"x");
+    let err = icmp_error_to(
+        POD_A,
+        REMOTE2,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
+        &stray,
+        1000,
+    );
+    assert_eq!(env.egress(a, &err).verdict, TC_ACT_SHOT);
+    assert_eq!(env.counter(Counter::DropIcmpNoMapping), 1);
 }

@@ -581,6 +581,11 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
         HashMap::try_from(open_map(pins, map_names::PODS_V6)?).map_err(map_err(map_names::PODS_V6))?;
     v6.insert(pod.ipv6, ifindex, 0).map_err(map_err(map_names::PODS_V6))?;
 
+    let v4if = spec.veth_v4.as_deref().unwrap_or(&spec.veth);
+    netif::set_accept_local(v4if).map_err(|source| DataplaneError::Io {
+        path: PathBuf::from(format!("/proc/sys/net/ipv4/conf/{v4if}/accept_local")),
+        source,
+    })?;
     attach_tc(pins, &spec.veth, POD_INGRESS, TcAttachType::Ingress)?;
     attach_tc(pins, &spec.veth, POD_EGRESS, TcAttachType::Egress)?;
     if let Some(v4if) = &spec.veth_v4 {

@@ -10,5 +10,7 @@ pub mod netif;
 pub mod pins;
 pub mod sg_maps;
 
+pub mod sg;
+
 /// The eBPF object built by `build.rs` (BTF included).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/podgate"));

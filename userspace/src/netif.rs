@@ -64,3 +64,11 @@ mod tests {
         assert!(matches!(ifindex("nonexistent0"), Err(NetifError::NoSuchInterface { .. })));
     }
 }
+
+/// Lets `ifname` accept packets whose source is one of this host's addresses. Translated pod
+/// packets carry the node's address from the moment they enter the node; whenever the programs
+/// hand one to the stack (no FIB answer, `forwarding = "stack"`, too big for the next hop) the
+/// input route check would otherwise drop it as a martian.
+pub fn set_accept_local(ifname: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local"), "1")
+}

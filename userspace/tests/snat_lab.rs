@@ -191,3 +191,18 @@ fn snat_on_netlink_tc_filters_and_the_tc_reverse_path() {
     podgate_cli(&lab, &["reset"]);
     assert_eq!(filters(), 0, "reset left a netlink filter behind");
 }
+
+/// `forwarding = "stack"`: translated packets go through the kernel's forwarding instead of a
+/// FIB redirect; the pod veths must accept packets already carrying the node's address.
+#[test]
+fn snat_through_the_kernel_stack_forwarding() {
+    let lab = lab("stack", 1);
+    let cfg = std::fs::read_to_string(lab.config_path()).unwrap();
+    std::fs::write(lab.config_path(), cfg.replacen("[node]\n", "[node]\nforwarding = \"stack\"\n", 1)).unwrap();
+    let _d = podgate(&lab, "podgate.log");
+    for probe in [lab.http(0, Family::V4), lab.udp_echo(0, Family::V4), lab.ping(0, Family::V4)] {
+        assert!(probe.ok, "{probe:?}");
+    }
+    let stats = podgate_cli(&lab, &["stats", "--json"]);
+    assert!(!stats.contains("\"fib_redirect\""), "stack mode must not redirect: {stats}");
+}

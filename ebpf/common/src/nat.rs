@@ -8,6 +8,32 @@
 //! (address-dependent filtering). In endpoint-independent filtering mode the claim is made for
 //! remote 0.0.0.0 instead, which owns the port toward every remote.
 
+//!
+//! How the programs fill these maps (what the daemon's `nat list` / `ct list` / GC can rely on):
+//! - Times (`*_ns`) are `bpf_ktime_get_boot_ns`: compare with `CLOCK_BOOTTIME` ([`CLOCK`]).
+//! - A new flow from a pod: `ct4` lookup by [`Flow4`]; on a miss the endpoint's mapping is looked
+//!   up or created (quota check on `Pod::mappings`, then a random port claimed with
+//!   `BPF_NOEXIST` in `nat4_claim`, then `nat4_map` inserted with `BPF_NOEXIST`, then
+//!   `Pod::mappings += 1` on the `pods` entry of the veth, `Mapping4::pod_ifindex`). The claim
+//!   for the flow's remote is made as needed; if another endpoint already owns the mapping's port
+//!   toward that remote, that one flow gets its own port (`Ct4::ext_port` differs from
+//!   `Mapping4::ext_port`), so always translate and expire by `Ct4::ext_port`.
+//! - `Flow4::remote_port` is 0 for ICMP echo; `pod_port`/`ext_port` are the echo identifier.
+//! - `Ct4::last_seen_ns` is refreshed by both directions, `Mapping4::last_seen_ns` by outbound
+//!   packets only; ICMP errors refresh nothing. `Ct4::state` is a `tcp::TcpState` (TCP only).
+//!   `Ct4::flags` is unused (0). An inbound packet whose claim exists but whose flow does not
+//!   (endpoint-independent filtering, or an evicted entry) recreates the `ct4` entry.
+//! - `frag4` holds inbound first fragments only (`dir` = 1, `new_addr` = the pod address,
+//!   `ifindex` = 0): outbound later fragments need no state (every translated pod datagram
+//!   leaves with the node address). Expire with [`frag_expired`].
+//! - `Pod::mappings` is incremented without an atomic read-modify-write (Rust's `core` has none
+//!   for the BPF target without unstable intrinsics): a cross-CPU race may lose an increment, so
+//!   the GC should recount it from `nat4_map` (by `pod_ifindex`) rather than only decrement.
+//! - Privileged source ports map into `ports::PRIV_PORT_MIN..=PRIV_PORT_MAX` (512..=1023);
+//!   others into `NodeConfig::port_min..=port_max`. The node's own ephemeral ports
+//!   (`net.ipv4.ip_local_port_range`) should not overlap that range: a pod claim toward a remote
+//!   would capture the replies of a node connection from the same port to that remote.
+
 pub mod map_names {
     pub const NAT4_MAP: &str = "nat4_map";
     pub const NAT4_CLAIM: &str = "nat4_claim";
@@ -137,20 +163,21 @@ pub const FRAG_TIMEOUT_NS: u64 = 30 * NS_PER_SEC;
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// The idle timeout of one flow, from its protocol and (for TCP) its `tcp::TcpState`.
-pub const fn ct_timeout_ns(proto: u8, state: u8, t: &crate::Timeouts) -> u64 {
-    let secs = match proto {
-        PROTO_TCP => {
-            if crate::tcp::TcpState::from_u8(state).is_long_lived() {
-                t.tcp_established
-            } else {
-                t.tcp_transitory
-            }
-        }
+/// The configured idle timeout in seconds for a protocol; for TCP, `long` picks the established
+/// timeout over the transitory one.
+const fn timeout_secs(proto: u8, long: bool, t: &crate::Timeouts) -> u32 {
+    match proto {
+        PROTO_TCP if long => t.tcp_established,
+        PROTO_TCP => t.tcp_transitory,
         PROTO_UDP => t.udp,
         _ => t.icmp,
-    };
-    secs as u64 * NS_PER_SEC
+    }
+}
+
+/// The idle timeout of one flow, from its protocol and (for TCP) its `tcp::TcpState`.
+pub const fn ct_timeout_ns(proto: u8, state: u8, t: &crate::Timeouts) -> u64 {
+    let long = crate::tcp::TcpState::from_u8(state).is_long_lived();
+    timeout_secs(proto, long, t) as u64 * NS_PER_SEC
 }
 
 /// Whether the daemon's GC should delete this `ct4` entry. `now_ns` is `CLOCK_BOOTTIME`. An
@@ -162,18 +189,7 @@ pub const fn ct_expired(flow: &Flow4, ct: &Ct4, now_ns: u64, t: &crate::Timeouts
 /// The idle timeout of a mapping: the longest one its protocol can have, because the mapping is
 /// refreshed only by outbound packets (RFC 4787 REQ-6) while a flow may be quiet outbound.
 pub const fn mapping_timeout_ns(proto: u8, t: &crate::Timeouts) -> u64 {
-    let secs = match proto {
-        PROTO_TCP => {
-            if t.tcp_established > t.tcp_transitory {
-                t.tcp_established
-            } else {
-                t.tcp_transitory
-            }
-        }
-        PROTO_UDP => t.udp,
-        _ => t.icmp,
-    };
-    secs as u64 * NS_PER_SEC
+    timeout_secs(proto, t.tcp_established >= t.tcp_transitory, t) as u64 * NS_PER_SEC
 }
 
 /// Whether the GC may delete this `nat4_map` entry. It must also check that no live `ct4` entry
@@ -185,8 +201,16 @@ pub const fn mapping_timeout_ns(proto: u8, t: &crate::Timeouts) -> u64 {
 /// endpoint uses that remote and port; then, when `mapping_expired`, delete the mapping (and its
 /// 0.0.0.0 claim if it points at this endpoint) and decrement `Pod::mappings` of
 /// `Mapping4::pod_ifindex` (saturating).
-pub const fn mapping_expired(ep: &Endpoint4, m: &Mapping4, live_flows: u32, now_ns: u64, t: &crate::Timeouts) -> bool {
-    live_flows == 0 && now_ns > m.last_seen_ns && now_ns - m.last_seen_ns > mapping_timeout_ns(ep.proto, t)
+pub const fn mapping_expired(
+    ep: &Endpoint4,
+    m: &Mapping4,
+    live_flows: u32,
+    now_ns: u64,
+    t: &crate::Timeouts,
+) -> bool {
+    live_flows == 0
+        && now_ns > m.last_seen_ns
+        && now_ns - m.last_seen_ns > mapping_timeout_ns(ep.proto, t)
 }
 
 /// Whether the GC may delete this `frag4` entry.
@@ -202,11 +226,18 @@ mod tests {
     const S: u64 = NS_PER_SEC;
 
     fn flow(proto: u8) -> Flow4 {
-        Flow4 { proto, ..Default::default() }
+        Flow4 {
+            proto,
+            ..Default::default()
+        }
     }
 
     fn ct(state: TcpState, last: u64) -> Ct4 {
-        Ct4 { state: state as u8, last_seen_ns: last, ..Default::default() }
+        Ct4 {
+            state: state as u8,
+            last_seen_ns: last,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -225,19 +256,69 @@ mod tests {
         let t = Timeouts::default();
         let base = 1_000 * S;
         // UDP idle 119 s and 299 s: alive; 301 s: gone.
-        assert!(!ct_expired(&flow(PROTO_UDP), &ct(TcpState::None, base), base + 299 * S, &t));
-        assert!(ct_expired(&flow(PROTO_UDP), &ct(TcpState::None, base), base + 301 * S, &t));
+        assert!(!ct_expired(
+            &flow(PROTO_UDP),
+            &ct(TcpState::None, base),
+            base + 299 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &flow(PROTO_UDP),
+            &ct(TcpState::None, base),
+            base + 301 * S,
+            &t
+        ));
         // ICMP query: 59 s alive, 61 s gone.
-        assert!(!ct_expired(&flow(PROTO_ICMP), &ct(TcpState::None, base), base + 59 * S, &t));
-        assert!(ct_expired(&flow(PROTO_ICMP), &ct(TcpState::None, base), base + 61 * S, &t));
+        assert!(!ct_expired(
+            &flow(PROTO_ICMP),
+            &ct(TcpState::None, base),
+            base + 59 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &flow(PROTO_ICMP),
+            &ct(TcpState::None, base),
+            base + 61 * S,
+            &t
+        ));
         // TCP established survives 2 h 4 min, a reset one only 4 min.
         let tcp = flow(PROTO_TCP);
-        assert!(!ct_expired(&tcp, &ct(TcpState::Established, base), base + 7440 * S, &t));
-        assert!(ct_expired(&tcp, &ct(TcpState::Established, base), base + 7441 * S, &t));
-        assert!(!ct_expired(&tcp, &ct(TcpState::Rst, base), base + 239 * S, &t));
-        assert!(ct_expired(&tcp, &ct(TcpState::Rst, base), base + 241 * S, &t));
-        assert!(ct_expired(&tcp, &ct(TcpState::FinBoth, base), base + 241 * S, &t));
-        assert!(!ct_expired(&tcp, &ct(TcpState::FinOut, base), base + 241 * S, &t));
+        assert!(!ct_expired(
+            &tcp,
+            &ct(TcpState::Established, base),
+            base + 7440 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &tcp,
+            &ct(TcpState::Established, base),
+            base + 7441 * S,
+            &t
+        ));
+        assert!(!ct_expired(
+            &tcp,
+            &ct(TcpState::Rst, base),
+            base + 239 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &tcp,
+            &ct(TcpState::Rst, base),
+            base + 241 * S,
+            &t
+        ));
+        assert!(ct_expired(
+            &tcp,
+            &ct(TcpState::FinBoth, base),
+            base + 241 * S,
+            &t
+        ));
+        assert!(!ct_expired(
+            &tcp,
+            &ct(TcpState::FinOut, base),
+            base + 241 * S,
+            &t
+        ));
         // A stamp from the future never expires.
         assert!(!ct_expired(&tcp, &ct(TcpState::SynOut, base + S), base, &t));
     }
@@ -245,18 +326,30 @@ mod tests {
     #[test]
     fn mapping_lives_while_a_flow_does() {
         let t = Timeouts::default();
-        let ep = Endpoint4 { proto: PROTO_UDP, ..Default::default() };
-        let m = Mapping4 { last_seen_ns: S, ..Default::default() };
+        let ep = Endpoint4 {
+            proto: PROTO_UDP,
+            ..Default::default()
+        };
+        let m = Mapping4 {
+            last_seen_ns: S,
+            ..Default::default()
+        };
         assert!(!mapping_expired(&ep, &m, 1, 10_000 * S, &t));
         assert!(mapping_expired(&ep, &m, 0, 10_000 * S, &t));
         assert!(!mapping_expired(&ep, &m, 0, 300 * S, &t));
-        let tcp = Endpoint4 { proto: PROTO_TCP, ..Default::default() };
+        let tcp = Endpoint4 {
+            proto: PROTO_TCP,
+            ..Default::default()
+        };
         assert!(!mapping_expired(&tcp, &m, 0, 7000 * S, &t));
     }
 
     #[test]
     fn frag_expiry() {
-        let v = FragVal4 { seen_ns: S, ..Default::default() };
+        let v = FragVal4 {
+            seen_ns: S,
+            ..Default::default()
+        };
         assert!(!frag_expired(&v, 30 * S));
         assert!(frag_expired(&v, 32 * S));
     }

@@ -56,6 +56,13 @@ pub const fn next_same_parity(p: u16, lo: u16, hi: u16) -> u16 {
     if first > hi { p } else { first }
 }
 
+/// Whether `port` is one the NAT hands out (either range): a pod sending to the node's address
+/// on such a port is hairpinning toward another pod's mapping, not talking to a node service.
+#[inline(always)]
+pub const fn is_snat_port(port: u16, port_min: u16, port_max: u16) -> bool {
+    (port >= PRIV_PORT_MIN && port <= PRIV_PORT_MAX) || (port >= port_min && port <= port_max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +115,23 @@ mod tests {
             }
             let want = (lo..=hi).filter(|q| q % 2 == start % 2).count();
             assert_eq!(seen.len(), want, "{lo}-{hi} from {start}");
+        }
+    }
+
+    #[test]
+    fn snat_ports() {
+        assert!(is_snat_port(40000, 32768, 65535));
+        assert!(is_snat_port(600, 32768, 65535));
+        assert!(!is_snat_port(22, 32768, 65535));
+        assert!(!is_snat_port(8080, 32768, 65535));
+        assert!(!is_snat_port(32767, 32768, 65535));
+    }
+
+    proptest! {
+        #[test]
+        fn candidates_are_snat_ports(src in any::<u16>(), rand in any::<u32>(), min in 1024u16..60000, len in 0u16..5000) {
+            let max = min.saturating_add(len);
+            prop_assert!(is_snat_port(candidate(src, rand, min, max), min, max));
         }
     }
 

@@ -1,1 +1,385 @@
-//! IPv6 security-group map ABI. (Filled in by the security-group work.)
+//! IPv6 security groups: map ABI and the pure matching logic shared by the programs and the
+//! userspace rule compiler.
+//!
+//! # Rule maps
+//! `sg_rules` is an LPM trie keyed by (group, generation, direction, remote prefix). Longest-prefix
+//! match returns only the most specific prefix, so the compiler stores in every entry the union of
+//! all rules of that group and direction whose prefix *contains* the entry's prefix. The entry
+//! points at a run of [`SgRange`]s in the `sg_ranges` array: disjoint, sorted intervals over a
+//! 24-bit [`match_key`] (protocol, port or ICMPv6 type/code). A packet therefore costs one LPM
+//! lookup per group of its pod (at most [`crate::MAX_POD_GROUPS`]) plus a bounded binary search,
+//! whatever the number of rules.
+//!
+//! Rule changes are written under the generation that is not live (its own half of `sg_ranges`
+//! and its own LPM keys), then `sg_gen` is flipped with one array write, so a packet sees either
+//! the old or the new rule set, never a mix.
+//!
+//! # State
+//! `ct6` tracks flows as seen from the pod, so that the request and its reply share one key.
+//! `frag6` remembers the verdict of a first fragment for the fragments that follow it.
+
+pub mod exthdr;
+
+pub mod map_names {
+    pub const SG_RULES: &str = "sg_rules";
+    pub const SG_RANGES: &str = "sg_ranges";
+    pub const SG_GEN: &str = "sg_gen";
+    pub const CT6: &str = "ct6";
+    pub const FRAG6: &str = "frag6";
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Direction of a rule, seen from the pod.
+pub const DIR_INGRESS: u8 = 0;
+pub const DIR_EGRESS: u8 = 1;
+
+/// Two generations of rules: the live one and the one being written.
+pub const SG_GENERATIONS: u32 = 2;
+/// Size of one generation's half of `sg_ranges`.
+pub const SG_RANGES_PER_GEN: u32 = 65536;
+/// Entries of the `sg_rules` trie (both generations).
+pub const SG_RULES_MAX: u32 = 131072;
+/// Iterations of the binary search over one entry's ranges: 2^17 > `SG_RANGES_PER_GEN`.
+pub const SG_SEARCH_STEPS: u32 = 17;
+/// Bits of [`SgKey`] before the remote address; the LPM prefix length is this plus the remote
+/// prefix length.
+pub const SG_KEY_FIXED_BITS: u32 = 64;
+
+/// Rule id reported in events when no rule is involved.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// Data part of an `sg_rules` LPM key. Every field before `addr` is always matched in full.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SgKey {
+    /// Group id, big endian so that the trie's bit order is the numeric order.
+    pub group: [u8; 4],
+    pub generation: u8,
+    pub dir: u8,
+    pub _pad: [u8; 2],
+    /// Remote address (network order); the prefix covers its first `prefix_len - 64` bits.
+    pub addr: [u8; 16],
+}
+
+impl SgKey {
+    pub const fn new(group: u32, generation: u8, dir: u8, addr: [u8; 16]) -> Self {
+        Self { group: group.to_be_bytes(), generation, dir, _pad: [0; 2], addr }
+    }
+}
+
+/// Value of `sg_rules`: the ranges `base .. base + count` of `sg_ranges`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SgEntry {
+    pub base: u32,
+    pub count: u32,
+}
+
+/// One interval of allowed [`match_key`]s, with the id of the (first) rule that allows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SgRange {
+    pub lo: u32,
+    pub hi: u32,
+    pub rule: u32,
+}
+
+/// The key a packet is matched on: protocol in bits 16..24, then the destination port (TCP, UDP,
+/// SCTP) or ICMPv6 type and code; 0 for other protocols.
+#[inline(always)]
+pub const fn match_key(proto: u8, dport: u16, icmp_type: u8, icmp_code: u8) -> u32 {
+    let low = match proto {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => dport as u32,
+        PROTO_ICMPV6 => ((icmp_type as u32) << 8) | icmp_code as u32,
+        _ => 0,
+    };
+    ((proto as u32) << 16) | low
+}
+
+/// Whether a protocol's rules may carry a port range.
+pub const fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+}
+
+/// Bounded binary search over `count` disjoint sorted ranges read through `get` (relative index).
+/// Returns the rule id of the range containing `key`.
+///
+/// `opaque` is the identity on the host; in the programs it hides a value's known bounds from the
+/// verifier, so that the states of every step look alike and get pruned instead of multiplying
+/// (2^steps paths otherwise).
+#[inline(always)]
+pub fn find_range(
+    count: u32,
+    key: u32,
+    get: impl Fn(u32) -> Option<SgRange>,
+    opaque: impl Fn(u32) -> Option<u32>,
+) -> Option<u32> {
+    let mut lo = 0u32;
+    let mut hi = count;
+    let mut i = 0;
+    while i < SG_SEARCH_STEPS {
+        lo = opaque(lo)?;
+        hi = opaque(hi)?;
+        if lo >= hi || hi > SG_RANGES_PER_GEN {
+            return None;
+        }
+        let mid = lo + (hi - lo) / 2;
+        let r = get(mid)?;
+        if r.lo <= key {
+            if key <= r.hi {
+                return Some(r.rule);
+            }
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// ICMPv6 types that always pass: MLD (130-132, 143) and NDP (133-137).
+#[inline(always)]
+pub const fn is_ndp_or_mld(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=137 | 143)
+}
+
+/// ICMPv6 error messages (destination unreachable, packet too big, time exceeded, parameter
+/// problem): they pass when the packet they carry belongs to a tracked flow.
+#[inline(always)]
+pub const fn is_icmp_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 1..=4)
+}
+
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// Source addresses a pod may use besides its /128: link-local (fe80::/10) and the unspecified
+/// address (duplicate address detection).
+#[inline(always)]
+pub fn is_linklocal_or_unspecified(a: &[u8; 16]) -> bool {
+    (a[0] == 0xfe && (a[1] & 0xc0) == 0x80) || *a == [0u8; 16]
+}
+
+#[inline(always)]
+pub fn is_multicast(a: &[u8; 16]) -> bool {
+    a[0] == 0xff
+}
+
+/// Whether `a` lies in the /80 `prefix`.
+#[inline(always)]
+pub fn in_prefix80(a: &[u8; 16], prefix: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if a[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Key of `ct6`: a flow as seen from the pod, the same for both directions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Flow6 {
+    pub pod_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    /// For ICMPv6 echo, the identifier is the pod port and the remote port is 0.
+    pub pod_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl Flow6 {
+    /// The tracked flow of a packet, or `None` for ICMPv6 messages that do not open flows
+    /// (everything but echo). `pod_is_src`: the pod sent the packet. For ICMPv6 echo, `sport`
+    /// is the identifier, used as the pod port in both directions so that request and reply
+    /// meet.
+    #[inline(always)]
+    pub fn of_packet(
+        proto: u8,
+        pod_addr: [u8; 16],
+        remote_addr: [u8; 16],
+        pod_is_src: bool,
+        sport: u16,
+        dport: u16,
+        icmp_type: u8,
+    ) -> Option<Self> {
+        let (pod_port, remote_port) = match proto {
+            PROTO_ICMPV6 => match icmp_type {
+                ICMPV6_ECHO_REQUEST | ICMPV6_ECHO_REPLY => (sport, 0),
+                _ => return None,
+            },
+            PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+                if pod_is_src { (sport, dport) } else { (dport, sport) }
+            }
+            _ => (0, 0),
+        };
+        Some(Self { pod_addr, remote_addr, pod_port, remote_port, proto, _pad: [0; 3] })
+    }
+}
+
+/// `Ct6::flags` bits.
+pub mod ct6_flags {
+    pub const SEEN_REPLY: u8 = 1 << 0;
+    pub const TCP_FIN: u8 = 1 << 1;
+    pub const TCP_RST: u8 = 1 << 2;
+}
+
+/// Value of `ct6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ct6 {
+    /// Who opened the flow: `DIR_EGRESS` (the pod) or `DIR_INGRESS` (the remote).
+    pub origin: u8,
+    pub flags: u8,
+    pub _pad: u16,
+    /// The rule that allowed the flow, or `NO_RULE` (pod without groups, egress).
+    pub rule: u32,
+    /// `pods` key (veth ifindex) of the pod, so that userspace can re-check the flow against new
+    /// rules (`sg apply --cut`).
+    pub pod_ifindex: u32,
+    pub pod_id: u32,
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets_out: u64,
+    pub packets_in: u64,
+}
+
+/// Key of `frag6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub id: u32,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `frag6`: the first fragment's verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragVal6 {
+    /// 1: allowed, 0: denied.
+    pub allow: u8,
+    pub proto: u8,
+    /// Bytes of the fragmentable part that the first fragment's headers cover: a later fragment
+    /// starting before this would overwrite them (RFC 1858 / RFC 5722 overlap attack).
+    pub hdr_end: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub seen_ns: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: #[repr(C)], Copy, explicit padding only.
+    unsafe impl aya::Pod for super::SgKey {}
+    unsafe impl aya::Pod for super::SgEntry {}
+    unsafe impl aya::Pod for super::SgRange {}
+    unsafe impl aya::Pod for super::Flow6 {}
+    unsafe impl aya::Pod for super::Ct6 {}
+    unsafe impl aya::Pod for super::FragKey6 {}
+    unsafe impl aya::Pod for super::FragVal6 {}
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<SgKey>() == 24);
+    assert!(core::mem::size_of::<SgEntry>() == 8);
+    assert!(core::mem::size_of::<SgRange>() == 12);
+    assert!(core::mem::size_of::<Flow6>() == 40);
+    assert!(core::mem::size_of::<Ct6>() == 48);
+    assert!(core::mem::size_of::<FragKey6>() == 40);
+    assert!(core::mem::size_of::<FragVal6>() == 16);
+};
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn search(ranges: &[SgRange], key: u32) -> Option<u32> {
+        find_range(ranges.len() as u32, key, |i| ranges.get(i as usize).copied(), Some)
+    }
+
+    #[test]
+    fn match_keys() {
+        assert_eq!(match_key(PROTO_TCP, 443, 0, 0), (6 << 16) | 443);
+        assert_eq!(match_key(PROTO_ICMPV6, 0, 128, 0), (58 << 16) | (128 << 8));
+        assert_eq!(match_key(47, 1234, 0, 0), 47 << 16);
+    }
+
+    #[test]
+    fn request_and_reply_share_a_flow() {
+        let (pod, remote) = ([1u8; 16], [2u8; 16]);
+        let out = Flow6::of_packet(PROTO_TCP, pod, remote, true, 40000, 443, 0);
+        let back = Flow6::of_packet(PROTO_TCP, pod, remote, false, 443, 40000, 0);
+        assert_eq!(out, back);
+        assert_eq!(out.unwrap().pod_port, 40000);
+        let req = Flow6::of_packet(PROTO_ICMPV6, pod, remote, false, 77, 0, ICMPV6_ECHO_REQUEST);
+        let rep = Flow6::of_packet(PROTO_ICMPV6, pod, remote, true, 77, 0, ICMPV6_ECHO_REPLY);
+        assert_eq!(req, rep);
+        assert!(Flow6::of_packet(PROTO_ICMPV6, pod, remote, true, 0, 0, 135).is_none());
+        assert_eq!(Flow6::of_packet(47, pod, remote, true, 1, 2, 0).unwrap().pod_port, 0);
+    }
+
+    #[test]
+    fn special_addresses() {
+        let mut ll = [0u8; 16];
+        ll[0] = 0xfe;
+        ll[1] = 0x80;
+        assert!(is_linklocal_or_unspecified(&ll));
+        ll[1] = 0xbf;
+        assert!(is_linklocal_or_unspecified(&ll));
+        ll[1] = 0xc0; // fec0::/10, site-local: not allowed
+        assert!(!is_linklocal_or_unspecified(&ll));
+        assert!(is_linklocal_or_unspecified(&[0; 16]));
+        let p = [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        let mut a = p;
+        a[15] = 9;
+        assert!(in_prefix80(&a, &p));
+        a[9] = 2;
+        assert!(!in_prefix80(&a, &p));
+    }
+
+    proptest! {
+        /// The bounded binary search agrees with a linear scan on any set of disjoint ranges,
+        /// including the largest one a generation can hold.
+        #[test]
+        fn search_matches_linear(mut bounds in proptest::collection::btree_set(0u32..0x00ff_ffff, 0..400), key in 0u32..0x0100_0000, tail in any::<bool>()) {
+            let b: std::vec::Vec<u32> = core::mem::take(&mut bounds).into_iter().collect();
+            let mut ranges: std::vec::Vec<SgRange> = b.chunks(2).filter(|c| c.len() == 2)
+                .enumerate().map(|(i, c)| SgRange { lo: c[0], hi: c[1], rule: i as u32 }).collect();
+            if tail && !ranges.is_empty() {
+                // Ranges of one point.
+                for r in ranges.iter_mut().step_by(3) { r.hi = r.lo; }
+            }
+            let linear = ranges.iter().find(|r| r.lo <= key && key <= r.hi).map(|r| r.rule);
+            prop_assert_eq!(search(&ranges, key), linear);
+            for r in &ranges {
+                prop_assert_eq!(search(&ranges, r.lo), Some(r.rule));
+                prop_assert_eq!(search(&ranges, r.hi), Some(r.rule));
+            }
+        }
+    }
+
+    #[test]
+    fn search_full_generation() {
+        let ranges: std::vec::Vec<SgRange> = (0..SG_RANGES_PER_GEN)
+            .map(|i| SgRange { lo: i * 4, hi: i * 4 + 1, rule: i })
+            .collect();
+        for i in [0, 1, 2, 1000, SG_RANGES_PER_GEN - 1] {
+            assert_eq!(search(&ranges, i * 4 + 1), Some(i));
+            assert_eq!(search(&ranges, i * 4 + 2), None);
+        }
+    }
+}

@@ -75,8 +75,11 @@ counters! {
     DropTinyFragment = 49 => "drop_tiny_fragment",
     DropInternalError = 50 => "drop_internal_error",
     DropUnknownPod = 51 => "drop_unknown_pod",
-    // A pod reached another pod through the node's external address:port (RFC 4787 REQ-9).
-    Hairpin = 52 => "hairpin",
+    // Added by the SNAT work (verdict).
+    SnatHairpin = 52 => "snat_hairpin",
+    // IPv6 security groups.
+    // A non-first fragment that would overwrite the headers its first fragment was judged on.
+    DropFragOverlap = 53 => "drop_frag_overlap",
 }
 
 /// Size of the `stats` array.

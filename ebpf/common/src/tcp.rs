@@ -42,7 +42,10 @@ impl TcpState {
     /// Whether the long (established) idle timeout applies. Half-closed sessions keep it, as in
     /// RFC 6146: one side may still stream data for hours.
     pub const fn is_long_lived(self) -> bool {
-        matches!(self, TcpState::Established | TcpState::FinOut | TcpState::FinIn)
+        matches!(
+            self,
+            TcpState::Established | TcpState::FinOut | TcpState::FinIn
+        )
     }
 
     pub const fn name(self) -> &'static str {
@@ -196,6 +199,9 @@ mod tests {
         assert_eq!(run(&[(Out, ACK)]), SynOut);
         assert_eq!(run(&[(Out, ACK), (Out, ACK)]), SynOut);
         assert_eq!(run(&[(In, ACK), (In, ACK)]), SynIn);
+        // A flow picked up mid-stream (state lost) is established once both sides spoke.
+        assert_eq!(run(&[(Out, ACK), (In, ACK)]), Established);
+        assert_eq!(run(&[(In, ACK), (Out, ACK)]), Established);
     }
 
     proptest! {

@@ -48,3 +48,32 @@ pub static CT4: LruHashMap<Flow4, Ct4, 1048576> = LruHashMap::new();
 
 #[btf_map(name = "frag4")]
 pub static FRAG4: LruHashMap<FragKey4, FragVal4, 8192> = LruHashMap::new();
+
+// IPv6 security groups (podgate_common::sg explains the layout).
+use aya_ebpf::btf_maps::LpmTrie;
+use podgate_common::sg::{
+    Ct6, Flow6, FragKey6, FragVal6, SG_GENERATIONS, SG_RANGES_PER_GEN, SG_RULES_MAX, SgEntry,
+    SgKey, SgRange,
+};
+
+#[btf_map(name = "sg_rules")]
+pub static SG_RULES: LpmTrie<SgKey, SgEntry, { SG_RULES_MAX as usize }> = LpmTrie::new();
+
+#[btf_map(name = "sg_ranges")]
+pub static SG_RANGES: Array<SgRange, { (SG_RANGES_PER_GEN * SG_GENERATIONS) as usize }> =
+    Array::new();
+
+/// The live generation of `sg_rules` / `sg_ranges` (0 or 1).
+#[btf_map(name = "sg_gen")]
+pub static SG_GEN: Array<u32, 1> = Array::new();
+
+#[btf_map(name = "ct6")]
+pub static CT6: LruHashMap<Flow6, Ct6, 262144> = LruHashMap::new();
+
+#[btf_map(name = "frag6")]
+pub static FRAG6: LruHashMap<FragKey6, FragVal6, 8192> = LruHashMap::new();
+
+/// A per-CPU word the security-group code writes and reads back to hide a value's bounds from
+/// the verifier (`sg::opaque`).
+#[btf_map(name = "sg_scratch")]
+pub static SG_SCRATCH: PerCpuArray<u32, 1> = PerCpuArray::new();

@@ -1,17 +1,285 @@
-//! IPv6 security groups. Not built yet: IPv6 passes and is counted as such.
+//! IPv6 security groups: anti-spoofing and stateful allow rules per pod, enforced on the pod's
+//! veth; an early drop of denied inbound traffic at the uplink XDP.
+//!
+//! Order of checks for one packet: anti-spoofing (pod egress) → extension-header walk (failures
+//! are counted drops) → non-first fragments follow their first fragment → NDP/MLD pass → ICMPv6
+//! errors quoting a tracked flow pass → a tracked flow passes → the rules of the pod's groups
+//! decide, and an allowed flow becomes tracked.
+mod parse;
+mod policy;
+
 use aya_ebpf::programs::{TcContext, XdpContext};
-use podgate_common::stats::Counter;
+use podgate_common::{
+    Event, Pod,
+    sg::{
+        Ct6, DIR_EGRESS, DIR_INGRESS, Flow6, FragKey6, FragVal6, NO_RULE, PROTO_ICMPV6,
+        ct6_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error, is_linklocal_or_unspecified,
+        is_ndp_or_mld, match_key,
+    },
+    stats::Counter,
+};
 
-use crate::verdict::Verdict;
+use crate::{
+    maps::{CT6, FRAG6, NODE, PODS, PODS_V6, SG_SCRATCH},
+    packet::{ETH_HLEN, Packet},
+    verdict::{Verdict, emit_drop},
+};
+use parse::{Buf, Header, L4};
 
-pub fn pod_egress_v6(_ctx: &TcContext) -> Result<Verdict, Counter> {
-    Ok(Verdict::Pass(Counter::NotOurs))
+/// What the pod sends (TC ingress of its host veth).
+#[inline(always)]
+pub fn pod_egress_v6(ctx: &TcContext) -> Result<Verdict, Counter> {
+    pull(ctx);
+    let pod = pod_of(ctx)?;
+    let h = parse::header(ctx, ctx.len() as usize)?;
+    if h.src != pod.ipv6 && !is_linklocal_or_unspecified(&h.src) {
+        return deny(Counter::DropSpoofV6, pod.id, &h, 0, &L4::default(), NO_RULE);
+    }
+    judge(ctx, pod, &h, DIR_EGRESS, true)
 }
 
-pub fn pod_ingress_v6(_ctx: &TcContext) -> Result<Verdict, Counter> {
-    Ok(Verdict::Pass(Counter::NotOurs))
+/// What is delivered to the pod (TC egress of its host veth): the enforcement point.
+#[inline(always)]
+pub fn pod_ingress_v6(ctx: &TcContext) -> Result<Verdict, Counter> {
+    pull(ctx);
+    let pod = pod_of(ctx)?;
+    let h = parse::header(ctx, ctx.len() as usize)?;
+    judge(ctx, pod, &h, DIR_INGRESS, true)
 }
 
-pub fn uplink_v6_xdp(_ctx: &XdpContext) -> Result<Verdict, Counter> {
-    Ok(Verdict::Pass(Counter::NotOurs))
+/// Inbound IPv6 at the uplink: drops early what the pod's ingress rules would drop anyway, and
+/// passes the rest to the stack without creating state (the veth creates it).
+#[inline(always)]
+pub fn uplink_v6_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
+    let h = parse::header(ctx, ctx.end() - ctx.start())?;
+    let node = NODE.get(0).ok_or(Counter::DropInternalError)?;
+    if !in_prefix80(&h.dst, &node.pod_prefix) {
+        return Ok(Verdict::Pass(Counter::NotOurs));
+    }
+    // SAFETY: the values are plain data; a concurrent update is at worst read torn, and the veth
+    // enforcement point decides again.
+    let Some(&ifindex) = (unsafe { PODS_V6.get(&h.dst) }) else {
+        return Ok(Verdict::Pass(Counter::NotOurs));
+    };
+    let Some(pod) = (unsafe { PODS.get(ifindex) }) else {
+        return Ok(Verdict::Pass(Counter::NotOurs));
+    };
+    judge(ctx, pod, &h, DIR_INGRESS, false)
+}
+
+/// `v`, with everything the verifier knows about it forgotten: a round trip through map memory.
+/// Bounded loops whose paths carry slightly different offsets would otherwise be verified once
+/// per combination of paths; after this, their states compare equal and get pruned.
+#[inline(always)]
+pub fn opaque(v: u32) -> Option<u32> {
+    let p = SG_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot, used only between these two accesses.
+    unsafe {
+        core::ptr::write_volatile(p, v);
+        Some(core::ptr::read_volatile(p))
+    }
+}
+
+/// Makes the headers that the walk may read linear (GSO and paged skbs).
+#[inline(always)]
+fn pull(ctx: &TcContext) {
+    let len = ctx.len() as usize;
+    let want = if len < parse::PULL_LEN { len } else { parse::PULL_LEN };
+    if ctx.data_end() - ctx.data() < want {
+        // A failed pull leaves the packet short; the bounds checks then drop it as malformed.
+        let _ = ctx.pull_data(want as u32);
+    }
+}
+
+#[inline(always)]
+fn pod_of(ctx: &TcContext) -> Result<&'static Pod, Counter> {
+    // SAFETY: reading the skb's ifindex field.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: see uplink_v6_xdp.
+    unsafe { PODS.get(ifindex) }.ok_or(Counter::DropUnknownPod)
+}
+
+/// The verdict for a packet of `pod`. `enforce`: the veth programs, which create and refresh
+/// state; the uplink only reads it.
+#[inline(always)]
+fn judge<C: Packet>(
+    ctx: &C,
+    pod: &Pod,
+    h: &Header,
+    dir: u8,
+    enforce: bool,
+) -> Result<Verdict, Counter> {
+    let egress = dir == DIR_EGRESS;
+    let (pod_addr, remote) = if egress { (h.src, h.dst) } else { (h.dst, h.src) };
+    let denied = if egress { Counter::DropSg6Egress } else { Counter::DropSg6Ingress };
+    let pass = |c: Counter| Ok(Verdict::Pass(if enforce { c } else { Counter::Pass }));
+    let buf = Buf(ctx);
+    let mut up = match exthdr::walk(&buf, ETH_HLEN, h.end) {
+        Ok(u) => u,
+        Err(c) => return deny(c, pod.id, h, 0, &L4::default(), NO_RULE),
+    };
+    // Every path out of the walk leaves with its own offset bounds; forget them so that the rest
+    // is verified once per kind of packet, not once per header chain.
+    up.off = opaque(up.off as u32).ok_or(Counter::DropInternalError)? as usize;
+    if up.off > ETH_HLEN + 40 + exthdr::MAX_CHAIN_BYTES + 8 {
+        return Err(Counter::DropExtHdrChain);
+    }
+    if let Frag::NonFirst { id, offset } = up.frag {
+        let key = FragKey6 { src: h.src, dst: h.dst, id, dir, _pad: [0; 3] };
+        // SAFETY: plain data.
+        let Some(rec) = (unsafe { FRAG6.get(&key) }) else {
+            if !enforce {
+                // The first fragment may still be on its way to the veth, which decides.
+                return Ok(Verdict::Pass(Counter::Pass));
+            }
+            return deny(Counter::DropFragOrphan, pod.id, h, up.proto, &L4::default(), NO_RULE);
+        };
+        let l = L4 { sport: rec.sport, dport: rec.dport, ..L4::default() };
+        if offset < rec.hdr_end {
+            return deny(Counter::DropFragOverlap, pod.id, h, rec.proto, &l, NO_RULE);
+        }
+        if rec.allow == 0 {
+            return deny(denied, pod.id, h, rec.proto, &l, NO_RULE);
+        }
+        return pass(Counter::Sg6Allowed);
+    }
+    let l4 = parse::l4(&buf, up.proto, up.off)?;
+    if up.proto == PROTO_ICMPV6 {
+        if is_ndp_or_mld(l4.icmp_type) {
+            return pass(Counter::Sg6NdpPass);
+        }
+        if is_icmp_error(l4.icmp_type) && related(&buf, up.off + 8, h.end, egress, &pod_addr) {
+            return pass(Counter::Sg6Tracked);
+        }
+    }
+    let flow = Flow6::of_packet(up.proto, pod_addr, remote, egress, l4.sport, l4.dport, l4.icmp_type);
+    if let Some(f) = &flow {
+        if let Some(ct) = CT6.get_ptr_mut(f) {
+            if enforce {
+                // SAFETY: an LRU value; racing updates only lose a count or a timestamp.
+                unsafe { refresh(&mut *ct, egress, l4.tcp_flags) };
+                record_first_fragment(&up.frag, h, dir, up.proto, &l4, true);
+            }
+            return pass(Counter::Sg6Tracked);
+        }
+    }
+    let key = match_key(up.proto, l4.dport, l4.icmp_type, l4.icmp_code);
+    let rule = if pod.group_count == 0 {
+        // AWS defaults: a pod without groups may send anything and receive nothing unsolicited.
+        if egress { Some(NO_RULE) } else { None }
+    } else {
+        policy::lookup(pod, dir, &remote, key)
+    };
+    if enforce {
+        record_first_fragment(&up.frag, h, dir, up.proto, &l4, rule.is_some());
+    }
+    let Some(rule) = rule else {
+        return deny(denied, pod.id, h, up.proto, &l4, NO_RULE);
+    };
+    if enforce {
+        if let Some(f) = &flow {
+            // SAFETY: plain helper call.
+            let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+            let mut ct = Ct6 {
+                origin: dir,
+                flags: 0,
+                _pad: 0,
+                rule,
+                pod_ifindex: pod.ifindex,
+                pod_id: pod.id,
+                created_ns: now,
+                last_seen_ns: now,
+                packets_out: 0,
+                packets_in: 0,
+            };
+            refresh(&mut ct, egress, l4.tcp_flags);
+            ct.flags &= !ct6_flags::SEEN_REPLY;
+            if CT6.insert(f, ct, 0).is_err() {
+                return deny(Counter::DropMapFull, pod.id, h, up.proto, &l4, rule);
+            }
+        }
+    }
+    pass(Counter::Sg6Allowed)
+}
+
+#[inline(always)]
+fn refresh(ct: &mut Ct6, egress: bool, tcp_flags: u8) {
+    // SAFETY: plain helper call.
+    ct.last_seen_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    if egress {
+        ct.packets_out += 1;
+    } else {
+        ct.packets_in += 1;
+    }
+    if (ct.origin == DIR_EGRESS) != egress {
+        ct.flags |= ct6_flags::SEEN_REPLY;
+    }
+    if tcp_flags & 0x01 != 0 {
+        ct.flags |= ct6_flags::TCP_FIN;
+    }
+    if tcp_flags & 0x04 != 0 {
+        ct.flags |= ct6_flags::TCP_RST;
+    }
+}
+
+/// Whether the packet quoted in an ICMPv6 error belongs to a tracked flow of this pod. An error
+/// delivered to the pod quotes what the pod sent, and the other way round.
+#[inline(always)]
+fn related<C: Packet>(b: &Buf<C>, off: usize, end: usize, egress: bool, pod_addr: &[u8; 16]) -> bool {
+    let Some(i) = parse::inner(b, off, end) else {
+        return false;
+    };
+    let (inner_pod, inner_remote) = if egress { (i.dst, i.src) } else { (i.src, i.dst) };
+    if inner_pod != *pod_addr {
+        return false;
+    }
+    let Some(f) = Flow6::of_packet(
+        i.proto,
+        inner_pod,
+        inner_remote,
+        !egress,
+        i.l4.sport,
+        i.l4.dport,
+        i.l4.icmp_type,
+    ) else {
+        return false;
+    };
+    CT6.get_ptr(&f).is_some()
+}
+
+#[inline(always)]
+fn record_first_fragment(frag: &Frag, h: &Header, dir: u8, proto: u8, l4: &L4, allow: bool) {
+    if let Frag::First { id, hdr_end } = *frag {
+        let key = FragKey6 { src: h.src, dst: h.dst, id, dir, _pad: [0; 3] };
+        let val = FragVal6 {
+            allow: allow as u8,
+            proto,
+            hdr_end,
+            sport: l4.sport,
+            dport: l4.dport,
+            // SAFETY: plain helper call.
+            seen_ns: unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() },
+        };
+        // Full map: the LRU evicts an old datagram's record; its tail then drops as orphan.
+        let _ = FRAG6.insert(&key, &val, 0);
+    }
+}
+
+#[inline(always)]
+fn deny(reason: Counter, pod_id: u32, h: &Header, proto: u8, l4: &L4, rule: u32) -> Result<Verdict, Counter> {
+    let ev = Event {
+        kind: 0,
+        reason: 0,
+        pod_id,
+        rule,
+        family: 6,
+        proto,
+        _pad: 0,
+        sport: l4.sport,
+        dport: l4.dport,
+        src: h.src,
+        dst: h.dst,
+    };
+    emit_drop(reason, &ev);
+    Ok(Verdict::Drop(reason))
 }

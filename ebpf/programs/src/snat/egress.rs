@@ -3,8 +3,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
+    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
+    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh, generated::bpf_loop},
     programs::TcContext,
 };
 use podgate_common::{
@@ -16,12 +16,12 @@ use podgate_common::{
 };
 
 use super::{
-    Ctx, fwd, in_prefix,
+    Ctx, fwd, icmp, in_prefix,
     ip::{self, IP_DST, IP_SRC, Ip4},
-    now_ns,
+    now_ns, reverse, unreach,
 };
 use crate::{
-    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS},
+    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
     packet::ptr_at,
     verdict::{Verdict, count},
 };
@@ -30,6 +30,7 @@ use crate::{
 /// range half full, 16 tries miss a free port with probability 2^-16.
 const PORT_TRIES: u32 = 16;
 
+const ICMP_ECHO_REQUEST: u8 = 8;
 /// Candidates walked in order once random probing failed: every port of one parity in the
 /// largest range.
 const SCAN_PORTS: u32 = 32768;
@@ -63,7 +64,9 @@ extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     0
 }
 
-const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
 
 /// Headers the programs read, pulled into the linear area up front: Ethernet, IPv4 with options,
 /// a TCP header, and for ICMP errors the embedded IPv4 header with options and 20 bytes of L4.
@@ -98,7 +101,7 @@ pub struct L4 {
 pub fn l4(ctx: &impl crate::packet::Packet, ip: &Ip4, outbound: bool) -> Result<L4, Counter> {
     // The header must lie inside the datagram, not only inside the frame: bytes after the
     // IPv4 total length are padding the stack trims away.
-    let room = ip.tot_len - (ip.l4 - ip.l3);
+    let room = ip.tot_len as usize - (ip.l4 - ip.l3);
     let need = if ip.proto == PROTO_TCP { 20 } else { 8 };
     if room < need {
         return Err(Counter::DropMalformed);
@@ -149,7 +152,16 @@ pub fn l4(ctx: &impl crate::packet::Packet, ip: &Ip4, outbound: bool) -> Result<
 /// Rewrites the pod-side address and port of a translated packet and every checksum covering
 /// them. `field` is IP_SRC outbound, IP_DST inbound.
 #[inline(always)]
-pub fn rewrite<C: Ctx>(ctx: &C, ip: &Ip4, l: &L4, field: usize, old_addr: [u8; 4], new_addr: [u8; 4], old_port: u16, new_port: u16) -> Result<(), Counter> {
+pub fn rewrite<C: Ctx>(
+    ctx: &C,
+    ip: &Ip4,
+    l: &L4,
+    field: usize,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), Counter> {
     ip::set_addr(ctx, ip.l3, field, old_addr, new_addr)?;
     if ip.proto == PROTO_ICMP {
         // No pseudo-header: only the identifier is covered.
@@ -178,15 +190,33 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
     if in_prefix(ip.dst, node.pod_ipv4_net, node.pod_ipv4_prefix_len) {
         return Ok(Verdict::Pass(Counter::LocalPass));
     }
+    // Toward the node's own address: a node service, untranslated (translating would hand the
+    // stack a packet from its own address, a martian), unless it is TCP/UDP to a port the NAT
+    // hands out, which is hairpinning toward another pod's mapping (RFC 4787 REQ-9).
+    let hairpin = ip.dst == node.ipv4;
+    if hairpin && !hairpin_candidate(ctx, &ip, &node)? {
+        return Ok(Verdict::Pass(Counter::LocalPass));
+    }
     if ip.is_later_fragment() {
         // Every translated datagram from a pod leaves with the node's address, whatever its
         // ports: a later fragment needs no state, so fragment order does not matter outbound.
         ip::set_addr(ctx, ip.l3, IP_SRC, ip.src, node.ipv4)?;
         return fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::FragTranslated);
     }
+    if ip.proto == PROTO_ICMP {
+        let ty = ip::get_u8(ctx, ip.l4)?;
+        if ty == ICMP_DEST_UNREACH || ty == ICMP_TIME_EXCEEDED || ty == ICMP_PARAM_PROBLEM {
+            return icmp::error_out(ctx, &node, &ip);
+        }
+    }
     let l = l4(ctx, &ip, true)?;
     let now = now_ns();
-    let ep = Endpoint4 { addr: ip.src, port: l.sport, proto: ip.proto, _pad: 0 };
+    let ep = Endpoint4 {
+        addr: ip.src,
+        port: l.sport,
+        proto: ip.proto,
+        _pad: 0,
+    };
     let flow = Flow4 {
         pod_addr: ip.src,
         remote_addr: ip.dst,
@@ -209,64 +239,101 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
                 (*ct).last_seen_ns = now;
                 (*ct).packets_out += 1;
             }
-            // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST: it is
-            // usually the answer to an unwanted inbound packet (RFC 7857 §7.1).
-            if !(ip.proto == PROTO_TCP && l.tcp_flags & tcp::flags::RST != 0)
-                && let Some(m) = NAT4_MAP.get_ptr_mut(&ep)
-            {
-                unsafe { (*m).last_seen_ns = now };
+            // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST, which only
+            // answers inbound traffic (RFC 7857 §7.1).
+            if l.tcp_flags & tcp::flags::RST == 0 {
+                if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
+                    unsafe { (*m).last_seen_ns = now };
+                }
             }
             unsafe { (*ct).ext_port }
         }
-        None => new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now)?,
+        None => match new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now) {
+            Ok(ext) => ext,
+            Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
+                // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
+                return Ok(match unreach::send(ctx, &node, &ip) {
+                    Ok(back) => {
+                        count(why);
+                        Verdict::Redirect(Counter::IcmpUnreachSent, back)
+                    }
+                    Err(_) => Verdict::Drop(why),
+                });
+            }
+            Err(e) => return Err(e),
+        },
     };
     rewrite(ctx, &ip, &l, IP_SRC, ip.src, node.ipv4, l.sport, ext)?;
-    if ip.dst == node.ipv4
-        && ip.proto != PROTO_ICMP
-        && let Some(v) = hairpin(ctx, &node, &ip, &l, ext)?
-    {
-        return Ok(v);
+    if hairpin {
+        return hairpin_in(ctx, &node);
     }
     fwd::forward(ctx, &node, &ip, node.ipv4, ip.dst, Counter::SnatOut)
 }
 
-/// A pod sending to the node's external address:port of another pod's mapping (RFC 4787 REQ-9,
-/// RFC 5382 REQ-8): the packet, already translated to the sender's external address:port
-/// (REQ-9a), is reverse-translated here as if it had come back in on the uplink, with the same
-/// filtering, and sent straight to the owner's veth. `None`: nobody owns that port toward the
-/// node's address; the packet goes on as before.
 #[inline(always)]
-fn hairpin(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, l: &L4, src_ext: u16) -> Result<Option<Verdict>, Counter> {
-    let Some(owner) = super::reverse::owner(ip.proto, l.dport, node.ipv4) else {
-        return Ok(None);
-    };
-    let Some(m) = NAT4_MAP.get_ptr(&owner) else {
-        return Ok(None);
-    };
-    // SAFETY: map value pointer.
-    let ifindex = unsafe { (*m).pod_ifindex };
-    // The owner sees a flow from the node's address and the sender's external port.
-    let mut seen = *ip;
-    seen.src = node.ipv4;
-    super::reverse::track_in(&seen, &owner, src_ext, l.tcp_flags);
-    let inbound = L4 { port_off: ip.l4 + 2, ..*l };
-    rewrite(ctx, ip, &inbound, IP_DST, ip.dst, owner.addr, l.dport, owner.port)?;
-    if ctx.redirect_neigh(ifindex) {
-        count(Counter::SnatOut);
-        return Ok(Some(Verdict::Redirect(Counter::Hairpin, ifindex)));
+fn hairpin_candidate(ctx: &TcContext, ip: &Ip4, node: &NodeConfig) -> Result<bool, Counter> {
+    if ip.is_later_fragment() || (ip.proto != PROTO_TCP && ip.proto != PROTO_UDP) {
+        return Ok(false);
     }
-    Ok(Some(Verdict::Drop(Counter::DropInternalError)))
+    let h: *const [u8; 4] = ptr_at(ctx, ip.l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let h = unsafe { *h };
+    Ok(ports::is_snat_port(
+        u16::from_be_bytes([h[2], h[3]]),
+        node.port_min,
+        node.port_max,
+    ))
+}
+
+/// The second half of a hairpin: the packet, already translated as if it left the node, is
+/// received back as if it came from outside, filtered like any inbound packet (its remote is the
+/// node's address, so the sender appears by its external address and port, REQ-9a) and sent
+/// straight to the target pod's veth.
+#[inline(always)]
+fn hairpin_in(ctx: &TcContext, node: &NodeConfig) -> Result<Verdict, Counter> {
+    let ip = ip::parse_outer(ctx)?;
+    let l = l4(ctx, &ip, false)?;
+    let Some(ep) = reverse::owner(ip.proto, l.dport, node.ipv4) else {
+        return Ok(Verdict::Drop(Counter::DropNoMapping));
+    };
+    reverse::track_in(&ip, &ep, l.sport, l.tcp_flags);
+    rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, l.dport, ep.port)?;
+    // SAFETY: map value read.
+    let ifindex = unsafe {
+        *PODS_V4
+            .get_ptr(&ep.addr)
+            .ok_or(Counter::DropInternalError)?
+    };
+    // The neighbour lookup fills in the MACs on the pod's veth.
+    // SAFETY: plain helper call; no parameters means "look the destination up".
+    let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc != TC_ACT_REDIRECT as i64 {
+        return Err(Counter::DropInternalError);
+    }
+    Ok(Verdict::Redirect(Counter::SnatHairpin, ifindex))
 }
 
 /// The remote a claim is made for: the flow's remote (address-dependent filtering, port
 /// overlapping) or 0.0.0.0 (endpoint-independent filtering).
 #[inline(always)]
 fn claim_remote(node: &NodeConfig, remote: [u8; 4]) -> [u8; 4] {
-    if node.flags & node_flags::FILTER_EIF != 0 { [0; 4] } else { remote }
+    if node.flags & node_flags::FILTER_EIF != 0 {
+        [0; 4]
+    } else {
+        remote
+    }
 }
 
 #[inline(always)]
-fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow: &Flow4, tcp_flags: u8, now: u64) -> Result<u16, Counter> {
+fn new_flow(
+    ifindex: u32,
+    pod: *mut Pod,
+    node: &NodeConfig,
+    ep: &Endpoint4,
+    flow: &Flow4,
+    tcp_flags: u8,
+    now: u64,
+) -> Result<u16, Counter> {
     let remote = claim_remote(node, flow.remote_addr);
     let ext = match NAT4_MAP.get_ptr_mut(ep) {
         Some(m) => {
@@ -279,7 +346,11 @@ fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow
         }
         None => create_mapping(ifindex, pod, node, ep, remote, now)?,
     };
-    let state = if ep.proto == PROTO_TCP { tcp::next(TcpState::None, Dir::Out, tcp_flags) as u8 } else { 0 };
+    let state = if ep.proto == PROTO_TCP {
+        tcp::next(TcpState::None, Dir::Out, tcp_flags) as u8
+    } else {
+        0
+    };
     let ct = Ct4 {
         ext_port: ext,
         state,
@@ -301,11 +372,25 @@ fn new_flow(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, flow
 /// gets its own port instead: endpoint independence yields only where the alternative would be
 /// mis-delivery (RFC 4787 REQ-3).
 #[inline(always)]
-fn claim_for_flow(ep: &Endpoint4, remote: [u8; 4], ext: u16, node: &NodeConfig) -> Result<u16, Counter> {
-    let key = Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 };
+fn claim_for_flow(
+    ep: &Endpoint4,
+    remote: [u8; 4],
+    ext: u16,
+    node: &NodeConfig,
+) -> Result<u16, Counter> {
+    let key = Claim4 {
+        remote,
+        ext_port: ext,
+        proto: ep.proto,
+        _pad: 0,
+    };
     if let Some(owner) = NAT4_CLAIM.get_ptr(&key) {
         // SAFETY: map value pointer.
-        return if unsafe { *owner } == *ep { Ok(ext) } else { claim_new(ep, remote, node) };
+        return if unsafe { *owner } == *ep {
+            Ok(ext)
+        } else {
+            claim_new(ep, remote, node)
+        };
     }
     if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
         return Ok(ext);
@@ -324,7 +409,12 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
         // SAFETY: plain helper call.
         let r = unsafe { bpf_get_prandom_u32() };
         let cand = ports::candidate(ep.port, r, node.port_min, node.port_max);
-        let key = Claim4 { remote, ext_port: cand, proto: ep.proto, _pad: 0 };
+        let key = Claim4 {
+            remote,
+            ext_port: cand,
+            proto: ep.proto,
+            _pad: 0,
+        };
         if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
             return Ok(cand);
         }
@@ -349,7 +439,14 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
 }
 
 #[inline(always)]
-fn create_mapping(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4, remote: [u8; 4], now: u64) -> Result<u16, Counter> {
+fn create_mapping(
+    ifindex: u32,
+    pod: *mut Pod,
+    node: &NodeConfig,
+    ep: &Endpoint4,
+    remote: [u8; 4],
+    now: u64,
+) -> Result<u16, Counter> {
     // SAFETY: map value pointer.
     let (quota, held) = unsafe { ((*pod).quota, (*pod).mappings) };
     let quota = if quota != 0 { quota } else { node.pod_quota };
@@ -358,10 +455,21 @@ fn create_mapping(ifindex: u32, pod: *mut Pod, node: &NodeConfig, ep: &Endpoint4
         return Err(Counter::DropPodQuota);
     }
     let ext = claim_new(ep, remote, node)?;
-    let m = Mapping4 { ext_port: ext, _pad: 0, pod_ifindex: ifindex, created_ns: now, last_seen_ns: now };
+    let m = Mapping4 {
+        ext_port: ext,
+        _pad: 0,
+        pod_ifindex: ifindex,
+        created_ns: now,
+        last_seen_ns: now,
+    };
     if NAT4_MAP.insert(ep, &m, BPF_NOEXIST as u64).is_err() {
         // Another CPU mapped this endpoint first: give our claim back and use its port.
-        let _ = NAT4_CLAIM.remove(&Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 });
+        let _ = NAT4_CLAIM.remove(&Claim4 {
+            remote,
+            ext_port: ext,
+            proto: ep.proto,
+            _pad: 0,
+        });
         let theirs = NAT4_MAP.get_ptr(ep).ok_or(Counter::DropMapFull)?;
         // SAFETY: map value pointer.
         let ext = unsafe { (*theirs).ext_port };

@@ -6,7 +6,10 @@ use aya_ebpf::{
 };
 use podgate_common::{NodeConfig, csum, node_flags, stats::Counter};
 
-use super::{Ctx, ip::{IP_CSUM, Ip4}};
+use super::{
+    Ctx,
+    ip::{IP_CSUM, Ip4},
+};
 use crate::{
     packet::ptr_at_mut,
     verdict::{Verdict, count},
@@ -30,6 +33,10 @@ pub fn forward<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4, src: [u8; 4], dst: 
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
     p.ifindex = ctx.ifindex();
+    // The lookup answers FRAG_NEEDED for a packet too big for the next hop; the stack then
+    // fragments it or sends 3/4 (RFC 4787 REQ-13), which a redirect would not (the device would
+    // just drop it).
+    p.__bindgen_anon_1.tot_len = ctx.fib_tot_len(ip.tot_len);
     p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: p lives on the stack for the call; the size is the struct's.

@@ -21,10 +21,10 @@ pub struct Ip4 {
     pub l4: usize,
     pub proto: u8,
     pub ttl: u8,
+    /// Total length from the header.
+    pub tot_len: u16,
     pub id: u16,
     pub frag: u16,
-    /// The header's total length (the IPv4 datagram, not the frame).
-    pub tot_len: usize,
     pub src: [u8; 4],
     pub dst: [u8; 4],
 }
@@ -67,9 +67,9 @@ pub fn parse(ctx: &impl Packet, l3: usize) -> Result<Ip4, Counter> {
         l4: l3 + ihl,
         proto: b[9],
         ttl: b[8],
+        tot_len: tot_len as u16,
         id: u16::from_be_bytes([b[4], b[5]]),
         frag: u16::from_be_bytes([b[6], b[7]]),
-        tot_len,
         src: [b[12], b[13], b[14], b[15]],
         dst: [b[16], b[17], b[18], b[19]],
     })
@@ -81,7 +81,7 @@ pub fn parse(ctx: &impl Packet, l3: usize) -> Result<Ip4, Counter> {
 #[inline(always)]
 pub fn parse_outer(ctx: &impl Packet) -> Result<Ip4, Counter> {
     let ip = parse(ctx, ETH_HLEN)?;
-    if ETH_HLEN + ip.tot_len > ctx.total_len() {
+    if ETH_HLEN + ip.tot_len as usize > ctx.total_len() {
         return Err(Counter::DropMalformed);
     }
     Ok(ip)
@@ -90,7 +90,13 @@ pub fn parse_outer(ctx: &impl Packet) -> Result<Ip4, Counter> {
 /// Writes a new address at `l3 + field` (IP_SRC or IP_DST) and fixes the IPv4 header checksum.
 /// The L4 checksum is the caller's business.
 #[inline(always)]
-pub fn set_addr(ctx: &impl Packet, l3: usize, field: usize, old: [u8; 4], new: [u8; 4]) -> Result<(), Counter> {
+pub fn set_addr(
+    ctx: &impl Packet,
+    l3: usize,
+    field: usize,
+    old: [u8; 4],
+    new: [u8; 4],
+) -> Result<(), Counter> {
     let a: *mut [u8; 4] = ptr_at_mut(ctx, l3 + field)?;
     let c: *mut [u8; 2] = ptr_at_mut(ctx, l3 + IP_CSUM)?;
     // SAFETY: bounds checked by ptr_at_mut.

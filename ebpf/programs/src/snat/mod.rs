@@ -8,6 +8,7 @@ mod fwd;
 mod icmp;
 mod ip;
 pub mod reverse;
+mod unreach;
 
 use core::ffi::c_void;
 
@@ -28,7 +29,13 @@ pub trait Ctx: Packet {
     fn raw(&self) -> *mut c_void;
     /// The checksum at `csum_off` after a pseudo-header address changed from `old` to `new`.
     /// The address bytes themselves are written by the caller.
-    fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter>;
+    fn l4_csum_addr(
+        &self,
+        csum_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        udp: bool,
+    ) -> Result<(), Counter>;
     /// The checksum at `csum_off` after a covered 16-bit word changed.
     fn l4_csum_port(&self, csum_off: usize, old: u16, new: u16, udp: bool) -> Result<(), Counter>;
     /// Redirect to `ifindex` (TC calls the helper now; XDP returns XDP_REDIRECT via the verdict).
@@ -43,6 +50,8 @@ pub trait Ctx: Packet {
     /// at `off`, an odd last byte padded with zero. Reads through the load-bytes helper inside
     /// `bpf_loop`, so the length costs the verifier nothing and non-linear skbs work too.
     fn sum16(&self, off: usize, len: usize) -> Result<u32, Counter>;
+    /// The `tot_len` to give `bpf_fib_lookup` for its MTU check.
+    fn fib_tot_len(&self, ip_tot_len: u16) -> u16;
 }
 
 /// State of a `sum16` walk, on the caller's stack for `bpf_loop`.
@@ -116,13 +125,24 @@ impl Ctx for TcContext {
     }
 
     #[inline(always)]
-    fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter> {
+    fn l4_csum_addr(
+        &self,
+        csum_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        udp: bool,
+    ) -> Result<(), Counter> {
         let mut flags = BPF_F_PSEUDO_HDR as u64 | 4;
         if udp {
             flags |= BPF_F_MARK_MANGLED_0 as u64;
         }
-        self.l4_csum_replace(csum_off, u32::from_ne_bytes(old) as u64, u32::from_ne_bytes(new) as u64, flags)
-            .map_err(|_| Counter::DropInternalError)
+        self.l4_csum_replace(
+            csum_off,
+            u32::from_ne_bytes(old) as u64,
+            u32::from_ne_bytes(new) as u64,
+            flags,
+        )
+        .map_err(|_| Counter::DropInternalError)
     }
 
     #[inline(always)]
@@ -133,13 +153,20 @@ impl Ctx for TcContext {
         }
         let o = u16::from_ne_bytes(old.to_be_bytes()) as u64;
         let n = u16::from_ne_bytes(new.to_be_bytes()) as u64;
-        self.l4_csum_replace(csum_off, o, n, flags).map_err(|_| Counter::DropInternalError)
+        self.l4_csum_replace(csum_off, o, n, flags)
+            .map_err(|_| Counter::DropInternalError)
     }
 
     #[inline(always)]
     fn ifindex(&self) -> u32 {
         // SAFETY: the context pointer is valid for the program's lifetime.
         unsafe { (*self.skb.skb).ifindex }
+    }
+
+    #[inline(always)]
+    fn fib_tot_len(&self, _ip_tot_len: u16) -> u16 {
+        // 0: the kernel checks the skb itself, GSO-aware (a TSO super-packet is no MTU problem).
+        0
     }
 
     #[inline(always)]
@@ -170,29 +197,19 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
-    fn l4_csum_addr(&self, csum_off: usize, old: [u8; 4], new: [u8; 4], udp: bool) -> Result<(), Counter> {
-        let p: *mut [u8; 2] = ptr_at_mut(self, csum_off)?;
-        // SAFETY: bounds checked by ptr_at_mut.
-        let hc = u16::from_be_bytes(unsafe { *p });
-        let mut v = csum::update32(hc, old, new);
-        if udp {
-            v = csum::udp_fix(hc, v);
-        }
-        unsafe { *p = v.to_be_bytes() };
-        Ok(())
+    fn l4_csum_addr(
+        &self,
+        csum_off: usize,
+        old: [u8; 4],
+        new: [u8; 4],
+        udp: bool,
+    ) -> Result<(), Counter> {
+        update_csum_at(self, csum_off, udp, |hc| csum::update32(hc, old, new))
     }
 
     #[inline(always)]
     fn l4_csum_port(&self, csum_off: usize, old: u16, new: u16, udp: bool) -> Result<(), Counter> {
-        let p: *mut [u8; 2] = ptr_at_mut(self, csum_off)?;
-        // SAFETY: bounds checked by ptr_at_mut.
-        let hc = u16::from_be_bytes(unsafe { *p });
-        let mut v = csum::update16(hc, old, new);
-        if udp {
-            v = csum::udp_fix(hc, v);
-        }
-        unsafe { *p = v.to_be_bytes() };
-        Ok(())
+        update_csum_at(self, csum_off, udp, |hc| csum::update16(hc, old, new))
     }
 
     #[inline(always)]
@@ -202,12 +219,33 @@ impl Ctx for XdpContext {
     }
 
     #[inline(always)]
+    fn fib_tot_len(&self, ip_tot_len: u16) -> u16 {
+        ip_tot_len
+    }
+
+    #[inline(always)]
     fn redirect(&self, _ifindex: u32) {}
 
     #[inline(always)]
     fn redirect_neigh(&self, _ifindex: u32) -> bool {
         false
     }
+}
+
+/// Rewrites the checksum field at `off` with `f(old field)`, keeping UDP's "no checksum" rule.
+#[inline(always)]
+fn update_csum_at(
+    ctx: &impl Packet,
+    off: usize,
+    udp: bool,
+    f: impl FnOnce(u16) -> u16,
+) -> Result<(), Counter> {
+    let p: *mut [u8; 2] = ptr_at_mut(ctx, off)?;
+    // SAFETY: bounds checked by ptr_at_mut.
+    let hc = u16::from_be_bytes(unsafe { *p });
+    let v = if udp { csum::udp_fix(hc, f(hc)) } else { f(hc) };
+    unsafe { *p = v.to_be_bytes() };
+    Ok(())
 }
 
 /// `CLOCK_BOOTTIME` in ns: the clock `podgate_common::nat::CLOCK` documents for the daemon's GC.

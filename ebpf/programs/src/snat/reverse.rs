@@ -11,7 +11,7 @@ use podgate_common::{
 
 use super::{
     Ctx,
-    egress::{self, l4, rewrite},
+    egress::{self, ICMP_DEST_UNREACH, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, l4, rewrite},
     fwd, icmp,
     ip::{self, IP_DST, Ip4},
     now_ns,
@@ -22,9 +22,6 @@ use crate::{
 };
 
 const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_DEST_UNREACH: u8 = 3;
-const ICMP_TIME_EXCEEDED: u8 = 11;
-const ICMP_PARAM_PROBLEM: u8 = 12;
 
 pub fn uplink_v4_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
     reverse(ctx)
@@ -39,12 +36,22 @@ pub fn uplink_v4_tc(ctx: &TcContext) -> Result<Verdict, Counter> {
 /// then the endpoint-independent one.
 #[inline(always)]
 pub fn owner(proto: u8, ext_port: u16, remote: [u8; 4]) -> Option<Endpoint4> {
-    let k = Claim4 { remote, ext_port, proto, _pad: 0 };
+    let k = Claim4 {
+        remote,
+        ext_port,
+        proto,
+        _pad: 0,
+    };
     if let Some(ep) = NAT4_CLAIM.get_ptr(&k) {
         // SAFETY: map value pointer.
         return Some(unsafe { *ep });
     }
-    let k = Claim4 { remote: [0; 4], ext_port, proto, _pad: 0 };
+    let k = Claim4 {
+        remote: [0; 4],
+        ext_port,
+        proto,
+        _pad: 0,
+    };
     NAT4_CLAIM.get_ptr(&k).map(|ep| unsafe { *ep })
 }
 
@@ -62,7 +69,9 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
         PROTO_TCP | PROTO_UDP => {}
         PROTO_ICMP => match ip::get_u8(ctx, ip.l4)? {
             ICMP_ECHO_REPLY => {}
-            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => return icmp::error_in(ctx, &node, &ip),
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM => {
+                return icmp::error_in(ctx, &node, &ip);
+            }
             // Echo requests and the rest are for the node itself.
             _ => return Ok(Verdict::Pass(Counter::NotOurs)),
         },
@@ -70,7 +79,11 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
     }
     let l = l4(ctx, &ip, false)?;
     // Inbound, the NAT's port is the destination (ICMP: the identifier, in `sport`).
-    let (ext, remote_port) = if ip.proto == PROTO_ICMP { (l.sport, 0) } else { (l.dport, l.sport) };
+    let (ext, remote_port) = if ip.proto == PROTO_ICMP {
+        (l.sport, 0)
+    } else {
+        (l.dport, l.sport)
+    };
     let Some(ep) = owner(ip.proto, ext, ip.src) else {
         // An unsolicited connection attempt to a port of the SNAT range: the range belongs to
         // the NAT, and the node's stack would answer it with an RST at once. Drop it silently
@@ -88,8 +101,12 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
     track_in(&ip, &ep, remote_port, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
     if ip.is_first_fragment() {
-        let k = FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 };
-        let v = FragVal4 { new_addr: ep.addr, ifindex: 0, seen_ns: now_ns() };
+        let k = frag_key_in(&ip);
+        let v = FragVal4 {
+            new_addr: ep.addr,
+            ifindex: 0,
+            seen_ns: now_ns(),
+        };
         // Losing this entry only costs the later fragments (counted as orphans there).
         let _ = FRAG4.insert(&k, &v, 0);
     }
@@ -132,7 +149,11 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
     };
     // SAFETY: map value pointer.
     let m = unsafe { *m };
-    let state = if ip.proto == PROTO_TCP { tcp::next(TcpState::None, Dir::In, tcp_flags) as u8 } else { 0 };
+    let state = if ip.proto == PROTO_TCP {
+        tcp::next(TcpState::None, Dir::In, tcp_flags) as u8
+    } else {
+        0
+    };
     let ct = Ct4 {
         ext_port: m.ext_port,
         state,
@@ -147,12 +168,24 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
     let _ = CT4.insert(&flow, &ct, 0);
 }
 
+/// The `frag4` key of an inbound datagram's fragments.
+#[inline(always)]
+fn frag_key_in(ip: &Ip4) -> FragKey4 {
+    FragKey4 {
+        src: ip.src,
+        dst: ip.dst,
+        id: ip.id,
+        proto: ip.proto,
+        dir: 1,
+    }
+}
+
 /// A non-first fragment for the node's address: it follows its first fragment's translation, or
 /// is dropped when the first has not been seen (the sender's retransmission recovers; the state
 /// is a bounded LRU, so a flood of orphans costs nothing else).
 #[inline(always)]
 fn later_fragment<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
-    let k = FragKey4 { src: ip.src, dst: ip.dst, id: ip.id, proto: ip.proto, dir: 1 };
+    let k = frag_key_in(ip);
     let Some(v) = FRAG4.get_ptr(&k) else {
         return Ok(Verdict::Drop(Counter::DropFragOrphan));
     };

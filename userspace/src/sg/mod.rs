@@ -1,0 +1,40 @@
+//! IPv6 security groups, userspace side: configuration types, the rule compiler, and writing
+//! rule sets into the maps without a half-applied state.
+//!
+//! ```text
+//! [security_groups.web]
+//! ingress = [{ proto = "tcp", ports = "443", cidr = "::/0" }, { proto = "any", group = "web" }]
+//! egress  = [{ proto = "udp", ports = "53", cidr = "node" }]
+//! ```
+//! `compile` turns the groups and the pods into the exact map entries (pure, unit-tested);
+//! `apply` writes them under a new generation and switches; `cut_flows` removes the tracked flows
+//! the new rules would not open (otherwise they survive a change, as in AWS).
+mod apply;
+mod compile;
+mod config;
+
+pub use apply::{SgMaps, apply, cut_flows, cut_flows_in};
+pub use compile::{CompileInput, Compiled, PodSpec, RuleKey, RuleRef, compile, merge};
+pub use config::{Direction, GroupConfig, NameOrNumber, Proto, Remote, Rule, RuleConfig, SecurityGroups, validate_rule};
+
+/// Everything that can be wrong with a rule set or while writing it.
+#[derive(Debug, thiserror::Error)]
+pub enum SgError {
+    #[error("security group `{group}`, {dir} rule {index}: field `{field}` = `{value}`: {msg}")]
+    Rule { group: String, dir: Direction, index: usize, field: &'static str, value: String, msg: String },
+    #[error("pod `{pod}`: unknown security group `{group}`")]
+    UnknownPodGroup { pod: String, group: String },
+    #[error("pod `{pod}`: {count} security groups, at most {max} allowed")]
+    TooManyGroups { pod: String, count: usize, max: usize },
+    #[error("the rule set needs {need} entries in `{what}`, which holds {max} per generation")]
+    Capacity { what: &'static str, need: usize, max: usize },
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("map `{map}`: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}

@@ -103,39 +103,3 @@ fn unsolicited_syn_into_the_snat_range_is_dropped_silently() {
         assert_eq!((o.verdict, o.packet), (XDP_PASS, f), "{port} {flags}");
     }
 }
-
-/// Found by the conformance suite (RFC 4787 REQ-9/9a): a pod sending to another pod's external
-/// address:port got nowhere. Now it is delivered to the owner with the sender's external
-/// address:port as source, under the same address-dependent filtering as from outside.
-#[test]
-fn hairpinning_between_two_pods() {
-    let mut env = Env::new();
-    let (a, b) = (env.pod_a, env.pod_b);
-    let ea = snat_ok(&mut env, a, &udp(POD_A, 41800, REMOTE1, 7, b"a")).1;
-    let eb = snat_ok(&mut env, b, &udp(POD_B, 41801, REMOTE1, 7, b"b")).1;
-    // A first: B never sent to the node's address, so filtering keeps A's packet from B.
-    let o = env.egress(a, &udp(POD_A, 41800, NODE_IP, eb, b"a->b"));
-    assert_ne!(o.verdict, TC_ACT_REDIRECT, "filtered hairpin delivered");
-    assert_eq!(env.counter(Counter::Hairpin), 0);
-    // Then B toward A: A did send to B's external address, so it is delivered.
-    let o = env.egress(b, &udp(POD_B, 41801, NODE_IP, ea, b"b->a"));
-    assert_eq!(o.verdict, TC_ACT_REDIRECT);
-    let p = parse_checked(&o.packet);
-    assert_eq!((p.ip.source, p.ip.destination), (NODE_IP, POD_A));
-    assert_eq!(ports(&p), (eb, 41800), "source is B's external address:port (REQ-9a)");
-    assert_eq!(p.payload, b"b->a");
-    assert_eq!(env.counter(Counter::Hairpin), 1);
-    // TCP the same way.
-    let ta = snat_ok(&mut env, a, &tcp(POD_A, 41900, NODE_IP, 40001, "S", b"")).1;
-    let _ = snat_ok(&mut env, b, &tcp(POD_B, 41901, REMOTE1, 80, "S", b""));
-    // A has sent to the node's address (port 40001): address-dependent filtering lets any
-    // port of that address in, so B's SYN to A's external port reaches A.
-    let o = env.egress(b, &tcp(POD_B, 41901, NODE_IP, ta, "S", b""));
-    assert_eq!(o.verdict, TC_ACT_REDIRECT);
-    let p = parse_checked(&o.packet);
-    assert_eq!((p.ip.destination, ports(&p).1), (POD_A, 41900));
-    // A port nobody owns toward the node's address: not hairpinned.
-    let o = env.egress(b, &udp(POD_B, 41801, NODE_IP, 40003, b"nobody"));
-    assert_ne!(o.verdict, TC_ACT_REDIRECT);
-    assert_eq!(env.counter(Counter::Hairpin), 2);
-}

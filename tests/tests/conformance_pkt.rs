@@ -392,7 +392,7 @@ fn rfc7857_s7_1_outbound_rst_and_errors_do_not_refresh() {
         let _ = ext;
         format!(
             "RST out translated without refresh; outbound ICMP error verdict {} without refresh",
-            if o.verdict == TC_ACT_SHOT { "drop (outbound ICMP errors are not translated)" } else { "pass" }
+            if o.verdict == TC_ACT_SHOT { "drop (it quotes a packet of no flow)" } else { "pass" }
         )
     });
     all(&[("7857 §7.1", ok)]);

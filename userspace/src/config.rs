@@ -29,6 +29,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    SecurityGroups(String),
     #[error("{field} = {value:?}: {reason}")]
     Invalid {
         field: String,
@@ -180,8 +182,8 @@ pub struct PodSpec {
 pub struct Config {
     pub node: NodeSettings,
     pub pods: Vec<PodSpec>,
-    /// Security groups, kept as TOML until the rule compiler takes them.
-    pub security_groups: BTreeMap<String, toml::Value>,
+    /// Security groups, validated by the rule compiler.
+    pub security_groups: crate::sg::SecurityGroups,
 }
 
 impl Config {
@@ -232,10 +234,12 @@ impl Config {
                 }
             }
         }
+        let security_groups = crate::sg_maps::parse_groups(&raw.security_groups, node.pod_prefix)
+            .map_err(|e| ConfigError::SecurityGroups(e.to_string()))?;
         Ok(Config {
             node,
             pods,
-            security_groups: raw.security_groups,
+            security_groups,
         })
     }
 }
@@ -556,6 +560,22 @@ veth_v4 = "v4a"
     fn unknown_group_reference() {
         let e = err(&GOOD.replace("veth_v4 = \"v4a\"", "veth_v4 = \"v4a\"\nsecurity_groups = [\"web\"]"));
         assert!(e.contains("security_groups") && e.contains("web"), "{e}");
+    }
+
+    #[test]
+    fn security_group_rule_errors_name_the_rule() {
+        let text = format!(
+            "{GOOD}\n[security_groups.web]\ningress = [{{ proto = \"tcp\", ports = \"99999\", cidr = \"::/0\" }}]\n"
+        );
+        let e = err(&text);
+        assert!(e.contains("web") && e.contains("ports") && e.contains("99999"), "{e}");
+        let text = format!("{GOOD}\n[security_groups.web]\ningress = [{{ prot = \"tcp\" }}]\n");
+        let e = err(&text);
+        assert!(e.contains("security_groups.web") && e.contains("prot"), "{e}");
+        let ok = format!(
+            "{GOOD}\n[security_groups.web]\ningress = [{{ proto = \"tcp\", ports = \"443\", cidr = \"::/0\" }}]\n"
+        );
+        assert_eq!(Config::parse(&ok).unwrap().security_groups.len(), 1);
     }
 
     #[test]

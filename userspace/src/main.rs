@@ -27,10 +27,13 @@ enum Verb {
     /// Register, unregister and list pods at runtime.
     #[command(subcommand)]
     Pod(cli::pod::PodVerb),
+    /// IPv6 security groups.
+    #[command(subcommand)]
+    Sg(cli::sg::SgVerb),
     /// IPv4 SNAT mappings.
     #[command(subcommand)]
     Nat(cli::nat::NatVerb),
-    /// IPv4 connection tracking.
+    /// Connection tracking (IPv4 NAT flows; `--ipv6` for security-group flows).
     #[command(subcommand)]
     Ct(cli::ct::CtVerb),
     /// Counters per verdict and drop reason.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Verb::Run(a) => cli::run::run(a, cli.pin_root),
         Verb::Pod(v) => cli::pod::run(v, &pins),
         Verb::Nat(v) => cli::nat::run(v, &pins),
+        Verb::Sg(v) => cli::sg::run(v, &pins),
         Verb::Ct(v) => cli::ct::run(v, &pins),
         Verb::Stats(a) => cli::stats::run(a, &pins),
         Verb::Status(a) => cli::status::run(a, &pins),

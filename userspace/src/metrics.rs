@@ -36,9 +36,15 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "# TYPE podgate_map_entries gauge");
     let _ = writeln!(w, "podgate_map_entries{{map=\"nat4_map\"}} {}", mappings.len());
     let _ = writeln!(w, "podgate_map_entries{{map=\"ct4\"}} {}", flows.len());
+    let ct6 = crate::sg_maps::flow_rows(pins)?.len();
+    let _ = writeln!(w, "podgate_map_entries{{map=\"ct6\"}} {ct6}");
     let _ = writeln!(w, "# HELP podgate_map_capacity Maximum entries of each state map.");
     let _ = writeln!(w, "# TYPE podgate_map_capacity gauge");
-    for name in [podgate_common::nat::map_names::NAT4_MAP, podgate_common::nat::map_names::CT4] {
+    for name in [
+        podgate_common::nat::map_names::NAT4_MAP,
+        podgate_common::nat::map_names::CT4,
+        podgate_common::sg::map_names::CT6,
+    ] {
         if let Ok(m) = dataplane::open_map(pins, name)
             && let Some(info) = map_info(&m)
         {

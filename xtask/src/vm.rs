@@ -110,11 +110,6 @@ pub fn run(a: Args) -> Result<()> {
     check(&s)
 }
 
-/// The default run (6.1 and 6.12, smoke/snat/sg binaries, namespace test), for `cargo xtask test`.
-pub fn run_default() -> Result<VmSummary> {
-    run_with(&Options::default())
-}
-
 /// Fails when any kernel did not do what it is expected to.
 pub fn check(s: &VmSummary) -> Result<()> {
     if s.ok() {

@@ -26,6 +26,9 @@ pub mod map_names {
     pub const SG_GEN: &str = "sg_gen";
     pub const CT6: &str = "ct6";
     pub const FRAG6: &str = "frag6";
+    pub const SG_SCRATCH: &str = "sg_scratch";
+    /// Userspace only: group id → name.
+    pub const SG_NAMES: &str = "sg_names";
 }
 
 pub const PROTO_TCP: u8 = 6;

@@ -77,3 +77,8 @@ pub static FRAG6: LruHashMap<FragKey6, FragVal6, 8192> = LruHashMap::new();
 /// the verifier (`sg::opaque`).
 #[btf_map(name = "sg_scratch")]
 pub static SG_SCRATCH: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Written and read by userspace only: security-group id → name, so that ids stay stable across
+/// `sg apply` and daemon restarts (pod records hold ids).
+#[btf_map(name = "sg_names")]
+pub static SG_NAMES: HashMap<u32, podgate_common::PodName, 4096> = HashMap::new();

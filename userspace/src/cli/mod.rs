@@ -7,6 +7,7 @@ pub mod nat;
 pub mod pod;
 pub mod reset;
 pub mod run;
+pub mod sg;
 pub mod stats;
 pub mod status;
 pub mod table;

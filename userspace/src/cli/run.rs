@@ -103,6 +103,16 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
             .with_context(|| format!("registering pod {}", p.name))?;
         info!(pod = %p.name, id = pod.id, ipv6 = %p.ipv6, ipv4 = %p.ipv4, "pod registered");
     }
+    let assign = cfg.pods.iter().map(|p| (p.name.clone(), p.security_groups.clone())).collect();
+    let r = podgate::sg_maps::apply(
+        pins,
+        &cfg.security_groups,
+        &assign,
+        cfg.node.pod_prefix,
+        cfg.node.max_groups_per_pod as usize,
+        false,
+    )?;
+    info!(groups = r.groups, rule_entries = r.rule_entries, generation = r.generation, "security groups applied");
     let configured: std::collections::HashSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
     for e in dataplane::list_pods(pins)? {
         if !configured.contains(e.name.as_str()) {
@@ -133,7 +143,13 @@ async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpLi
                     Err(e) => warn!("reading the uplink address: {e:#}"),
                 }
                 let started = std::time::Instant::now();
-                let r = nat::gc(pins, &cfg.node.timeouts, nat::boottime_ns());
+                let now = nat::boottime_ns();
+                let r = nat::gc(pins, &cfg.node.timeouts, now);
+                match podgate::sg_maps::gc(pins, &cfg.node.timeouts, now) {
+                    Ok(r6) if r6.flows_expired + r6.frags_expired > 0 => info!(?r6, "gc ipv6"),
+                    Ok(_) => {}
+                    Err(e) => warn!("ipv6 gc pass failed: {e:#}"),
+                }
                 let mut m = metrics.lock().expect("metrics lock");
                 m.gc_runs += 1;
                 m.gc_seconds_total += started.elapsed().as_secs_f64();

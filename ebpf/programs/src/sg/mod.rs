@@ -179,7 +179,7 @@ fn judge<C: Packet>(
     if enforce {
         if let Some(f) = &flow {
             // SAFETY: plain helper call.
-            let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+            let now = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
             let mut ct = Ct6 {
                 origin: dir,
                 flags: 0,
@@ -205,7 +205,7 @@ fn judge<C: Packet>(
 #[inline(always)]
 fn refresh(ct: &mut Ct6, egress: bool, tcp_flags: u8) {
     // SAFETY: plain helper call.
-    ct.last_seen_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() };
+    ct.last_seen_ns = unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() };
     if egress {
         ct.packets_out += 1;
     } else {
@@ -258,7 +258,7 @@ fn record_first_fragment(frag: &Frag, h: &Header, dir: u8, proto: u8, l4: &L4, a
             sport: l4.sport,
             dport: l4.dport,
             // SAFETY: plain helper call.
-            seen_ns: unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_ns() },
+            seen_ns: unsafe { aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns() },
         };
         // Full map: the LRU evicts an old datagram's record; its tail then drops as orphan.
         let _ = FRAG6.insert(&key, &val, 0);

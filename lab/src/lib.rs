@@ -23,6 +23,7 @@
 //! Everything a lab creates is written to `/run/podgate-lab/<name>/state` before it is created,
 //! so [`down`] undoes a lab whose owner crashed; a [`Lab`] value downs its lab when dropped.
 
+pub mod conformance;
 mod daemon;
 mod probe;
 mod process;

@@ -32,7 +32,17 @@ pub struct RunOutput {
 
 impl Harness {
     pub fn new() -> Result<Self> {
-        let ebpf = EbpfLoader::new()
+        Self::with_max_entries(&[])
+    }
+
+    /// Like [`Harness::new`] with some maps made smaller (`(name, max_entries)`): iterating a
+    /// sparse million-bucket hash map costs milliseconds, too much to do per packet.
+    pub fn with_max_entries(sizes: &[(&str, u32)]) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for (name, n) in sizes {
+            loader.set_max_entries(name, *n);
+        }
+        let ebpf = loader
             .load(podgate::EBPF_OBJECT)
             .context("loading podgate's eBPF object (are you root?)")?;
         let mut h = Self { ebpf };

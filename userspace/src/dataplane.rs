@@ -266,6 +266,25 @@ pub fn write_node(pins: &Pins, node: &NodeSettings) -> Result<NodeConfig, Datapl
     Ok(cfg)
 }
 
+/// With `node.ipv4` not configured, the SNAT address follows the uplink: when its first IPv4
+/// changed (DHCP, a re-attached ENI), the node entry is rewritten and the new address is
+/// returned with the old one. Mappings hold only ports, so they carry over; connections already
+/// made toward the old address end, new ones use the new one.
+pub fn follow_uplink_ipv4(pins: &Pins, node: &NodeSettings) -> Result<Option<(Ipv4Addr, Ipv4Addr)>, DataplaneError> {
+    if node.ipv4.is_some() {
+        return Ok(None);
+    }
+    let now = netif::first_ipv4(&node.uplink)?;
+    let mut cfg = read_node(pins)?;
+    let old = Ipv4Addr::from(cfg.ipv4);
+    if old == now {
+        return Ok(None);
+    }
+    cfg.ipv4 = now.octets();
+    node_map(pins)?.set(0, cfg, 0).map_err(map_err(map_names::NODE))?;
+    Ok(Some((old, now)))
+}
+
 /// Attaches (or atomically re-points) a TC program on `ifname`. A pinned link from an earlier
 /// run is updated in place with BPF_LINK_UPDATE, so traffic never sees the interface without a
 /// program; otherwise a new tcx link is created and pinned. Kernels before 6.6 have no tcx: there

@@ -2,7 +2,9 @@
 
 mod bench;
 mod build;
+mod conformance;
 mod demo;
+mod fuzz;
 mod lab;
 mod run;
 mod setup;
@@ -38,6 +40,10 @@ enum Verb {
     Bench(bench::Args),
     /// Boot other kernels in QEMU and run the verifier and test_run suite there.
     VmTest(vm::Args),
+    /// The RFC 4787/5382/5508/7857 conformance suite: a table requirement → pass/fail.
+    Conformance(conformance::Args),
+    /// Random and mutated packets through every program (BPF_PROG_TEST_RUN), with invariants.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> Result<()> {
@@ -50,5 +56,7 @@ fn main() -> Result<()> {
         Verb::Test(a) => test::run(a),
         Verb::Bench(a) => bench::run(a),
         Verb::VmTest(a) => vm::run(a),
+        Verb::Conformance(a) => conformance::run(a),
+        Verb::Fuzz(a) => fuzz::run(a),
     }
 }

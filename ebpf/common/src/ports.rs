@@ -44,6 +44,18 @@ pub const fn candidate(src_port: u16, rand: u32, port_min: u16, port_max: u16) -
     p as u16
 }
 
+/// The port after `p` in `lo..=hi` with the same parity, wrapping around; `p` itself when the
+/// range holds no other such port.
+#[inline(always)]
+pub const fn next_same_parity(p: u16, lo: u16, hi: u16) -> u16 {
+    if (p as u32) + 2 <= hi as u32 {
+        return p + 2;
+    }
+    // Wrap to the lowest port of p's parity.
+    let first = if (lo ^ p) & 1 == 0 { lo } else { lo.saturating_add(1) };
+    if first > hi { p } else { first }
+}
+
 /// Whether `port` is one the NAT hands out (either range): a pod sending to the node's address
 /// on such a port is hairpinning toward another pod's mapping, not talking to a node service.
 #[inline(always)]
@@ -86,6 +98,23 @@ mod tests {
         }
         for (i, s) in seen.iter().enumerate() {
             assert_eq!(*s, i % 2 == 0, "port {}", 40000 + i);
+        }
+    }
+
+    #[test]
+    fn walking_visits_every_port_of_one_parity_once() {
+        for (lo, hi, start) in [(41000u16, 41063u16, 41010u16), (41000, 41063, 41011), (512, 1023, 1023), (40000, 40000, 40000)] {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut p = start;
+            loop {
+                p = next_same_parity(p, lo, hi);
+                assert!((lo..=hi).contains(&p) && p % 2 == start % 2, "{p}");
+                if !seen.insert(p) {
+                    break;
+                }
+            }
+            let want = (lo..=hi).filter(|q| q % 2 == start % 2).count();
+            assert_eq!(seen.len(), want, "{lo}-{hi} from {start}");
         }
     }
 

@@ -7,9 +7,15 @@ use podgate_common::stats::Counter;
 pub trait Packet {
     fn start(&self) -> usize;
     fn end(&self) -> usize;
+    /// The whole packet's length, including what TC has not pulled into the linear area.
+    fn total_len(&self) -> usize;
 }
 
 impl Packet for TcContext {
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.len() as usize
+    }
     #[inline(always)]
     fn start(&self) -> usize {
         self.data()
@@ -21,6 +27,10 @@ impl Packet for TcContext {
 }
 
 impl Packet for XdpContext {
+    #[inline(always)]
+    fn total_len(&self) -> usize {
+        self.data_end() - self.data()
+    }
     #[inline(always)]
     fn start(&self) -> usize {
         self.data()

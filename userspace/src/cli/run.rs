@@ -137,6 +137,11 @@ async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpLi
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                match dataplane::follow_uplink_ipv4(pins, &cfg.node) {
+                    Ok(Some((old, new))) => warn!(%old, %new, "uplink address changed: translating to the new one"),
+                    Ok(None) => {}
+                    Err(e) => warn!("reading the uplink address: {e:#}"),
+                }
                 let started = std::time::Instant::now();
                 let now = nat::boottime_ns();
                 let r = nat::gc(pins, &cfg.node.timeouts, now);

@@ -1,8 +1,10 @@
 //! Pod → outside: anti-spoofing, mapping and flow creation, source rewrite.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
-    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh},
+    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh, generated::bpf_loop},
     programs::TcContext,
 };
 use podgate_common::{
@@ -29,6 +31,39 @@ use crate::{
 const PORT_TRIES: u32 = 16;
 
 const ICMP_ECHO_REQUEST: u8 = 8;
+/// Candidates walked in order once random probing failed: every port of one parity in the
+/// largest range.
+const SCAN_PORTS: u32 = 32768;
+
+/// The state of the sequential walk, on the caller's stack for `bpf_loop`.
+#[repr(C)]
+struct Scan {
+    ep: Endpoint4,
+    remote: [u8; 4],
+    lo: u16,
+    hi: u16,
+    start: u16,
+    cand: u16,
+    found: u32,
+}
+
+/// One step of the walk: 1 stops the loop (claimed, or back at the start), 0 goes on.
+#[inline(never)]
+extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Scan`, alive for the whole `bpf_loop` call.
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    s.cand = ports::next_same_parity(s.cand, s.lo, s.hi);
+    if s.cand == s.start {
+        return 1;
+    }
+    let key = Claim4 { remote: s.remote, ext_port: s.cand, proto: s.ep.proto, _pad: 0 };
+    if NAT4_CLAIM.insert(&key, &s.ep, BPF_NOEXIST as u64).is_ok() {
+        s.found = 1;
+        return 1;
+    }
+    0
+}
+
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
@@ -64,6 +99,13 @@ pub struct L4 {
 /// port the NAT rewrites (source outbound, destination inbound) and, for ICMP, the echo type.
 #[inline(always)]
 pub fn l4(ctx: &impl crate::packet::Packet, ip: &Ip4, outbound: bool) -> Result<L4, Counter> {
+    // The header must lie inside the datagram, not only inside the frame: bytes after the
+    // IPv4 total length are padding the stack trims away.
+    let room = ip.tot_len as usize - (ip.l4 - ip.l3);
+    let need = if ip.proto == PROTO_TCP { 20 } else { 8 };
+    if room < need {
+        return Err(Counter::DropMalformed);
+    }
     match ip.proto {
         PROTO_TCP => {
             let h: *const [u8; 20] = ptr_at(ctx, ip.l4)?;
@@ -377,6 +419,21 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
             return Ok(cand);
         }
         i += 1;
+    }
+    // A nearly full pool defeats random probing while ports are still free: walk the range from
+    // a random point instead (same parity), so exhaustion means the pool really is full (RFC 4787
+    // REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk out of
+    // the verifier's budget: its callback is verified once.
+    // SAFETY: plain helper call.
+    let start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, node.port_min, node.port_max);
+    let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
+    let mut s = Scan { ep: *ep, remote, lo, hi, start, cand: start, found: 0 };
+    // SAFETY: `s` outlives the call; the callback is a static function of this program.
+    unsafe {
+        bpf_loop(SCAN_PORTS, scan_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);
+    }
+    if s.found != 0 {
+        return Ok(s.cand);
     }
     Err(Counter::DropPortExhausted)
 }

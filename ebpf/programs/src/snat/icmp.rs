@@ -37,6 +37,11 @@ struct Embedded {
 fn embedded(ctx: &impl Ctx, outer: &Ip4) -> Result<Embedded, Counter> {
     let inner = ip::parse(ctx, outer.l4 + ICMP_HLEN)?;
     let head: *const [u8; 8] = ptr_at(ctx, inner.l4)?;
+    // Inside the ICMP message, not only inside the frame: everything rewritten is covered by
+    // its checksum, and bytes after the datagram are padding.
+    if inner.l4 + 8 > outer.l3 + outer.tot_len as usize {
+        return Err(Counter::DropMalformed);
+    }
     // SAFETY: bounds checked by ptr_at.
     let head = unsafe { *head };
     let l4_csum_off = match inner.proto {
@@ -79,7 +84,12 @@ fn rewrite_embedded(
     ip::set_u16(ctx, port_off, new_port)?;
     ic = csum::update16(ic, old_port, new_port);
 
-    if let Ok(c) = ip::get_u16(ctx, e.l4_csum_off) {
+    // Only inside the quoted datagram: changing bytes after it (Ethernet padding, a trailer)
+    // would break the ICMP checksum.
+    let in_quote = e.l4_csum_off + 2 <= outer.l3 + outer.tot_len as usize;
+    if let Ok(c) = ip::get_u16(ctx, e.l4_csum_off)
+        && in_quote
+    {
         let n = match e.ip.proto {
             // No pseudo-header in ICMP.
             PROTO_ICMP => csum::update16(c, old_port, new_port),
@@ -93,6 +103,28 @@ fn rewrite_embedded(
         ic = csum::update16(ic, c, n);
     }
     ip::set_u16(ctx, icmp_csum_off, ic)
+}
+
+/// The longest ICMP error whose checksum is verified (one step per 16-bit word); a longer one
+/// is dropped as unverifiable. RFC 1812 §4.3.2.3 keeps errors within 576 bytes; 1480 is a
+/// whole 1500-byte datagram.
+const ICMP_MAX_LEN: usize = 1480;
+
+/// Whether the ICMP message at `ip.l4` (to the end of the datagram) sums to 0xffff. Router
+/// quotes are not trusted: a corrupted error must not rewrite a live flow's state at the pod
+/// (RFC 5508 REQ-3).
+#[inline(always)]
+fn checksum_ok<C: Ctx>(ctx: &C, ip: &Ip4) -> Result<bool, Counter> {
+    let hlen = ip.l4 - ip.l3;
+    let tot = ip.tot_len as usize;
+    if tot < hlen + ICMP_HLEN {
+        return Err(Counter::DropMalformed);
+    }
+    let len = tot - hlen;
+    if len > ICMP_MAX_LEN {
+        return Ok(false);
+    }
+    Ok(csum::fold(ctx.sum16(ip.l4, len)?) == 0xffff)
 }
 
 /// An error from outside about a packet the node sent for a pod.
@@ -117,6 +149,9 @@ pub fn error_in<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict,
     let Some(ep) = owner(e.ip.proto, ext, e.ip.dst) else {
         return Ok(Verdict::Drop(Counter::DropIcmpNoMapping));
     };
+    if !checksum_ok(ctx, ip)? {
+        return Ok(Verdict::Drop(Counter::DropIcmpBadChecksum));
+    }
     rewrite_embedded(
         ctx, ip, &e, IP_SRC, node.ipv4, ep.addr, port_off, ext, ep.port,
     )?;

@@ -75,10 +75,16 @@ pub fn parse(ctx: &impl Packet, l3: usize) -> Result<Ip4, Counter> {
     })
 }
 
-/// Parses the frame's IPv4 header (right after Ethernet).
+/// Parses the frame's IPv4 header (right after Ethernet). A datagram longer than the packet
+/// (truncated, or a lying total length) is `DropMalformed`: the stack would discard it, so it
+/// must not create state. (An embedded header legitimately describes more than the quote.)
 #[inline(always)]
 pub fn parse_outer(ctx: &impl Packet) -> Result<Ip4, Counter> {
-    parse(ctx, ETH_HLEN)
+    let ip = parse(ctx, ETH_HLEN)?;
+    if ETH_HLEN + ip.tot_len as usize > ctx.total_len() {
+        return Err(Counter::DropMalformed);
+    }
+    Ok(ip)
 }
 
 /// Writes a new address at `l3 + field` (IP_SRC or IP_DST) and fixes the IPv4 header checksum.

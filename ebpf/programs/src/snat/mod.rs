@@ -46,12 +46,78 @@ pub trait Ctx: Packet {
     fn redirect_neigh(&self, ifindex: u32) -> bool;
     /// The interface the packet arrived on.
     fn ifindex(&self) -> u32;
+    /// The one's-complement sum (unfolded, at most 17 bits) of the 16-bit words of `len` bytes
+    /// at `off`, an odd last byte padded with zero. Reads through the load-bytes helper inside
+    /// `bpf_loop`, so the length costs the verifier nothing and non-linear skbs work too.
+    fn sum16(&self, off: usize, len: usize) -> Result<u32, Counter>;
     /// The `tot_len` to give `bpf_fib_lookup` for its MTU check.
     fn fib_tot_len(&self, ip_tot_len: u16) -> u16;
 }
 
+/// State of a `sum16` walk, on the caller's stack for `bpf_loop`.
+#[repr(C)]
+struct Sum {
+    ctx: *mut c_void,
+    off: u32,
+    sum: u32,
+    err: u32,
+}
+
+/// One 16-bit word per `bpf_loop` step through `$load`; 1 stops on a failed read.
+macro_rules! sum_step {
+    ($name:ident, $load:path, $ctx:ty) => {
+        #[inline(never)]
+        extern "C" fn $name(i: u64, c: *mut c_void) -> i64 {
+            // SAFETY: `c` is the caller's `Sum`, alive for the whole `bpf_loop` call.
+            let s = unsafe { &mut *(c as *mut Sum) };
+            let mut w = [0u8; 2];
+            // SAFETY: plain helper call into a 2-byte stack buffer.
+            let rc = unsafe { $load(s.ctx as $ctx, s.off + 2 * i as u32, w.as_mut_ptr() as *mut c_void, 2) };
+            if rc != 0 {
+                s.err = 1;
+                return 1;
+            }
+            let v = s.sum + u16::from_be_bytes(w) as u32;
+            s.sum = (v & 0xffff) + (v >> 16);
+            0
+        }
+    };
+}
+
+sum_step!(sum_step_skb, aya_ebpf::helpers::generated::bpf_skb_load_bytes, *const c_void);
+sum_step!(sum_step_xdp, aya_ebpf::helpers::generated::bpf_xdp_load_bytes, *mut aya_ebpf::bindings::xdp_md);
+
+/// `sum16` for either program type: the words in `bpf_loop`, then the odd byte.
+macro_rules! sum16_impl {
+    ($self:ident, $raw:expr, $step:ident, $load:path, $ctx:ty, $off:ident, $len:ident) => {{
+        let mut s = Sum { ctx: $raw, off: $off as u32, sum: 0, err: 0 };
+        // SAFETY: `s` outlives the call; the callback is a static function of this program.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_loop(($len / 2) as u32, $step as *mut c_void, &mut s as *mut Sum as *mut c_void, 0);
+        }
+        if s.err != 0 {
+            return Err(Counter::DropMalformed);
+        }
+        if $len & 1 == 1 {
+            let mut b = [0u8; 1];
+            // SAFETY: plain helper call into a 1-byte stack buffer.
+            let rc = unsafe { $load($raw as $ctx, ($off + $len - 1) as u32, b.as_mut_ptr() as *mut c_void, 1) };
+            if rc != 0 {
+                return Err(Counter::DropMalformed);
+            }
+            s.sum += (b[0] as u32) << 8;
+        }
+        Ok(s.sum)
+    }};
+}
+
 impl Ctx for TcContext {
     const REDIRECTS: bool = true;
+
+    #[inline(always)]
+    fn sum16(&self, off: usize, len: usize) -> Result<u32, Counter> {
+        sum16_impl!(self, self.skb.skb as *mut c_void, sum_step_skb, aya_ebpf::helpers::generated::bpf_skb_load_bytes, *const c_void, off, len)
+    }
 
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
@@ -119,6 +185,11 @@ impl Ctx for TcContext {
 
 impl Ctx for XdpContext {
     const REDIRECTS: bool = false;
+
+    #[inline(always)]
+    fn sum16(&self, off: usize, len: usize) -> Result<u32, Counter> {
+        sum16_impl!(self, self.ctx as *mut c_void, sum_step_xdp, aya_ebpf::helpers::generated::bpf_xdp_load_bytes, *mut aya_ebpf::bindings::xdp_md, off, len)
+    }
 
     #[inline(always)]
     fn raw(&self) -> *mut c_void {

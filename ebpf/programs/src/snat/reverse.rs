@@ -85,6 +85,16 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
         (l.dport, l.sport)
     };
     let Some(ep) = owner(ip.proto, ext, ip.src) else {
+        // An unsolicited connection attempt to a port of the SNAT range: the range belongs to
+        // the NAT, and the node's stack would answer it with an RST at once. Drop it silently
+        // instead (RFC 5382 REQ-4/4a); SYN-ACKs for the node's own connections are not SYN-only.
+        if ip.proto == PROTO_TCP
+            && l.tcp_flags & (tcp::flags::SYN | tcp::flags::ACK | tcp::flags::RST) == tcp::flags::SYN
+            && ext >= node.port_min
+            && ext <= node.port_max
+        {
+            return Ok(Verdict::Drop(Counter::DropNoMapping));
+        }
         // No mapping: possibly the node's own traffic.
         return Ok(Verdict::Pass(Counter::NotOurs));
     };

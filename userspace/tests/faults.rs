@@ -1,0 +1,153 @@
+//! Faults in the namespace lab: exhaustion and recovery, a pod veth vanishing under live flows,
+//! another XDP program owner on the uplink. (SIGKILL of the daemon under load: snat_lab.rs and
+//! daemon.rs; a pin root off bpffs: daemon.rs.)
+
+mod labnode;
+
+use std::{thread, time::Duration};
+
+use labnode::{Node, PODGATE, inet};
+
+fn answered(out: &str) -> usize {
+    out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{out}"))
+}
+
+fn stat(n: &Node, name: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&n.cli(&["stats", "--json"])).unwrap();
+    v.as_array().unwrap().iter().find(|r| r["counter"] == name).and_then(|r| r["value"].as_u64()).unwrap_or(0)
+}
+
+#[test]
+fn port_pool_and_quota_exhaust_then_recover_after_gc() {
+    // 64 ports (32 even), a quota of 40 mappings per pod, UDP mappings idle out after 2 s.
+    let n = Node::up(
+        "exh",
+        2,
+        "pod_quota = 40\nsnat_ports = \"40000-40063\"\n",
+        "\n[timeouts]\nudp = 2\n\n[daemon]\ngc_interval = 1\n",
+    );
+    let (p0, p1) = (n.lab.pod_ns(0).to_string(), n.lab.pod_ns(1).to_string());
+
+    // Pod 0: 34 even source ports toward one remote; only 32 even external ports exist.
+    let out = n.py(&p0, &["udp-many", "42000", "34", &inet()]);
+    assert_eq!(answered(&out), 32, "pool of 32 even ports: {out}");
+    assert!(stat(&n, "drop_port_exhausted") >= 2, "exhaustion not counted");
+    // Existing mappings still work (one of the first sockets again).
+    let again = n.py(&p0, &["udp", "42000", "1", "0", &inet()]);
+    assert!(again.contains("reply"), "existing mapping broken under exhaustion: {again}");
+    // Pod 1 uses odd ports: unaffected by pod 0 filling the even ones.
+    let odd = n.py(&p1, &["udp-many", "43001", "5", &inet()]);
+    assert_eq!(answered(&odd), 5, "{odd}");
+    // Quota: pod 1 may hold 40 mappings; the odd ports run out at 32 anyway, so use pod 1's
+    // remaining quota against the odd pool: 27 more succeed (5 + 27 = 32), then exhaustion.
+    let more = n.py(&p1, &["udp-many", "44001", "30", &inet()]);
+    assert_eq!(answered(&more), 27, "{more}");
+
+    // Recovery: idle mappings expire (2 s timeout, GC every second) and the pool is free again.
+    thread::sleep(Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&n.cli(&["nat", "list", "--json"])).unwrap();
+    assert!(v.as_array().unwrap().is_empty(), "mappings left after expiry: {v}");
+    let out = n.py(&p0, &["udp-many", "45000", "32", &inet()]);
+    assert_eq!(answered(&out), 32, "pool did not recover after GC: {out}");
+}
+
+#[test]
+fn pod_quota_exhaustion_spares_other_pods_and_recovers() {
+    let n = Node::up("quota", 2, "pod_quota = 3\n", "\n[timeouts]\nudp = 2\n\n[daemon]\ngc_interval = 1\n");
+    let (p0, p1) = (n.lab.pod_ns(0).to_string(), n.lab.pod_ns(1).to_string());
+    assert_eq!(answered(&n.py(&p0, &["udp-many", "42000", "6", &inet()])), 3);
+    assert!(stat(&n, "drop_pod_quota") >= 3, "quota drops not counted");
+    assert_eq!(answered(&n.py(&p1, &["udp-many", "42000", "3", &inet()])), 3, "another pod paid for pod 0's quota");
+    thread::sleep(Duration::from_secs(5));
+    assert_eq!(answered(&n.py(&p0, &["udp-many", "46000", "3", &inet()])), 3, "quota not given back after GC");
+}
+
+#[test]
+fn pod_veth_deleted_under_live_flows_then_pod_del_frees_its_state() {
+    let n = Node::up("veth", 2, "", "");
+    let p0 = n.lab.pod_ns(0).to_string();
+    assert!(n.py(&p0, &["udp", "42000", "2", "0", &inet()]).contains("reply"));
+    let pod0 = n.lab.pod(0);
+    let ip4 = pod0.ipv4.to_string();
+    let rows = |n: &Node, cmd: &str| -> usize {
+        let v: serde_json::Value = serde_json::from_str(&n.cli(&[cmd, "list", "--json"])).unwrap();
+        v.as_array().unwrap().iter().filter(|r| r["pod_addr"] == ip4).count()
+    };
+    assert!(rows(&n, "nat") >= 1 && rows(&n, "ct") >= 1);
+    // The veths vanish (the pod's netns died, or someone deleted them) while flows exist.
+    for dev in [&pod0.veth, &pod0.veth_v4] {
+        let o = n.lab.exec_in(&n.lab.node_ns(), &["ip", "link", "del", dev]).unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    thread::sleep(Duration::from_millis(300));
+    // The daemon is still alive and the other pod still works.
+    let d = n.daemon.as_ref().map(|d| d.id()).unwrap();
+    assert!(d.alive(), "daemon died when a pod veth vanished: {}", n.log("podgate.log"));
+    assert!(n.py(n.lab.pod_ns(1), &["udp", "42000", "2", "0", &inet()]).contains("reply"));
+    // `pod del` works and frees the pod's mappings and flows.
+    n.cli(&["pod", "del", &pod0.name]);
+    let list = n.cli(&["pod", "list", "--json"]);
+    assert!(!list.contains(&format!("\"{}\"", pod0.name)), "{list}");
+    assert_eq!(rows(&n, "nat"), 0, "mappings of the deleted pod left");
+    assert_eq!(rows(&n, "ct"), 0, "flows of the deleted pod left");
+}
+
+#[test]
+fn a_second_xdp_owner_on_the_uplink_is_refused_not_replaced() {
+    let n = Node::up("xdp2", 1, "", "");
+    let before = n.lab.exec_in(&n.lab.node_ns(), &["ip", "-d", "link", "show", "eni"]).unwrap();
+    let before = String::from_utf8_lossy(&before.stdout).into_owned();
+    assert!(before.contains("xdp"), "podgate's XDP program not attached: {before}");
+    // Another instance (another pin root, so another owner) tries to take the same uplink.
+    let cfg = std::fs::read_to_string(n.lab.state_dir().join("conformance.toml")).unwrap();
+    let root = n.lab.pin_root();
+    let other = root.with_file_name(format!("{}-other", root.file_name().unwrap().to_string_lossy()));
+    let other_cfg = cfg
+        .replace(root.to_str().unwrap(), other.to_str().unwrap())
+        .split("[[pods]]")
+        .next()
+        .unwrap()
+        .to_string()
+        + "\n[daemon]\nmetrics = \"off\"\n";
+    let path = n.lab.state_dir().join("other.toml");
+    std::fs::write(&path, other_cfg).unwrap();
+    let o = n
+        .lab
+        .exec_in_for(&n.lab.node_ns(), &[PODGATE, "run", "--config", path.to_str().unwrap()], Duration::from_secs(20))
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&other);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "a second XDP owner was accepted: {err}");
+    assert!(err.to_lowercase().contains("xdp") || err.contains("uplink_xdp"), "error does not say what failed: {err}");
+    let after = n.lab.exec_in(&n.lab.node_ns(), &["ip", "-d", "link", "show", "eni"]).unwrap();
+    let after = String::from_utf8_lossy(&after.stdout).into_owned();
+    let prog_id = |s: &str| s.split_whitespace().skip_while(|w| *w != "prog/xdp").nth(1).map(str::to_string);
+    assert_eq!(prog_id(&before), prog_id(&after), "the uplink's XDP program changed:\n{before}\n{after}");
+    assert!(n.py(n.lab.pod_ns(0), &["udp", "42000", "2", "0", &inet()]).contains("reply"), "podgate broken by the attempt");
+}
+
+#[test]
+fn the_snat_address_follows_the_uplink_when_not_configured() {
+    let mut n = Node::up("addr", 1, "", "\n[daemon]\ngc_interval = 1\n");
+    // Restart the daemon without `node.ipv4`: the address comes from the uplink.
+    drop(n.daemon.take());
+    thread::sleep(Duration::from_millis(300));
+    let cfg = std::fs::read_to_string(n.lab.state_dir().join("conformance.toml")).unwrap();
+    let cfg: String = cfg.lines().filter(|l| !l.starts_with("ipv4 = \"198.51.100.2\"")).map(|l| format!("{l}\n")).collect();
+    let path = n.lab.state_dir().join("noaddr.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let _d = n.lab.spawn_logged(&n.lab.node_ns(), &[PODGATE, "run", "--config", path.to_str().unwrap()], "podgate-2.log").unwrap();
+    assert!(n.wait_log("podgate-2.log", "podgate: running", Duration::from_secs(30)), "{}", n.log("podgate-2.log"));
+    let p0 = n.lab.pod_ns(0).to_string();
+    let seen = |n: &Node, sport: &str| n.py(&p0, &["udp", sport, "2", "0", &inet()]);
+    assert!(seen(&n, "42000").contains("seen 198.51.100.2 "), "before the change");
+    for argv in [["ip", "addr", "del", "198.51.100.2/24", "dev", "eni"], ["ip", "addr", "add", "198.51.100.3/24", "dev", "eni"]] {
+        let o = n.lab.exec_in(&n.lab.node_ns(), &argv).unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert!(n.wait_log("podgate-2.log", "uplink address changed", Duration::from_secs(5)), "{}", n.log("podgate-2.log"));
+    let out = seen(&n, "42002");
+    assert!(out.contains("seen 198.51.100.3 "), "after the change: {out}");
+    let st: serde_json::Value = serde_json::from_str(&n.cli(&["status", "--json"])).unwrap();
+    assert!(st.to_string().contains("198.51.100.3"), "{st}");
+}

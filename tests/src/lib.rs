@@ -40,7 +40,7 @@ impl Harness {
     pub fn with_max_entries(sizes: &[(&str, u32)]) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         for (name, n) in sizes {
-            loader.set_max_entries(name, *n);
+            loader.map_max_entries(name, *n);
         }
         let ebpf = loader
             .load(podgate::EBPF_OBJECT)

@@ -80,6 +80,8 @@ counters! {
     // IPv6 security groups.
     // A non-first fragment that would overwrite the headers its first fragment was judged on.
     DropFragOverlap = 53 => "drop_frag_overlap",
+    // A DF packet too big for the uplink; the pod gets 3/4 with the MTU.
+    DropFragNeeded = 54 => "drop_frag_needed",
 }
 
 /// Size of the `stats` array.

@@ -3,8 +3,8 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT},
-    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh, generated::bpf_loop},
+    bindings::{BPF_NOEXIST, TC_ACT_REDIRECT, bpf_check_mtu_ret::BPF_MTU_CHK_RET_FRAG_NEEDED},
+    helpers::{bpf_get_prandom_u32, bpf_redirect_neigh, generated::{bpf_check_mtu, bpf_loop}},
     programs::TcContext,
 };
 use podgate_common::{
@@ -197,6 +197,23 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
     if hairpin && !hairpin_candidate(ctx, &ip, &node)? {
         return Ok(Verdict::Pass(Counter::LocalPass));
     }
+    if !hairpin && ip.frag & ip::IP_DF != 0 {
+        // Too big for the uplink with DF: the pod must hear 3/4 with the MTU (RFC 4787 REQ-13).
+        // After translation the stack would address that error to the node itself.
+        let mut mtu: u32 = 0;
+        // SAFETY: plain helper call on our skb; `mtu` is on the stack.
+        let rc = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, node.uplink_ifindex, &mut mtu, 0, 0) };
+        if rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64 {
+            let mtu = if mtu > 0xffff { 0xffff } else { mtu as u16 };
+            return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_FRAG_NEEDED, mtu) {
+                Ok(back) => {
+                    count(Counter::DropFragNeeded);
+                    Verdict::Redirect(Counter::IcmpUnreachSent, back)
+                }
+                Err(_) => Verdict::Drop(Counter::DropFragNeeded),
+            });
+        }
+    }
     if ip.is_later_fragment() {
         // Every translated datagram from a pod leaves with the node's address, whatever its
         // ports: a later fragment needs no state, so fragment order does not matter outbound.
@@ -252,7 +269,7 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             Ok(ext) => ext,
             Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
-                return Ok(match unreach::send(ctx, &node, &ip) {
+                return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
                     Ok(back) => {
                         count(why);
                         Verdict::Redirect(Counter::IcmpUnreachSent, back)

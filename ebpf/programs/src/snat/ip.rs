@@ -6,6 +6,8 @@ use crate::packet::{ETH_HLEN, Packet, ptr_at, ptr_at_mut};
 
 /// Offsets inside the IPv4 header.
 pub const IP_CSUM: usize = 10;
+/// "Don't fragment" in the flags/offset word.
+pub const IP_DF: u16 = 0x4000;
 pub const IP_SRC: usize = 12;
 pub const IP_DST: usize = 16;
 

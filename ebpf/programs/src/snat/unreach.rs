@@ -1,6 +1,8 @@
-//! ICMP "destination unreachable, communication administratively prohibited" (3/13) back to a
-//! pod whose packet could not get a mapping (RFC 5508 REQ-8), built in the dropped packet's own
-//! skb: 28 bytes of room after Ethernet for a new IPv4 + ICMP header, the original IPv4 header
+//! ICMP "destination unreachable" back to a pod, built in the dropped packet's own skb: 3/13
+//! (communication administratively prohibited) when its packet could not get a mapping (RFC 5508
+//! REQ-8), 3/4 (fragmentation needed, with the next-hop MTU) when it has DF set and is too big for
+//! the uplink (RFC 4787 REQ-13; the stack cannot do it once the source is translated). The skb
+//! keeps 28 bytes of room after Ethernet for a new IPv4 + ICMP header, the original IPv4 header
 //! (options included) and 8 bytes of its transport header stay in place as the quote, the rest is
 //! cut, and the skb goes back out of the pod's veth.
 
@@ -27,10 +29,14 @@ fn gateway(node: &NodeConfig) -> [u8; 4] {
     g
 }
 
-/// Turns the packet into the 3/13 error and redirects it to the pod. On any failure the caller
-/// just drops (the error is best effort; the drop is what matters).
+pub const CODE_FRAG_NEEDED: u8 = 4;
+pub const CODE_ADMIN_PROHIBITED: u8 = 13;
+
+/// Turns the packet into a 3/`code` error (`mtu`: the next-hop MTU of a 3/4, else 0) and
+/// redirects it to the pod. On any failure the caller just drops (the error is best effort; the
+/// drop is what matters).
 #[inline(always)]
-pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4) -> Result<u32, Counter> {
+pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, code: u8, mtu: u16) -> Result<u32, Counter> {
     let quote = (ip.l4 - ETH_HLEN) + 8;
     let icmp_len = 8 + quote;
     let total = ETH_HLEN + 20 + icmp_len;
@@ -81,7 +87,8 @@ pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4) -> Result<u32, Counter
     unsafe {
         *e = ne;
         *hp = h;
-        *icmp = [3, 13, 0, 0, 0, 0, 0, 0];
+        let m = mtu.to_be_bytes();
+        *icmp = [3, code, 0, 0, 0, 0, m[0], m[1]];
     }
 
     // ICMP checksum over header + quote, word by word within the bounds.

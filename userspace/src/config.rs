@@ -578,6 +578,17 @@ veth_v4 = "v4a"
         assert_eq!(Config::parse(&ok).unwrap().security_groups.len(), 1);
     }
 
+    /// The README's example is the documentation of every key: it must stay a valid config.
+    #[test]
+    fn readme_example_is_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml example") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let c = Config::parse(&readme[start..end]).unwrap_or_else(|e| panic!("README example: {e}"));
+        assert_eq!(c.pods[0].security_groups, vec!["web".to_string()]);
+        assert!(c.node.metrics.is_some());
+    }
+
     #[test]
     fn port_range_parser() {
         assert_eq!(parse_port_range("1024-2047"), Some((1024, 2047)));

@@ -489,9 +489,22 @@ fn fib_fast_path_redirects_both_ways() {
     h.time_to_live = 1;
     let out = env.egress(a, &raw_frame(h, rest));
     assert_eq!(out.verdict, TC_ACT_OK);
-    // Too big for the uplink's MTU: left to the stack (fragmentation or 3/4 to the pod).
+    // Too big for the uplink's MTU with DF: the pod gets 3/4 with the MTU, from the node, before
+    // any translation (RFC 4787 REQ-13).
     env.set_mtu("pgup", 1280);
-    let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1300]));
+    let big = udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1300]);
+    let out = env.egress(a, &big);
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    let err = parse_checked(&out.packet);
+    assert_eq!(err.ip.destination, POD_A);
+    let icmp = &out.packet[14 + 20..];
+    assert_eq!((icmp[0], icmp[1]), (3, 4), "fragmentation needed");
+    assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1280, "next-hop MTU");
+    assert_eq!(env.counter(Counter::DropFragNeeded), 1);
+    // Without DF the stack may fragment it: translated and handed over.
+    let (mut h, rest) = etherparse::Ipv4Header::from_slice(&big[14..]).unwrap();
+    h.dont_fragment = false;
+    let out = env.egress(a, &raw_frame(h, rest));
     assert_eq!(out.verdict, TC_ACT_OK);
     assert_eq!(parse_checked(&out.packet).ip.source, NODE_IP);
     let out = env.egress(a, &udp(POD_A, 5600, REMOTE1, 53, &[7u8; 1200]));

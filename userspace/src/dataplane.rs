@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     pin::PinError as AyaPinError,
     programs::{
-        ProgramError, SchedClassifier, Xdp,
+        Program, ProgramError, SchedClassifier, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         tc::{NlOptions, TcAttachOptions, TcAttachType},
         xdp::XdpMode,
@@ -139,23 +139,17 @@ pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
         loader.map_pin_path(name, path.as_path());
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(DataplaneError::Load)?;
-    for name in TC_PROGRAMS {
-        let p: &mut SchedClassifier = ebpf
+    for name in TC_PROGRAMS.iter().chain(XDP_PROGRAMS) {
+        let prog = ebpf
             .program_mut(name)
-            .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(prog_err(name))?;
-        p.load().map_err(prog_err(name))?;
-        repin(pins.prog(name), |path| p.pin(path))?;
-    }
-    for name in XDP_PROGRAMS {
-        let p: &mut Xdp = ebpf
-            .program_mut(name)
-            .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?
-            .try_into()
-            .map_err(prog_err(name))?;
-        p.load().map_err(prog_err(name))?;
-        repin(pins.prog(name), |path| p.pin(path))?;
+            .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?;
+        match prog {
+            Program::SchedClassifier(p) => p.load(),
+            Program::Xdp(p) => p.load(),
+            _ => Err(ProgramError::UnexpectedProgramType),
+        }
+        .map_err(prog_err(name))?;
+        repin(pins.prog(name), |path| prog.pin(path))?;
     }
     Ok(adopted)
 }

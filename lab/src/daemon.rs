@@ -1,5 +1,6 @@
 //! podgate on the lab's node: started through `nsenter --net` (so the host's bpffs stays
-//! visible and pins outlive the daemon, DESIGN.md §5) and ready once it has pinned something.
+//! visible and pins outlive the daemon, DESIGN.md §5) and ready once it says it is running,
+//! which it does after every pod's programs are attached.
 
 use std::{
     fs,
@@ -28,7 +29,8 @@ pub fn podgate_has_daemon(bin: &Path) -> bool {
 
 impl Lab {
     /// Starts `bin run --config <lab config>` in the node namespace, output to
-    /// `<state dir>/podgate.log`, and waits up to `limit` for entries under the lab's pin root.
+    /// `<state dir>/podgate.log`, and waits up to `limit` for its "running" line (maps pinned and
+    /// every program attached: traffic sent earlier would leave untranslated).
     /// Returns the daemon's guard (dropping it stops the daemon; the pins stay until `down`).
     pub fn start_podgate(&self, bin: &Path, limit: Duration) -> Result<ChildGuard> {
         let cfg = self.config_path();
@@ -49,12 +51,12 @@ impl Lab {
                     self.podgate_log()
                 );
             }
-            if !self.pins().is_empty() {
+            if self.podgate_log().contains("podgate: running") {
                 return Ok(daemon);
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "podgate (pid {}) pinned nothing under {} within {limit:?}; its log:\n{}",
+                    "podgate (pid {}) did not report running within {limit:?} (pins under {}); its log:\n{}",
                     daemon.pid(),
                     self.pin_root().display(),
                     self.podgate_log()

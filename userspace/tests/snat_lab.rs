@@ -183,3 +183,18 @@ fn snat_through_the_kernel_stack_forwarding() {
     let stats = podgate_cli(&lab, &["stats", "--json"]);
     assert!(!stats.contains("\"fib_redirect\""), "stack mode must not redirect: {stats}");
 }
+
+/// The lab's `start_podgate` (used by `cargo xtask demo`) returns only when traffic is
+/// translated: probes sent right away must work.
+#[test]
+fn lab_start_podgate_returns_when_traffic_is_translated() {
+    let lab = lab("ready", 2);
+    let _d = lab.start_podgate(std::path::Path::new(common::PODGATE), Duration::from_secs(30)).unwrap();
+    let probes: Vec<_> = thread::scope(|s| {
+        let hs: Vec<_> = (0..2).map(|i| { let lab = &lab; s.spawn(move || lab.http(i, Family::V4)) }).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for p in probes {
+        assert!(p.ok && p.seen == Some(IpAddr::V4(NODE_V4)), "{p:?}");
+    }
+}

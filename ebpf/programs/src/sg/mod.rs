@@ -6,7 +6,7 @@
 //! errors quoting a tracked flow pass → a tracked flow passes → the rules of the pod's groups
 //! decide, and an allowed flow becomes tracked.
 mod parse;
-mod policy;
+pub mod policy;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use podgate_common::{

@@ -24,7 +24,7 @@ use crate::{
     packet::{ETH_HLEN, Packet},
     verdict::Verdict,
 };
-use parse::{Buf, Header, L4};
+use parse::{Buf, Header, L4, Load};
 
 /// What the pod sends (TC ingress of its host veth).
 #[inline(always)]
@@ -102,7 +102,7 @@ fn pod_of(ctx: &TcContext) -> Result<&'static Pod, Counter> {
 /// The verdict for a packet of `pod`. `enforce`: the veth programs, which create and refresh
 /// state; the uplink only reads it.
 #[inline(always)]
-fn judge<C: Packet>(
+fn judge<C: Load>(
     ctx: &C,
     pod: &Pod,
     h: &Header,
@@ -225,7 +225,7 @@ fn refresh(ct: &mut Ct6, egress: bool, tcp_flags: u8) {
 /// Whether the packet quoted in an ICMPv6 error belongs to a tracked flow of this pod. An error
 /// delivered to the pod quotes what the pod sent, and the other way round.
 #[inline(always)]
-fn related<C: Packet>(b: &Buf<C>, off: usize, end: usize, egress: bool, pod_addr: &[u8; 16]) -> bool {
+fn related<C: Load>(b: &Buf<C>, off: usize, end: usize, egress: bool, pod_addr: &[u8; 16]) -> bool {
     let Some(i) = parse::inner(b, off, end) else {
         return false;
     };

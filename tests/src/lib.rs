@@ -4,7 +4,7 @@
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 
 /// TC verdicts as returned by the programs.
@@ -16,6 +16,23 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+
+/// Loads a program, again when the verifier was interrupted: it gives up with EAGAIN when a
+/// signal is pending on the loading thread, which a test process starting commands can cause
+/// (libbpf retries 5 times the same way).
+fn retry_eagain(mut load: impl FnMut() -> Result<(), ProgramError>) -> Result<(), ProgramError> {
+    let mut attempt = 0;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 4 =>
+            {
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
 
 /// A private copy of podgate's programs and maps (nothing pinned, nothing attached): each test
 /// gets its own maps, so tests can run in parallel.
@@ -52,7 +69,7 @@ impl Harness {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?
                 .try_into()?;
-            p.load().with_context(|| format!("verifier rejected {name}"))?;
+            retry_eagain(|| p.load()).with_context(|| format!("verifier rejected {name}"))?;
         }
         for name in ["uplink_xdp", "noop_xdp"] {
             let p: &mut Xdp = h
@@ -60,7 +77,7 @@ impl Harness {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing"))?
                 .try_into()?;
-            p.load().with_context(|| format!("verifier rejected {name}"))?;
+            retry_eagain(|| p.load()).with_context(|| format!("verifier rejected {name}"))?;
         }
         Ok(h)
     }

@@ -18,7 +18,7 @@ mod verdict;
 #[cfg(target_arch = "bpf")]
 mod programs {
     use aya_ebpf::{
-        bindings::{TC_ACT_OK, xdp_action},
+        bindings::{TC_ACT_OK, __sk_buff, xdp_action, xdp_md},
         macros::{classifier, xdp},
         programs::{TcContext, XdpContext},
     };
@@ -33,44 +33,67 @@ mod programs {
     /// TC ingress of a pod's host-side veth: everything the pod sends.
     #[classifier]
     pub fn pod_ingress(ctx: TcContext) -> i32 {
-        tc_verdict(&ctx, try_pod_ingress(&ctx))
+        match ether_type(&ctx) {
+            Ok(EtherType::Ipv4) => pod_ingress_v4(ctx.skb.skb),
+            Ok(EtherType::Ipv6) => pod_ingress_v6(ctx.skb.skb),
+            Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
+            Ok(EtherType::Other) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
+            Err(c) => tc_verdict(&ctx, Err(c)),
+        }
     }
 
-    fn try_pod_ingress(ctx: &TcContext) -> Result<Verdict, Counter> {
-        match ether_type(ctx)? {
-            EtherType::Ipv4 => snat::egress::pod_v4(ctx),
-            EtherType::Ipv6 => sg::pod_egress_v6(ctx),
-            EtherType::Arp => Ok(Verdict::Pass(Counter::LocalPass)),
-            EtherType::Other => Ok(Verdict::Pass(Counter::NotOurs)),
-        }
+    // The families run in their own BPF functions: their stack frames then do not add up, which
+    // leaves room for the frame of the rule lookup's bpf_loop callback (512 bytes in all).
+    #[inline(never)]
+    fn pod_ingress_v4(skb: *mut __sk_buff) -> i32 {
+        let ctx = TcContext::new(skb);
+        tc_verdict(&ctx, snat::egress::pod_v4(&ctx))
+    }
+
+    #[inline(never)]
+    fn pod_ingress_v6(skb: *mut __sk_buff) -> i32 {
+        let ctx = TcContext::new(skb);
+        tc_verdict(&ctx, sg::pod_egress_v6(&ctx))
     }
 
     /// TC egress of a pod's host-side veth: everything delivered to the pod.
     #[classifier]
     pub fn pod_egress(ctx: TcContext) -> i32 {
-        tc_verdict(&ctx, try_pod_egress(&ctx))
+        match ether_type(&ctx) {
+            Ok(EtherType::Ipv6) => pod_egress_v6(ctx.skb.skb),
+            // IPv4 toward the pod was already reverse-translated at the uplink.
+            Ok(_) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
+            Err(c) => tc_verdict(&ctx, Err(c)),
+        }
     }
 
-    fn try_pod_egress(ctx: &TcContext) -> Result<Verdict, Counter> {
-        match ether_type(ctx)? {
-            EtherType::Ipv6 => sg::pod_ingress_v6(ctx),
-            // IPv4 toward the pod was already reverse-translated at the uplink.
-            _ => Ok(Verdict::Pass(Counter::NotOurs)),
-        }
+    #[inline(never)]
+    fn pod_egress_v6(skb: *mut __sk_buff) -> i32 {
+        let ctx = TcContext::new(skb);
+        tc_verdict(&ctx, sg::pod_ingress_v6(&ctx))
     }
 
     /// XDP on the uplink: reverse NAT of IPv4 replies, early drop of denied IPv6.
     #[xdp]
     pub fn uplink_xdp(ctx: XdpContext) -> u32 {
-        xdp_verdict(&ctx, try_uplink_xdp(&ctx))
+        match ether_type(&ctx) {
+            Ok(EtherType::Ipv4) => uplink_xdp_v4(ctx.ctx),
+            Ok(EtherType::Ipv6) => uplink_xdp_v6(ctx.ctx),
+            Ok(_) => xdp_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
+            Err(c) => xdp_verdict(&ctx, Err(c)),
+        }
     }
 
-    fn try_uplink_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
-        match ether_type(ctx)? {
-            EtherType::Ipv4 => snat::reverse::uplink_v4_xdp(ctx),
-            EtherType::Ipv6 => sg::uplink_v6_xdp(ctx),
-            _ => Ok(Verdict::Pass(Counter::NotOurs)),
-        }
+    #[inline(never)]
+    fn uplink_xdp_v4(md: *mut xdp_md) -> u32 {
+        let ctx = XdpContext::new(md);
+        xdp_verdict(&ctx, snat::reverse::uplink_v4_xdp(&ctx))
+    }
+
+    #[inline(never)]
+    fn uplink_xdp_v6(md: *mut xdp_md) -> u32 {
+        let ctx = XdpContext::new(md);
+        xdp_verdict(&ctx, sg::uplink_v6_xdp(&ctx))
     }
 
     /// TC ingress on the uplink: the same reverse path where XDP is not wanted.

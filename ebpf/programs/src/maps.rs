@@ -82,3 +82,8 @@ pub static SG_SCRATCH: PerCpuArray<u32, 1> = PerCpuArray::new();
 /// `sg apply` and daemon restarts (pod records hold ids).
 #[btf_map(name = "sg_names")]
 pub static SG_NAMES: HashMap<u32, podgate_common::PodName, 4096> = HashMap::new();
+
+/// Per-CPU state of the rule lookup's `bpf_loop` (`sg::policy`): its callback context would not
+/// fit on the programs' stack. Never pinned: nothing outlives one lookup.
+#[btf_map(name = "sg_lookup")]
+pub static SG_LOOKUP: PerCpuArray<crate::sg::policy::GroupScan, 1> = PerCpuArray::new();

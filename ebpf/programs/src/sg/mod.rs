@@ -6,11 +6,11 @@
 //! errors quoting a tracked flow pass → a tracked flow passes → the rules of the pod's groups
 //! decide, and an allowed flow becomes tracked.
 mod parse;
-mod policy;
+pub mod policy;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use podgate_common::{
-    Event, Pod,
+    Pod, event_kind,
     sg::{
         Ct6, DIR_EGRESS, DIR_INGRESS, Flow6, FragKey6, FragVal6, NO_RULE, PROTO_ICMPV6,
         ct6_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error, is_linklocal_or_unspecified,
@@ -20,11 +20,11 @@ use podgate_common::{
 };
 
 use crate::{
-    maps::{CT6, FRAG6, NODE, PODS, PODS_V6, SG_SCRATCH},
+    maps::{CT6, EVENTS, FRAG6, NODE, PODS, PODS_V6, SG_SCRATCH},
     packet::{ETH_HLEN, Packet},
-    verdict::{Verdict, emit_drop},
+    verdict::Verdict,
 };
-use parse::{Buf, Header, L4};
+use parse::{Buf, Header, L4, Load};
 
 /// What the pod sends (TC ingress of its host veth).
 #[inline(always)]
@@ -102,7 +102,7 @@ fn pod_of(ctx: &TcContext) -> Result<&'static Pod, Counter> {
 /// The verdict for a packet of `pod`. `enforce`: the veth programs, which create and refresh
 /// state; the uplink only reads it.
 #[inline(always)]
-fn judge<C: Packet>(
+fn judge<C: Load>(
     ctx: &C,
     pod: &Pod,
     h: &Header,
@@ -225,7 +225,7 @@ fn refresh(ct: &mut Ct6, egress: bool, tcp_flags: u8) {
 /// Whether the packet quoted in an ICMPv6 error belongs to a tracked flow of this pod. An error
 /// delivered to the pod quotes what the pod sent, and the other way round.
 #[inline(always)]
-fn related<C: Packet>(b: &Buf<C>, off: usize, end: usize, egress: bool, pod_addr: &[u8; 16]) -> bool {
+fn related<C: Load>(b: &Buf<C>, off: usize, end: usize, egress: bool, pod_addr: &[u8; 16]) -> bool {
     let Some(i) = parse::inner(b, off, end) else {
         return false;
     };
@@ -265,21 +265,28 @@ fn record_first_fragment(frag: &Frag, h: &Header, dir: u8, proto: u8, l4: &L4, a
     }
 }
 
+/// Counts the drop and reports it. The event is written straight into the ring buffer: an
+/// `Event` on the stack would not leave room for the rule lookup's callback frame (512 bytes for
+/// the whole call chain, rounded per frame on 6.1).
 #[inline(always)]
 fn deny(reason: Counter, pod_id: u32, h: &Header, proto: u8, l4: &L4, rule: u32) -> Result<Verdict, Counter> {
-    let ev = Event {
-        kind: 0,
-        reason: 0,
-        pod_id,
-        rule,
-        family: 6,
-        proto,
-        _pad: 0,
-        sport: l4.sport,
-        dport: l4.dport,
-        src: h.src,
-        dst: h.dst,
-    };
-    emit_drop(reason, &ev);
+    if let Some(mut entry) = EVENTS.reserve(0) {
+        let e = entry.as_mut_ptr();
+        // SAFETY: `e` points at a reserved, writable `Event`; every field is plain data.
+        unsafe {
+            (*e).kind = event_kind::DROP;
+            (*e).reason = reason as u32;
+            (*e).pod_id = pod_id;
+            (*e).rule = rule;
+            (*e).family = 6;
+            (*e).proto = proto;
+            (*e)._pad = 0;
+            (*e).sport = l4.sport;
+            (*e).dport = l4.dport;
+            (*e).src = h.src;
+            (*e).dst = h.dst;
+        }
+        entry.submit(0);
+    }
     Ok(Verdict::Drop(reason))
 }

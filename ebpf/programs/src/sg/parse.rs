@@ -9,20 +9,54 @@ use podgate_common::{
     stats::Counter,
 };
 
+use core::{ffi::c_void, mem::MaybeUninit};
+
+use aya_ebpf::{
+    helpers::generated::bpf_xdp_load_bytes,
+    programs::{TcContext, XdpContext},
+};
+
 use crate::packet::{ETH_HLEN, Packet, ptr_at};
 
 /// Bytes a TC program pulls into the linear area so that the whole walk is readable.
 pub const PULL_LEN: usize = ETH_HLEN + 40 + MAX_CHAIN_BYTES + 48 + 48;
 
-/// Packet bytes through the bounds-checked accessors.
-pub struct Buf<'a, C: Packet>(pub &'a C);
+/// `N` packet bytes at an offset known only at run time.
+pub trait Load: Packet {
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
 
-impl<C: Packet> Bytes for Buf<'_, C> {
+impl Load for TcContext {
     #[inline(always)]
-    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        let p: *const [u8; N] = ptr_at(self.0, off).ok()?;
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let p: *const [u8; N] = ptr_at(self, off).ok()?;
         // SAFETY: ptr_at checked the bounds; [u8; N] has alignment 1.
         Some(unsafe { *p })
+    }
+}
+
+/// XDP copies with the helper: in uplink_xdp, LLVM spills a walk offset before its bounds check
+/// and reloads it after, and 6.1's verifier then rejects the direct access (6.18 links the two).
+
+impl Load for XdpContext {
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let mut a = MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: the helper writes at most N bytes into `a`, and all of them when it returns 0.
+        unsafe {
+            let r = bpf_xdp_load_bytes(self.ctx, off as u32, a.as_mut_ptr() as *mut c_void, N as u32);
+            if r == 0 { Some(a.assume_init()) } else { None }
+        }
+    }
+}
+
+/// Packet bytes at offsets computed at run time.
+pub struct Buf<'a, C: Load>(pub &'a C);
+
+impl<C: Load> Bytes for Buf<'_, C> {
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        self.0.load::<N>(off)
     }
 
     #[inline(always)]

@@ -143,12 +143,20 @@ pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
         let prog = ebpf
             .program_mut(name)
             .ok_or_else(|| prog_err(name)(ProgramError::NotLoaded))?;
-        match prog {
-            Program::SchedClassifier(p) => p.load(),
-            Program::Xdp(p) => p.load(),
-            _ => Err(ProgramError::UnexpectedProgramType),
+        // The kernel abandons a verification with EAGAIN when a signal is pending; like libbpf,
+        // try again a few times before giving up.
+        let mut tries = 0;
+        loop {
+            let r = match &mut *prog {
+                Program::SchedClassifier(p) => p.load(),
+                Program::Xdp(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            match r {
+                Err(e) if tries < 4 && is_eagain(&e) => tries += 1,
+                r => break r.map_err(prog_err(name))?,
+            }
         }
-        .map_err(prog_err(name))?;
         repin(pins.prog(name), |path| prog.pin(path))?;
     }
     Ok(adopted)
@@ -306,6 +314,16 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         }
     };
     pin_link(p.take_link(id).map_err(prog_err(prog))?, link_path)
+}
+
+fn is_eagain(e: &ProgramError) -> bool {
+    match e {
+        ProgramError::LoadError { io_error, .. } => io_error.raw_os_error() == Some(libc::EAGAIN),
+        ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::EAGAIN)
+        }
+        _ => false,
+    }
 }
 
 /// tcx arrived in Linux 6.6; before it, BPF_LINK_CREATE with a tcx attach type is EINVAL.

@@ -78,9 +78,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("test: other kernels in QEMU (cargo xtask vm-test)");
         // The verifier of each kernel over every program, the smoke run and the namespace test;
         // `cargo xtask vm-test` also runs the packet-fixture suites there (slow under TCG).
-        // Linux 6.1's verifier rejects the IPv6 path (README, "Other kernels"): 6.12 only.
         let opts = crate::vm::Options {
-            kernels: vec!["6.12".into()],
             test_bins: vec!["smoke".into()],
             timeout: std::time::Duration::from_secs(600),
             ..Default::default()

@@ -31,7 +31,7 @@ read -r maj min _ < <(uname -r | tr '.-' '  ')
 if [ "$maj" -gt 6 ] || { [ "$maj" -eq 6 ] && [ "$min" -ge 6 ]; }; then
     say "tcx=present kernel=$(uname -r)"
 else
-    say "tcx=absent kernel=$(uname -r) note=podgate-tc-attach-uses-tcx-which-needs-linux-6.6"
+    say "tcx=absent kernel=$(uname -r) note=no-tcx-podgate-falls-back-to-netlink-clsact"
 fi
 
 # Bpffs outside /sys: `ip netns exec` remounts /sys for the namespace.

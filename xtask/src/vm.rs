@@ -331,7 +331,10 @@ fn print_table(s: &VmSummary) {
             })
             .collect();
         let netns = match (g.netns_status(), g.netns.tcx_present) {
-            (Status::Pass, _) => "pass (podgate run, tcx; ping6+ping4 counted)".to_string(),
+            (Status::Pass, tcx) => format!(
+                "pass (podgate run, {}; ping6+ping4 counted)",
+                if tcx == Some(false) { "netlink TC" } else { "tcx" }
+            ),
             (Status::Fail, Some(false)) if g.netns.tc_attach_failed => format!(
                 "podgate attach FAIL: no tcx, needs Linux >= 6.6; netlink-TC attach of the programs: {}",
                 match g.netns.legacy_tc {

@@ -286,7 +286,7 @@ mod tests {
             assert!(e.contains(part), "{e} lacks {part}");
         }
         let bad = [
-            (r#"{ proto = "tcp", ports = "443", cidr = "10.0.0.0/8" }"#, "cidr"),
+            (r#"{ proto = "tcp", ports = "443", cidr = "192.0.2.0/24" }"#, "cidr"),
             (r#"{ proto = "icmpv6", ports = "443", cidr = "::/0" }"#, "ports"),
             (r#"{ proto = "tcp", icmp_type = 1, cidr = "::/0" }"#, "icmp_type"),
             (r#"{ proto = "icmpv6", icmp_code = 1, cidr = "::/0" }"#, "icmp_code"),

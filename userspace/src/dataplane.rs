@@ -94,8 +94,13 @@ pub enum DataplaneError {
     PodIdsExhausted,
 }
 
-fn map_err(name: &str) -> impl FnOnce(MapError) -> DataplaneError + '_ {
+pub(crate) fn map_err(name: &str) -> impl FnOnce(MapError) -> DataplaneError + '_ {
     move |source| DataplaneError::Map { name: name.into(), source }
+}
+
+/// Opens a pinned hash map (plain or LRU) with its key and value types.
+pub(crate) fn open_hash<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Result<HashMap<MapData, K, V>, DataplaneError> {
+    HashMap::try_from(open_map(pins, name)?).map_err(map_err(name))
 }
 
 fn prog_err(name: &str) -> impl FnOnce(ProgramError) -> DataplaneError + '_ {
@@ -218,7 +223,7 @@ pub fn node_map(pins: &Pins) -> Result<Array<MapData, NodeConfig>, DataplaneErro
 }
 
 pub fn pods_map(pins: &Pins) -> Result<HashMap<MapData, u32, Pod>, DataplaneError> {
-    HashMap::try_from(open_map(pins, map_names::PODS)?).map_err(map_err(map_names::PODS))
+    open_hash(pins, map_names::PODS)
 }
 
 pub fn stats_map(pins: &Pins) -> Result<PerCpuArray<MapData, u64>, DataplaneError> {
@@ -500,7 +505,7 @@ pub struct PodEntry {
 pub fn list_pods(pins: &Pins) -> Result<Vec<PodEntry>, DataplaneError> {
     let pods = pods_map(pins)?;
     let names: HashMap<MapData, u32, PodName> =
-        HashMap::try_from(open_map(pins, map_names::POD_NAMES)?).map_err(map_err(map_names::POD_NAMES))?;
+        open_hash(pins, map_names::POD_NAMES)?;
     let mut by_id: std::collections::BTreeMap<u32, PodEntry> = Default::default();
     for item in pods.iter() {
         let (ifindex, pod) = item.map_err(map_err(map_names::PODS))?;
@@ -574,16 +579,16 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
     name.name[..n].copy_from_slice(&bytes[..n]);
     name.len = n as u32;
     let mut names: HashMap<MapData, u32, PodName> =
-        HashMap::try_from(open_map(pins, map_names::POD_NAMES)?).map_err(map_err(map_names::POD_NAMES))?;
+        open_hash(pins, map_names::POD_NAMES)?;
     names.insert(id, name, 0).map_err(map_err(map_names::POD_NAMES))?;
     let mut pods = pods_map(pins)?;
     pods.insert(ifindex, pod, 0).map_err(map_err(map_names::PODS))?;
     pods.insert(ifindex_v4, pod, 0).map_err(map_err(map_names::PODS))?;
     let mut v4: HashMap<MapData, [u8; 4], u32> =
-        HashMap::try_from(open_map(pins, map_names::PODS_V4)?).map_err(map_err(map_names::PODS_V4))?;
+        open_hash(pins, map_names::PODS_V4)?;
     v4.insert(pod.ipv4, ifindex_v4, 0).map_err(map_err(map_names::PODS_V4))?;
     let mut v6: HashMap<MapData, [u8; 16], u32> =
-        HashMap::try_from(open_map(pins, map_names::PODS_V6)?).map_err(map_err(map_names::PODS_V6))?;
+        open_hash(pins, map_names::PODS_V6)?;
     v6.insert(pod.ipv6, ifindex, 0).map_err(map_err(map_names::PODS_V6))?;
 
     let v4if = spec.veth_v4.as_deref().unwrap_or(&spec.veth);
@@ -621,13 +626,13 @@ pub fn remove_pod(pins: &Pins, name: &str) -> Result<PodEntry, DataplaneError> {
         ignore_missing(pods.remove(idx)).map_err(map_err(map_names::PODS))?;
     }
     let mut v4: HashMap<MapData, [u8; 4], u32> =
-        HashMap::try_from(open_map(pins, map_names::PODS_V4)?).map_err(map_err(map_names::PODS_V4))?;
+        open_hash(pins, map_names::PODS_V4)?;
     ignore_missing(v4.remove(&entry.pod.ipv4)).map_err(map_err(map_names::PODS_V4))?;
     let mut v6: HashMap<MapData, [u8; 16], u32> =
-        HashMap::try_from(open_map(pins, map_names::PODS_V6)?).map_err(map_err(map_names::PODS_V6))?;
+        open_hash(pins, map_names::PODS_V6)?;
     ignore_missing(v6.remove(&entry.pod.ipv6)).map_err(map_err(map_names::PODS_V6))?;
     let mut names: HashMap<MapData, u32, PodName> =
-        HashMap::try_from(open_map(pins, map_names::POD_NAMES)?).map_err(map_err(map_names::POD_NAMES))?;
+        open_hash(pins, map_names::POD_NAMES)?;
     ignore_missing(names.remove(&entry.pod.id)).map_err(map_err(map_names::POD_NAMES))?;
     crate::nat::flush_pod(pins, Ipv4Addr::from(entry.pod.ipv4))?;
     crate::sg_maps::flush_pod(pins, Ipv6Addr::from(entry.pod.ipv6))?;

@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, time::Instant};
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, MapData};
 use podgate_common::{
     Pod, Timeouts, map_names,
     nat::{self as nat_rules, Claim4, Ct4, Endpoint4, FragKey4, FragVal4, Flow4, Mapping4, map_names as nat_maps},
@@ -11,17 +11,9 @@ use podgate_common::{
 use serde::Serialize;
 
 use crate::{
-    dataplane::{DataplaneError, ignore_missing, open_map},
+    dataplane::{DataplaneError, ignore_missing, map_err, open_hash},
     pins::Pins,
 };
-
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name: name.into(), source }
-}
-
-fn typed<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &'static str) -> Result<HashMap<MapData, K, V>, DataplaneError> {
-    HashMap::try_from(open_map(pins, name)?).map_err(map_err(name))
-}
 
 /// Nanoseconds of CLOCK_BOOTTIME, the clock of `bpf_ktime_get_boot_ns` that stamps entries.
 pub fn boottime_ns() -> u64 {
@@ -66,12 +58,12 @@ pub struct FlowRow {
 }
 
 pub fn mappings(pins: &Pins) -> Result<Vec<(Endpoint4, Mapping4)>, DataplaneError> {
-    let m: HashMap<MapData, Endpoint4, Mapping4> = typed(pins, nat_maps::NAT4_MAP)?;
+    let m: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
     m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(nat_maps::NAT4_MAP))
 }
 
 pub fn flows(pins: &Pins) -> Result<Vec<(Flow4, Ct4)>, DataplaneError> {
-    let m: HashMap<MapData, Flow4, Ct4> = typed(pins, nat_maps::CT4)?;
+    let m: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
     m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(nat_maps::CT4))
 }
 
@@ -125,19 +117,19 @@ pub fn flow_rows(pins: &Pins) -> Result<Vec<FlowRow>, DataplaneError> {
 pub fn flush_pod(pins: &Pins, addr: Ipv4Addr) -> Result<usize, DataplaneError> {
     let a = addr.octets();
     let mut n = 0;
-    let mut ct: HashMap<MapData, Flow4, Ct4> = typed(pins, nat_maps::CT4)?;
+    let mut ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
     let keys: Vec<Flow4> = ct.keys().filter_map(Result::ok).filter(|k| k.pod_addr == a).collect();
     for k in keys {
         ignore_missing(ct.remove(&k)).map_err(map_err(nat_maps::CT4))?;
         n += 1;
     }
-    let mut m: HashMap<MapData, Endpoint4, Mapping4> = typed(pins, nat_maps::NAT4_MAP)?;
+    let mut m: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
     let keys: Vec<Endpoint4> = m.keys().filter_map(Result::ok).filter(|k| k.addr == a).collect();
     for k in keys {
         ignore_missing(m.remove(&k)).map_err(map_err(nat_maps::NAT4_MAP))?;
         n += 1;
     }
-    let mut c: HashMap<MapData, Claim4, Endpoint4> = typed(pins, nat_maps::NAT4_CLAIM)?;
+    let mut c: HashMap<MapData, Claim4, Endpoint4> = open_hash(pins, nat_maps::NAT4_CLAIM)?;
     let keys: Vec<Claim4> = c
         .iter()
         .filter_map(Result::ok)
@@ -172,7 +164,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
     let start = Instant::now();
     let mut r = GcReport::default();
 
-    let mut ct: HashMap<MapData, Flow4, Ct4> = typed(pins, nat_maps::CT4)?;
+    let mut ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
     let mut live_flows: Map<Endpoint4, u32> = Map::new();
     // (endpoint, remote, ext port) still used by a live flow: its claim must stay.
     let mut live_claims: HashSet<(Endpoint4, [u8; 4], u16)> = HashSet::new();
@@ -188,7 +180,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
             live_claims.insert((ep, k.remote_addr, v.ext_port));
         }
     }
-    let mut claims: HashMap<MapData, Claim4, Endpoint4> = typed(pins, nat_maps::NAT4_CLAIM)?;
+    let mut claims: HashMap<MapData, Claim4, Endpoint4> = open_hash(pins, nat_maps::NAT4_CLAIM)?;
     for (k, v, ep) in &dead {
         ignore_missing(ct.remove(k)).map_err(map_err(nat_maps::CT4))?;
         if live_claims.contains(&(*ep, k.remote_addr, v.ext_port)) {
@@ -202,7 +194,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
     }
     r.flows_expired = dead.len();
 
-    let mut maps: HashMap<MapData, Endpoint4, Mapping4> = typed(pins, nat_maps::NAT4_MAP)?;
+    let mut maps: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
     let mut expired = Vec::new();
     for item in maps.iter() {
         let Ok((k, v)) = item else { continue };
@@ -226,7 +218,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
             ignore_missing(claims.remove(k)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
         }
         r.claims_removed += stale.len();
-        let mut pods: HashMap<MapData, u32, Pod> = typed(pins, map_names::PODS)?;
+        let mut pods: HashMap<MapData, u32, Pod> = open_hash(pins, map_names::PODS)?;
         for (k, v) in &expired {
             ignore_missing(maps.remove(k)).map_err(map_err(nat_maps::NAT4_MAP))?;
             // The programs count a pod's mappings in the entry of the veth its IPv4 arrives on.
@@ -241,7 +233,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
         r.mappings_expired = expired.len();
     }
 
-    let mut frags: HashMap<MapData, FragKey4, FragVal4> = typed(pins, nat_maps::FRAG4)?;
+    let mut frags: HashMap<MapData, FragKey4, FragVal4> = open_hash(pins, nat_maps::FRAG4)?;
     let stale: Vec<FragKey4> = frags
         .iter()
         .filter_map(Result::ok)

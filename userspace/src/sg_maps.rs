@@ -7,7 +7,7 @@ use std::{
     net::Ipv6Addr,
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError};
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use ipnet::Ipv6Net;
 use podgate_common::{
     MAX_POD_GROUPS, Pod, PodName, Timeouts, map_names,
@@ -17,7 +17,7 @@ use podgate_common::{
 use serde::Serialize;
 
 use crate::{
-    dataplane::{self, DataplaneError, ignore_missing, open_map},
+    dataplane::{self, DataplaneError, ignore_missing, map_err, open_hash, open_map},
     pins::Pins,
     sg::{self, CompileInput, Compiled, SecurityGroups, SgError, SgMaps},
 };
@@ -40,14 +40,6 @@ pub enum SgStateError {
     Sg(#[from] SgError),
     #[error("security_groups: {0}")]
     Config(String),
-}
-
-fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name: name.into(), source }
-}
-
-fn typed<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &'static str) -> Result<HashMap<MapData, K, V>, DataplaneError> {
-    HashMap::try_from(open_map(pins, name)?).map_err(map_err(name))
 }
 
 /// The `[security_groups]` table of a config, checked by compiling it without pods (every rule
@@ -86,7 +78,7 @@ fn to_name(s: &str) -> PodName {
 
 /// Group name → id as pinned.
 pub fn group_ids(pins: &Pins) -> Result<BTreeMap<String, u32>, DataplaneError> {
-    let m: HashMap<MapData, u32, PodName> = typed(pins, sg_names::SG_NAMES)?;
+    let m: HashMap<MapData, u32, PodName> = open_hash(pins, sg_names::SG_NAMES)?;
     Ok(m.iter().filter_map(Result::ok).map(|(id, n)| (name_of(&n), id)).collect())
 }
 
@@ -136,7 +128,7 @@ pub fn apply(
     })?;
 
     // Pod records first: the kernel reads a pod's group ids on every packet.
-    let mut pods: HashMap<MapData, u32, Pod> = typed(pins, map_names::PODS)?;
+    let mut pods: HashMap<MapData, u32, Pod> = open_hash(pins, map_names::PODS)?;
     for e in &registered {
         let Some((ids, count)) = compiled.pod_record_groups(&e.name) else { continue };
         for idx in &e.ifindexes {
@@ -154,7 +146,7 @@ pub fn apply(
         generation: Array::try_from(open_map(pins, sg_names::SG_GEN)?).map_err(map_err(sg_names::SG_GEN))?,
     };
     let generation = maps.apply(&compiled)?;
-    let mut names: HashMap<MapData, u32, PodName> = typed(pins, sg_names::SG_NAMES)?;
+    let mut names: HashMap<MapData, u32, PodName> = open_hash(pins, sg_names::SG_NAMES)?;
     let live: HashSet<u32> = compiled.group_ids.values().copied().collect();
     for (name, id) in &compiled.group_ids {
         names.insert(*id, to_name(name), 0).map_err(map_err(sg_names::SG_NAMES))?;
@@ -163,7 +155,7 @@ pub fn apply(
         ignore_missing(names.remove(id)).map_err(map_err(sg_names::SG_NAMES))?;
     }
     let flows_cut = if cut {
-        let mut ct6: HashMap<MapData, Flow6, Ct6> = typed(pins, sg_names::CT6)?;
+        let mut ct6: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
         sg::cut_flows(&mut ct6, &compiled)?
     } else {
         0
@@ -180,12 +172,12 @@ pub fn apply(
 /// Forgets one pod's IPv6 flows and fragment records.
 pub fn flush_pod(pins: &Pins, addr: Ipv6Addr) -> Result<usize, DataplaneError> {
     let a = addr.octets();
-    let mut ct: HashMap<MapData, Flow6, Ct6> = typed(pins, sg_names::CT6)?;
+    let mut ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
     let keys: Vec<Flow6> = ct.keys().filter_map(Result::ok).filter(|k| k.pod_addr == a).collect();
     for k in &keys {
         ignore_missing(ct.remove(k)).map_err(map_err(sg_names::CT6))?;
     }
-    let mut fr: HashMap<MapData, FragKey6, FragVal6> = typed(pins, sg_names::FRAG6)?;
+    let mut fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
     let fkeys: Vec<FragKey6> = fr.keys().filter_map(Result::ok).filter(|k| k.src == a || k.dst == a).collect();
     for k in &fkeys {
         ignore_missing(fr.remove(k)).map_err(map_err(sg_names::FRAG6))?;
@@ -214,7 +206,7 @@ pub struct Gc6Report {
 /// Expires `ct6` and `frag6` entries (CLOCK_BOOTTIME `now`, like the programs' stamps).
 pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Report, DataplaneError> {
     let mut r = Gc6Report::default();
-    let mut ct: HashMap<MapData, Flow6, Ct6> = typed(pins, sg_names::CT6)?;
+    let mut ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
     let dead: Vec<Flow6> = ct
         .iter()
         .filter_map(Result::ok)
@@ -226,7 +218,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Report, DataplaneErr
         ignore_missing(ct.remove(k)).map_err(map_err(sg_names::CT6))?;
     }
     r.flows_expired = dead.len();
-    let mut fr: HashMap<MapData, FragKey6, FragVal6> = typed(pins, sg_names::FRAG6)?;
+    let mut fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
     let stale: Vec<FragKey6> = fr
         .iter()
         .filter_map(Result::ok)
@@ -256,7 +248,7 @@ pub struct Flow6Row {
 
 pub fn flow_rows(pins: &Pins) -> Result<Vec<Flow6Row>, DataplaneError> {
     let now = crate::nat::boottime_ns();
-    let ct: HashMap<MapData, Flow6, Ct6> = typed(pins, sg_names::CT6)?;
+    let ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
     let mut rows: Vec<Flow6Row> = ct
         .iter()
         .filter_map(Result::ok)

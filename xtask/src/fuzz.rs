@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz [--count N] [--seed S]`: the fuzz tests of tests/tests/fuzz.rs with N
-//! packets per program (default 1,000,000): random and mutated fixtures through pod_ingress,
+//! program runs per program (default 1,000,000; frames the kernel refuses before a program
+//! runs do not count): random and mutated fixtures through pod_ingress,
 //! pod_egress, uplink_xdp and uplink_tc, checking verdicts, state from malformed packets, port
 //! accounting and checksums.
 
@@ -11,7 +12,7 @@ use crate::util::{run_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Packets per program.
+    /// Program runs per program (frames the kernel refuses before the program runs do not count).
     #[arg(long, default_value_t = 1_000_000)]
     count: u64,
     /// PRNG seed (the default is the suite's fixed one; a failure prints the seed to replay).

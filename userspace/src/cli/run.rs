@@ -54,6 +54,13 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
     }
     pins.check_bpffs()?;
 
+    // Bound before anything is installed: a daemon already serving this socket (and so,
+    // most likely, this pin root) must not be fought over the same maps.
+    let socket_path = cli_socket
+        .or_else(|| cfg.node.socket.clone())
+        .unwrap_or_else(|| control::default_socket(pins.root()));
+    let mut control_socket = ControlSocket::bind(&socket_path)
+        .with_context(|| format!("daemon.socket = {:?}: cannot listen", socket_path.display().to_string()))?;
     // Bound before anything is installed: a port in use must not leave a half-started node.
     let metrics_listener = match cfg.node.metrics {
         Some(addr) => {
@@ -64,13 +71,6 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
         }
         None => None,
     };
-    // Bound before anything is installed too: a daemon already serving this socket (and so,
-    // most likely, this pin root) must not be fought over the same maps.
-    let socket_path = cli_socket
-        .or_else(|| cfg.node.socket.clone())
-        .unwrap_or_else(|| control::default_socket(pins.root()));
-    let mut control_socket = ControlSocket::bind(&socket_path)
-        .with_context(|| format!("daemon.socket = {:?}: cannot listen", socket_path.display().to_string()))?;
     let fresh = !pins.exists();
     if let Err(e) = bring_up(&pins, &cfg) {
         // A first start that fails leaves nothing behind; a restart keeps the previous state,

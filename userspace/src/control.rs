@@ -7,7 +7,7 @@
 //! ```text
 //! → {"version":1,"pin_root":"/sys/fs/bpf/podgate","request":{"verb":"pod_list"}}
 //! ← {"version":1,"ok":true,"result":[…]}
-//! ← {"version":1,"ok":false,"error":"pod \"x\" is not registered"}
+//! ← {"version":1,"ok":false,"error":"unknown security group \"x\": …","invalid":true}
 //! ```
 //! `pin_root` is optional: when given, a daemon serving another pin root refuses the request
 //! instead of answering about the wrong dataplane.
@@ -101,6 +101,17 @@ pub struct CtFilter {
     pub dst: Option<String>,
 }
 
+impl ControlError {
+    /// Whether the request was bad (so a CNI runtime gets "invalid configuration").
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            ControlError::Config(_) | ControlError::UnknownGroup { .. } | ControlError::Invalid(_) => true,
+            ControlError::Daemon { invalid, .. } => *invalid,
+            _ => false,
+        }
+    }
+}
+
 impl Request {
     /// Whether it changes the dataplane (the daemon serializes these).
     pub fn mutates(&self) -> bool {
@@ -151,8 +162,10 @@ pub enum ControlError {
     SocketInUse { path: PathBuf },
     #[error("{path} exists and is not a socket: not replacing it")]
     NotASocket { path: PathBuf },
+    /// The daemon refused or failed the request. `invalid`: the request itself was bad (an
+    /// address, a group name), as opposed to the dataplane failing it.
     #[error("the daemon on {socket}: {message}")]
-    Daemon { socket: PathBuf, message: String },
+    Daemon { socket: PathBuf, message: String, invalid: bool },
     #[error("the daemon on {socket} answered something that is not podgate's control protocol: {detail}")]
     Protocol { socket: PathBuf, detail: String },
 }
@@ -641,36 +654,45 @@ impl Drop for ControlSocket {
 /// One request line in, one response line out (without the newline). Never fails: errors are
 /// answers.
 pub fn handle_line(pins: &Pins, daemon: &Daemon, line: &str) -> String {
+    // Errors: (message, whether the request was at fault).
     let answer = (|| {
-        let v: Value = serde_json::from_str(line).map_err(|e| format!("not a JSON request: {e}"))?;
+        let v: Value = serde_json::from_str(line).map_err(|e| (format!("not a JSON request: {e}"), true))?;
         // The version is checked before the shape, so that a client of another version gets this
         // message rather than a parse error about some field.
         match v.get("version").and_then(Value::as_u64) {
             Some(n) if n == PROTOCOL_VERSION as u64 => {}
             Some(n) => {
-                return Err(format!(
-                    "protocol version {n} is not supported: this daemon (podgate {}) speaks version {PROTOCOL_VERSION}",
-                    env!("CARGO_PKG_VERSION")
+                return Err((
+                    format!(
+                        "protocol version {n} is not supported: this daemon (podgate {}) speaks version {PROTOCOL_VERSION}",
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                    true,
                 ));
             }
-            None => return Err(format!("the request has no \"version\" (this daemon speaks version {PROTOCOL_VERSION})")),
+            None => {
+                return Err((format!("the request has no \"version\" (this daemon speaks version {PROTOCOL_VERSION})"), true));
+            }
         }
-        let env: Envelope = serde_json::from_value(v).map_err(|e| format!("bad request: {e}"))?;
+        let env: Envelope = serde_json::from_value(v).map_err(|e| (format!("bad request: {e}"), true))?;
         if let Some(root) = &env.pin_root
             && !same_root(root, pins.root())
         {
-            return Err(format!(
-                "this daemon serves pin root {}, not {} (use the socket of that pin root's daemon)",
-                pins.root().display(),
-                root.display()
+            return Err((
+                format!(
+                    "this daemon serves pin root {}, not {} (use the socket of that pin root's daemon)",
+                    pins.root().display(),
+                    root.display()
+                ),
+                true,
             ));
         }
         let ctx = Context { pins, daemon: Some(daemon), socket: &daemon.info.socket };
-        execute(&ctx, &env.request).map_err(|e| error_chain(&e))
+        execute(&ctx, &env.request).map_err(|e| (error_chain(&e), e.is_invalid_input()))
     })();
     let resp = match answer {
         Ok(result) => json!({"version": PROTOCOL_VERSION, "ok": true, "result": result}),
-        Err(error) => json!({"version": PROTOCOL_VERSION, "ok": false, "error": error}),
+        Err((error, invalid)) => json!({"version": PROTOCOL_VERSION, "ok": false, "error": error, "invalid": invalid}),
     };
     resp.to_string()
 }
@@ -791,6 +813,7 @@ fn parse_answer(socket: &Path, answer: &str) -> Result<Value, ControlError> {
         Some(false) => Err(ControlError::Daemon {
             socket: socket.to_owned(),
             message: v["error"].as_str().unwrap_or("(no message)").to_string(),
+            invalid: v["invalid"] == true,
         }),
         None => Err(protocol("no \"ok\" field".into())),
     }

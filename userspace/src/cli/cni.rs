@@ -44,10 +44,13 @@ fn env(name: &'static str) -> Result<String, CniError> {
 }
 
 fn plugin(what: &str) -> impl FnOnce(ControlError) -> CniError + '_ {
-    move |e| match e {
+    move |e| {
         // Bad input (addresses, group names) is the network configuration's fault.
-        ControlError::Config(_) | ControlError::UnknownGroup { .. } => CniError::InvalidConfig(control::error_chain(&e)),
-        e => CniError::Plugin(format!("{what}: {}", control::error_chain(&e))),
+        if e.is_invalid_input() {
+            CniError::InvalidConfig(control::error_chain(&e))
+        } else {
+            CniError::Plugin(format!("{what}: {}", control::error_chain(&e)))
+        }
     }
 }
 

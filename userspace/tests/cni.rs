@@ -63,13 +63,35 @@ fn cni(lab: &Lab, plugin: &str, command: &str, container: &str, netns: &str, arg
     }
 }
 
-fn pod_names(lab: &Lab) -> Vec<String> {
+/// The reference ptp plugin with host-local IPAM for both families, addresses from the node's
+/// /80 and the node-local IPv4 range (away from the lab's own pods).
+fn ptp_conf(lab: &Lab) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podgate-test",
+        "type": "ptp",
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": lab.state_dir().join("ipam"),
+            "ranges": [
+                [{"subnet": "2001:db8:0:1::/80", "rangeStart": "2001:db8:0:1::100", "rangeEnd": "2001:db8:0:1::1ff"}],
+                [{"subnet": "169.254.172.0/22", "rangeStart": "169.254.173.10", "rangeEnd": "169.254.173.250", "gateway": "169.254.172.1"}]
+            ]
+        }
+    })
+}
+
+fn pod_list(lab: &Lab) -> Vec<serde_json::Value> {
     let o = ns_command(&lab.node_ns(), &[PODGATE, "--pin-root", lab.pin_root().to_str().unwrap(), "pod", "list", "--json"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+}
+
+fn pod_names(lab: &Lab) -> Vec<String> {
+    pod_list(lab).iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -91,23 +113,9 @@ fn cni_add_check_del_with_the_reference_plugins() {
         thread::sleep(Duration::from_millis(100));
     }
     let netns = Netns::new(format!("pgc-{}", std::process::id()));
-    let ipam_dir = lab.state_dir().join("ipam");
     let container = "0123456789abcdef0123456789abcdef";
     let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0";
-    let ptp_conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "podgate-test",
-        "type": "ptp",
-        "ipMasq": false,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": ipam_dir,
-            "ranges": [
-                [{"subnet": "2001:db8:0:1::/80", "rangeStart": "2001:db8:0:1::100", "rangeEnd": "2001:db8:0:1::1ff"}],
-                [{"subnet": "169.254.172.0/22", "rangeStart": "169.254.173.10", "rangeEnd": "169.254.173.250", "gateway": "169.254.172.1"}]
-            ]
-        }
-    });
+    let ptp_conf = ptp_conf(&lab);
     let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "ADD", container, &netns.path(), k8s, &ptp_conf.to_string());
     assert!(out.status.success(), "ptp ADD: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let prev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -164,14 +172,6 @@ fn cni_add_check_del_with_the_reference_plugins() {
     assert!(v["supportedVersions"].as_array().unwrap().iter().any(|s| s == "1.0.0"));
 }
 
-fn pod_list(lab: &Lab) -> Vec<serde_json::Value> {
-    let o = ns_command(&lab.node_ns(), &[PODGATE, "--pin-root", lab.pin_root().to_str().unwrap(), "pod", "list", "--json"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().clone()
-}
-
 /// Security groups from the conflist (`securityGroups`) and from CNI_ARGS
 /// (`PODGATE_SECURITY_GROUPS`), resolved by the daemon over its socket and written into the pod
 /// record the programs read; an unknown group registers nothing; without a daemon, groups are
@@ -188,20 +188,7 @@ fn cni_add_with_security_groups_through_the_daemon() {
     let netns = Netns::new(format!("pgs-{}", std::process::id()));
     let container = "5123456789abcdef0123456789abcdef";
     let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db-0;PODGATE_SECURITY_GROUPS=db";
-    let ptp_conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "podgate-test",
-        "type": "ptp",
-        "ipMasq": false,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": lab.state_dir().join("ipam"),
-            "ranges": [
-                [{"subnet": "2001:db8:0:1::/80", "rangeStart": "2001:db8:0:1::100", "rangeEnd": "2001:db8:0:1::1ff"}],
-                [{"subnet": "169.254.172.0/22", "rangeStart": "169.254.173.10", "rangeEnd": "169.254.173.250", "gateway": "169.254.172.1"}]
-            ]
-        }
-    });
+    let ptp_conf = ptp_conf(&lab);
     let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "ADD", container, &netns.path(), k8s, &ptp_conf.to_string());
     assert!(out.status.success(), "ptp ADD: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let prev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -129,8 +129,12 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     );
     dataplane::attach_uplink(pins, &cfg.node)?;
     info!(uplink = %cfg.node.uplink, path = ?cfg.node.reverse_path, "uplink attached");
+    // On a restart the config's pods keep their pinned group ids while they are re-registered:
+    // a record without groups would let the pod send anything until the groups are applied.
+    let pinned_groups = podgate::sg_maps::group_ids(pins)?;
     for p in &cfg.pods {
-        let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &[])
+        let ids: Vec<u32> = p.security_groups.iter().filter_map(|g| pinned_groups.get(g).copied()).collect();
+        let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &ids)
             .with_context(|| format!("registering pod {}", p.name))?;
         info!(pod = %p.name, id = pod.id, ipv6 = %p.ipv6, ipv4 = %p.ipv4, "pod registered");
     }

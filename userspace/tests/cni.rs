@@ -185,6 +185,8 @@ fn cni_add_with_security_groups_through_the_daemon() {
                   \n[security_groups.db]\ningress = [{ proto = \"tcp\", ports = \"5432\", group = \"web\" }]\n";
     std::fs::write(lab.config_path(), format!("{cfg}{groups}")).unwrap();
     let daemon = common::start_daemon(&lab, "podgate.log");
+    // The daemon is SIGKILLed below and leaves its socket file.
+    let _socket = common::RemoveOnDrop(podgate::control::default_socket(&root));
     let netns = Netns::new(format!("pgs-{}", std::process::id()));
     let container = "5123456789abcdef0123456789abcdef";
     let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db-0;PODGATE_SECURITY_GROUPS=db";

@@ -56,6 +56,8 @@ fn control_socket_runtime_pod_groups_sigkill_and_restart() {
     let pod1_at = cfg.rfind("[[pods]]").unwrap();
     std::fs::write(lab.config_path(), format!("{}\n{GROUPS}", &cfg[..pod1_at])).unwrap();
     let socket = socket_of(&lab);
+    // Removed by the last daemon's clean exit; this covers a test failing before it.
+    let _cleanup = common::RemoveOnDrop(socket.clone());
     let daemon = start_daemon(&lab, "podgate-1.log");
 
     // The socket is there, private, and the daemon answers on it.

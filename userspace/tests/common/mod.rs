@@ -71,3 +71,12 @@ pub fn connects6(lab: &Lab, ns: &str, addr: &str, port: u16) -> bool {
         .unwrap();
     String::from_utf8_lossy(&o.stdout).trim() == "ok"
 }
+
+/// Removes a file when dropped: the control socket a test leaves behind by killing its daemon.
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -7,7 +7,11 @@
 mod common;
 
 use std::{
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::{
+        fs::{FileTypeExt as _, PermissionsExt as _},
+        net::UnixStream,
+    },
     path::PathBuf,
     process::{Command, Output},
     thread,
@@ -50,10 +54,10 @@ fn pod<'a>(list: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Va
 
 #[test]
 fn control_socket_runtime_pod_groups_sigkill_and_restart() {
-    let lab = common::lab("k", "ctl", 2);
+    let lab = common::lab("k", "ctl", 3);
     // pod0 comes from the config; pod1 is registered at runtime through the socket.
     let cfg = std::fs::read_to_string(lab.config_path()).unwrap();
-    let pod1_at = cfg.rfind("[[pods]]").unwrap();
+    let pod1_at = cfg.match_indices("[[pods]]").nth(1).unwrap().0;
     std::fs::write(lab.config_path(), format!("{}\n{GROUPS}", &cfg[..pod1_at])).unwrap();
     let socket = socket_of(&lab);
     // Removed by the last daemon's clean exit; this covers a test failing before it.
@@ -69,6 +73,27 @@ fn control_socket_runtime_pod_groups_sigkill_and_restart() {
     assert_eq!(st["daemon"]["pid"], daemon.pid(), "{st}");
     let text = String::from_utf8_lossy(&cli(&lab, &["status"]).stdout).into_owned();
     assert!(text.contains("answered by: daemon"), "{text}");
+
+    // The wire protocol itself: one JSON line each way, versioned.
+    let raw = |line: &str| -> serde_json::Value {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
+    };
+    let v = raw(r#"{"version":1,"request":{"verb":"pod_list"}}"#);
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["result"][0]["name"], "pod0", "{v}");
+    let v = raw(r#"{"version":2,"request":{"verb":"pod_list"}}"#);
+    assert!(v["ok"] == false && v["error"].as_str().unwrap().contains("version 2"), "{v}");
+    // A client that means another pin root is refused rather than answered about this one.
+    let o = lab
+        .exec_in(&lab.node_ns(), &[PODGATE, "--pin-root", "/sys/fs/bpf/podgate-elsewhere", "--socket", socket.to_str().unwrap(), "pod", "list"])
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("this daemon serves pin root"), "{}", String::from_utf8_lossy(&o.stderr));
 
     let p = lab.pod(1).clone();
     let (ipv6, ipv4) = (p.ipv6.to_string(), p.ipv4.to_string());
@@ -137,6 +162,14 @@ fn control_socket_runtime_pod_groups_sigkill_and_restart() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("need the podgate daemon") && err.contains(socket.to_str().unwrap()), "{err}");
     assert!(pod(&ok_json(&lab, &["pod", "list", "--json"]), "other").is_none());
+    // Other mutations fall back to the pins, and say so.
+    let p2 = lab.pod(2).clone();
+    let (v6, v4) = (p2.ipv6.to_string(), p2.ipv4.to_string());
+    let o = cli(&lab, &["pod", "add", "--name", "plain", "--ipv6", &v6, "--ipv4", &v4, "--veth", &p2.veth, "--veth-v4", &p2.veth_v4]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let note = String::from_utf8_lossy(&o.stderr);
+    assert!(note.contains("applied to the pinned maps directly"), "{note}");
+    assert_eq!(pod(&ok_json(&lab, &["pod", "list", "--json"]), "plain").map(|p| &p["security_groups"]), Some(&serde_json::json!([])));
 
     // The next start finds the stale socket, sees nothing answers, and replaces it; the runtime
     // pod and its group survive the restart.
@@ -148,6 +181,7 @@ fn control_socket_runtime_pod_groups_sigkill_and_restart() {
     assert_eq!(st["daemon"]["pid"], daemon2.pid(), "{st}");
     let list = ok_json(&lab, &["pod", "list", "--json"]);
     assert_eq!(pod(&list, "late").map(|p| &p["security_groups"]), Some(&serde_json::json!(["web"])), "{list}");
+    assert!(pod(&list, "plain").is_some(), "{list}");
     assert!(connects6(&lab, &inet, &ipv6, 80), "tcp/80 must pass after the restart");
     assert!(!connects6(&lab, &inet, &ipv6, 81), "tcp/81 must be denied after the restart");
 
@@ -162,6 +196,7 @@ fn control_socket_runtime_pod_groups_sigkill_and_restart() {
     // Deleting through the daemon; then a clean exit removes the socket.
     let o = cli(&lab, &["pod", "del", "late"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stderr.is_empty(), "the daemon answered, no note expected: {}", String::from_utf8_lossy(&o.stderr));
     assert!(pod(&ok_json(&lab, &["pod", "list", "--json"]), "late").is_none());
     drop(daemon2);
     assert!(!socket.exists(), "a daemon stopped with SIGTERM must remove {}", socket.display());

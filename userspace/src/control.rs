@@ -145,6 +145,8 @@ pub enum ControlError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Invalid(String),
+    #[error("encoding the result: {0}")]
+    Encode(String),
     #[error(
         "security groups {groups:?} need the podgate daemon (the group definitions are in its config); \
          no daemon answers on {socket}"
@@ -312,7 +314,7 @@ fn unix_now() -> u64 {
 }
 
 fn to_value<T: Serialize>(v: T) -> Result<Value, ControlError> {
-    serde_json::to_value(v).map_err(|e| ControlError::Invalid(format!("encoding the result: {e}")))
+    serde_json::to_value(v).map_err(|e| ControlError::Encode(e.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -785,7 +787,7 @@ pub fn call(socket: &Path, pin_root: Option<&Path>, req: &Request) -> Result<Opt
     stream.set_read_timeout(Some(CLIENT_TIMEOUT)).map_err(err)?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT)).map_err(err)?;
     let env = Envelope { version: PROTOCOL_VERSION, pin_root: pin_root.map(Path::to_owned), request: req.clone() };
-    let mut line = serde_json::to_string(&env).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let mut line = serde_json::to_string(&env).map_err(|e| ControlError::Encode(e.to_string()))?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(err)?;
     let mut answer = String::new();

@@ -185,6 +185,19 @@ fn control_socket_runtime_pod_groups_sigkill_and_restart() {
     assert!(connects6(&lab, &inet, &ipv6, 80), "tcp/80 must pass after the restart");
     assert!(!connects6(&lab, &inet, &ipv6, 81), "tcp/81 must be denied after the restart");
 
+    // `sg apply` through the daemon also teaches it new groups: the runtime pod can then be
+    // given one, and its rules hold at once.
+    let api = lab.state_dir().join("with-api.toml");
+    let text = std::fs::read_to_string(lab.config_path()).unwrap();
+    std::fs::write(&api, format!("{text}\n[security_groups.api]\ningress = [{{ proto = \"tcp\", ports = \"81\", cidr = \"::/0\" }}]\n")).unwrap();
+    let o = cli(&lab, &["sg", "apply", "--config", api.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = add(&["web", "api"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list = ok_json(&lab, &["pod", "list", "--json"]);
+    assert_eq!(pod(&list, "late").map(|p| &p["security_groups"]), Some(&serde_json::json!(["web", "api"])), "{list}");
+    assert!(connects6(&lab, &inet, &ipv6, 81), "tcp/81 must pass once the pod is in group api");
+
     // A second daemon on the same pin root is refused while the first answers.
     let o = lab
         .exec_in(&lab.node_ns(), &[PODGATE, "run", "--config", lab.config_path().to_str().unwrap()])

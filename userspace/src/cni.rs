@@ -56,6 +56,13 @@ pub struct NetConf {
     /// Where podgate's state is pinned (default /sys/fs/bpf/podgate).
     #[serde(default, rename = "pin_root")]
     pub pin_root: Option<String>,
+    /// The daemon's control socket (default: the one of `pin_root`).
+    #[serde(default)]
+    pub socket: Option<String>,
+    /// Security groups (names of the daemon's `[security_groups.NAME]`) for every pod of this
+    /// network; CNI_ARGS `PODGATE_SECURITY_GROUPS=a,b` adds per-pod ones.
+    #[serde(default)]
+    pub security_groups: Vec<String>,
     #[serde(default)]
     pub prev_result: Option<PrevResult>,
 }
@@ -109,6 +116,24 @@ pub fn pod_name(container_id: &str, cni_args: &str) -> String {
         (Some(ns), Some(pod)) => format!("{ns}/{pod}@{cid}"),
         _ => format!("cni@{cid}"),
     }
+}
+
+/// The pod's security groups: the network's (`securityGroups`), then the pod's own from CNI_ARGS
+/// `PODGATE_SECURITY_GROUPS=a,b`, each name once, in that order.
+pub fn security_groups(conf: &[String], cni_args: &str) -> Vec<String> {
+    let from_args = cni_args
+        .split(';')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == "PODGATE_SECURITY_GROUPS")
+        .flat_map(|(_, v)| v.split(','));
+    let mut out: Vec<String> = Vec::new();
+    for g in conf.iter().map(String::as_str).chain(from_args) {
+        let g = g.trim();
+        if !g.is_empty() && !out.iter().any(|o| o == g) {
+            out.push(g.to_string());
+        }
+    }
+    out
 }
 
 /// The host-side peer of container interface `idx`: ptp and bridge list a host interface just
@@ -184,6 +209,23 @@ mod tests {
             "default/web-0@0123456789ab"
         );
         assert_eq!(pod_name("abc", ""), "cni@abc");
+    }
+
+    #[test]
+    fn groups_from_the_conflist_and_cni_args() {
+        let conf = vec!["web".to_string()];
+        assert_eq!(security_groups(&conf, ""), vec!["web"]);
+        assert_eq!(
+            security_groups(&conf, "IgnoreUnknown=1;PODGATE_SECURITY_GROUPS=db, web ,cache;K8S_POD_NAME=x"),
+            vec!["web", "db", "cache"]
+        );
+        assert_eq!(security_groups(&[], "PODGATE_SECURITY_GROUPS="), Vec::<String>::new());
+        let n: NetConf = serde_json::from_str(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"podgate","securityGroups":["a","b"],"socket":"/run/x.sock"}"#,
+        )
+        .unwrap();
+        assert_eq!(n.security_groups, vec!["a", "b"]);
+        assert_eq!(n.socket.as_deref(), Some("/run/x.sock"));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub const DEFAULT_SNAT_PORTS: &str = "32768-65535";
 pub const DEFAULT_POD_QUOTA: u32 = 16384;
 pub const MAX_GROUPS_LIMIT: u32 = 16;
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9542";
+/// The control socket of a daemon on the default pin root (other pin roots get their own, see
+/// `control::default_socket`).
+pub const DEFAULT_SOCKET: &str = "/run/podgate/podgate.sock";
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -31,12 +34,33 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
     SecurityGroups(String),
+    /// A bad security-group rule: the message is the rule compiler's, the field its path.
+    #[error("{message}")]
+    SecurityGroupRule { field: String, value: String, message: String },
     #[error("{field} = {value:?}: {reason}")]
     Invalid {
         field: String,
         value: String,
         reason: String,
     },
+}
+
+impl ConfigError {
+    /// The field (as a path like `pods[0].ipv6` or `security_groups.web.ingress[0].ports`) and
+    /// the value the error is about, when it is about one: `config check --json` reports them.
+    pub fn field_value(&self) -> Option<(String, Option<String>)> {
+        match self {
+            ConfigError::Invalid { field, value, .. } | ConfigError::SecurityGroupRule { field, value, .. } => {
+                Some((field.clone(), Some(value.clone())))
+            }
+            // toml names an unknown key only in its message.
+            ConfigError::Parse { message, .. } => {
+                let rest = message.split("unknown field `").nth(1)?;
+                Some((rest.split('`').next()?.to_string(), None))
+            }
+            ConfigError::Read { .. } | ConfigError::SecurityGroups(_) => None,
+        }
+    }
 }
 
 fn invalid(field: impl Into<String>, value: impl ToString, reason: impl Into<String>) -> ConfigError {
@@ -101,6 +125,8 @@ pub struct RawDaemon {
     pub gc_interval: Option<u64>,
     /// Prometheus endpoint, "ADDR:PORT" (default loopback) or "off".
     pub metrics: Option<String>,
+    /// The control socket (default: derived from the pin root, see `control::default_socket`).
+    pub socket: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +192,8 @@ pub struct NodeSettings {
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[daemon] socket`; `None`: derived from the pin root.
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,7 +263,16 @@ impl Config {
             }
         }
         let security_groups = crate::sg_maps::parse_groups(&raw.security_groups, node.pod_prefix)
-            .map_err(|e| ConfigError::SecurityGroups(e.to_string()))?;
+            .map_err(|e| match &e {
+                crate::sg_maps::SgStateError::Sg(crate::sg::SgError::Rule { group, dir, index, field, value, .. }) => {
+                    ConfigError::SecurityGroupRule {
+                        field: format!("security_groups.{group}.{dir}[{index}].{field}"),
+                        value: value.clone(),
+                        message: e.to_string(),
+                    }
+                }
+                _ => ConfigError::SecurityGroups(e.to_string()),
+            })?;
         Ok(Config {
             node,
             pods,
@@ -367,8 +404,24 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
             invalid("daemon.metrics", s, "expected ADDR:PORT (e.g. \"127.0.0.1:9542\") or \"off\"")
         })?),
     };
+    let socket = d
+        .socket
+        .as_deref()
+        .map(|s| {
+            let p = PathBuf::from(s);
+            if !p.is_absolute() {
+                return Err(invalid("daemon.socket", s, "must be an absolute path"));
+            }
+            // sun_path holds 108 bytes including the terminating NUL.
+            if s.len() > 107 {
+                return Err(invalid("daemon.socket", s, "longer than a Unix socket path may be (107 bytes)"));
+            }
+            Ok(p)
+        })
+        .transpose()?;
     Ok(NodeSettings {
         metrics,
+        socket,
         uplink: n.uplink.clone(),
         ipv4,
         pod_prefix,

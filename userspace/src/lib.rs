@@ -3,6 +3,7 @@
 
 pub mod cni;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod metrics;
 pub mod nat;

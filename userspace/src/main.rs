@@ -9,10 +9,15 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "podgate", version, about = "eBPF SNAT and IPv6 security groups for IPv6-only pods")]
 pub struct Cli {
-    /// Where podgate's maps, programs and links are pinned (a directory on a bpffs).
-    /// For `run` the config's node.pin_root wins when set.
-    #[arg(long, global = true, env = "PODGATE_PIN_ROOT", default_value = podgate::config::DEFAULT_PIN_ROOT)]
-    pin_root: PathBuf,
+    /// Where podgate's maps, programs and links are pinned (a directory on a bpffs) [default:
+    /// /sys/fs/bpf/podgate]. For `run` the config's node.pin_root wins when set.
+    #[arg(long, global = true, env = "PODGATE_PIN_ROOT")]
+    pin_root: Option<PathBuf>,
+    /// The daemon's control socket [default: /run/podgate/podgate.sock for the default pin
+    /// root, /run/podgate/<pin root with / as ->.sock for others]. For `run` this wins over
+    /// the config's `[daemon] socket`.
+    #[arg(long, global = true, env = "PODGATE_SOCKET")]
+    socket: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax), e.g. `debug`.
     #[arg(long, global = true, env = "PODGATE_LOG", default_value = "info")]
     log: String,
@@ -70,20 +75,27 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let pins = podgate::pins::Pins::new(&cli.pin_root);
+    let pin_root = cli.pin_root.clone().unwrap_or_else(|| PathBuf::from(podgate::config::DEFAULT_PIN_ROOT));
+    let ctl = cli::Ctl {
+        pins: podgate::pins::Pins::new(&pin_root),
+        socket: cli.socket.clone().unwrap_or_else(|| podgate::control::default_socket(&pin_root)),
+        explicit_root: cli.pin_root.clone(),
+    };
+    let pins = &ctl.pins;
     let result = match cli.verb {
-        Verb::Run(a) => cli::run::run(a, cli.pin_root),
-        Verb::Pod(v) => cli::pod::run(v, &pins),
-        Verb::Nat(v) => cli::nat::run(v, &pins),
-        Verb::Sg(v) => cli::sg::run(v, &pins),
-        Verb::Ct(v) => cli::ct::run(v, &pins),
-        Verb::Stats(a) => cli::stats::run(a, &pins),
-        Verb::Status(a) => cli::status::run(a, &pins),
-        Verb::Monitor(a) => cli::monitor::run(a, &pins),
+        Verb::Run(a) => cli::run::run(a, pin_root, cli.socket),
+        Verb::Pod(v) => cli::pod::run(v, &ctl),
+        Verb::Nat(v) => cli::nat::run(v, &ctl),
+        Verb::Sg(v) => cli::sg::run(v, &ctl),
+        Verb::Ct(v) => cli::ct::run(v, &ctl),
+        Verb::Stats(a) => cli::stats::run(a, &ctl),
+        Verb::Status(a) => cli::status::run(a, &ctl),
+        // A live stream and a teardown: both work on the pins, with or without a daemon.
+        Verb::Monitor(a) => cli::monitor::run(a, pins),
         Verb::Config(v) => cli::config::run(v),
         Verb::Cni => unreachable!("handled before argument parsing"),
-        Verb::Gc(a) => cli::gc::run(a, &pins),
-        Verb::Reset(a) => cli::reset::run(a, &pins),
+        Verb::Gc(a) => cli::gc::run(a, &ctl),
+        Verb::Reset(a) => cli::reset::run(a, pins),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,8 @@ use std::{
 
 use podgate_lab::{Lab, LabSpec, ns_command, sweep_orphans};
 
+mod common;
+
 const PODGATE: &str = env!("CARGO_BIN_EXE_podgate");
 const CNI_PATH: &str = "/usr/lib/cni";
 
@@ -61,13 +63,35 @@ fn cni(lab: &Lab, plugin: &str, command: &str, container: &str, netns: &str, arg
     }
 }
 
-fn pod_names(lab: &Lab) -> Vec<String> {
+/// The reference ptp plugin with host-local IPAM for both families, addresses from the node's
+/// /80 and the node-local IPv4 range (away from the lab's own pods).
+fn ptp_conf(lab: &Lab) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "podgate-test",
+        "type": "ptp",
+        "ipMasq": false,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": lab.state_dir().join("ipam"),
+            "ranges": [
+                [{"subnet": "2001:db8:0:1::/80", "rangeStart": "2001:db8:0:1::100", "rangeEnd": "2001:db8:0:1::1ff"}],
+                [{"subnet": "169.254.172.0/22", "rangeStart": "169.254.173.10", "rangeEnd": "169.254.173.250", "gateway": "169.254.172.1"}]
+            ]
+        }
+    })
+}
+
+fn pod_list(lab: &Lab) -> Vec<serde_json::Value> {
     let o = ns_command(&lab.node_ns(), &[PODGATE, "--pin-root", lab.pin_root().to_str().unwrap(), "pod", "list", "--json"])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap().as_array().unwrap().clone()
+}
+
+fn pod_names(lab: &Lab) -> Vec<String> {
+    pod_list(lab).iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -89,23 +113,9 @@ fn cni_add_check_del_with_the_reference_plugins() {
         thread::sleep(Duration::from_millis(100));
     }
     let netns = Netns::new(format!("pgc-{}", std::process::id()));
-    let ipam_dir = lab.state_dir().join("ipam");
     let container = "0123456789abcdef0123456789abcdef";
     let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0";
-    let ptp_conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "podgate-test",
-        "type": "ptp",
-        "ipMasq": false,
-        "ipam": {
-            "type": "host-local",
-            "dataDir": ipam_dir,
-            "ranges": [
-                [{"subnet": "2001:db8:0:1::/80", "rangeStart": "2001:db8:0:1::100", "rangeEnd": "2001:db8:0:1::1ff"}],
-                [{"subnet": "169.254.172.0/22", "rangeStart": "169.254.173.10", "rangeEnd": "169.254.173.250", "gateway": "169.254.172.1"}]
-            ]
-        }
-    });
+    let ptp_conf = ptp_conf(&lab);
     let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "ADD", container, &netns.path(), k8s, &ptp_conf.to_string());
     assert!(out.status.success(), "ptp ADD: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let prev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -160,4 +170,79 @@ fn cni_add_check_del_with_the_reference_plugins() {
     let out = cni(&lab, PODGATE, "VERSION", "", "", "", "");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["supportedVersions"].as_array().unwrap().iter().any(|s| s == "1.0.0"));
+}
+
+/// Security groups from the conflist (`securityGroups`) and from CNI_ARGS
+/// (`PODGATE_SECURITY_GROUPS`), resolved by the daemon over its socket and written into the pod
+/// record the programs read; an unknown group registers nothing; without a daemon, groups are
+/// refused while DEL still works on the pins.
+#[test]
+fn cni_add_with_security_groups_through_the_daemon() {
+    let lab = common::lab("c", "cnisg", 1);
+    let root = lab.pin_root();
+    let cfg = std::fs::read_to_string(lab.config_path()).unwrap();
+    let groups = "\n[security_groups.web]\ningress = [{ proto = \"tcp\", ports = \"80\", cidr = \"::/0\" }]\n\
+                  \n[security_groups.db]\ningress = [{ proto = \"tcp\", ports = \"5432\", group = \"web\" }]\n";
+    std::fs::write(lab.config_path(), format!("{cfg}{groups}")).unwrap();
+    let daemon = common::start_daemon(&lab, "podgate.log");
+    // The daemon is SIGKILLed below and leaves its socket file.
+    let _socket = common::RemoveOnDrop(podgate::control::default_socket(&root));
+    let netns = Netns::new(format!("pgs-{}", std::process::id()));
+    let container = "5123456789abcdef0123456789abcdef";
+    let k8s = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db-0;PODGATE_SECURITY_GROUPS=db";
+    let ptp_conf = ptp_conf(&lab);
+    let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "ADD", container, &netns.path(), k8s, &ptp_conf.to_string());
+    assert!(out.status.success(), "ptp ADD: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let prev: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let chained = |groups: &[&str]| {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "podgate-test",
+            "type": "podgate",
+            "pin_root": root,
+            "securityGroups": groups,
+            "prevResult": prev,
+        })
+        .to_string()
+    };
+
+    // An unknown group: CNI config error, nothing registered.
+    let out = cni(&lab, PODGATE, "ADD", "eeeeeeeeeeee", &netns.path(), "PODGATE_SECURITY_GROUPS=nosuch", &chained(&["web"]));
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("error JSON on stdout");
+    assert!(err["code"] == 7 && err["msg"].as_str().unwrap().contains("nosuch"), "{err}");
+    assert_eq!(pod_list(&lab).len(), 1, "{:?}", pod_list(&lab));
+
+    // The network's group plus the pod's own from CNI_ARGS.
+    let out = cni(&lab, PODGATE, "ADD", container, &netns.path(), k8s, &chained(&["web"]));
+    assert!(out.status.success(), "podgate ADD: {}", String::from_utf8_lossy(&out.stdout));
+    let name = "shop/db-0@5123456789ab";
+    let pods = pod_list(&lab);
+    let pod = pods.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("{pods:?}"));
+    assert_eq!(pod["security_groups"], serde_json::json!(["web", "db"]), "{pod}");
+    // The record the programs read carries the ids the dataplane gave those groups.
+    let sg = ns_command(&lab.node_ns(), &[PODGATE, "--pin-root", root.to_str().unwrap(), "sg", "list", "--json"]).output().unwrap();
+    let sg: serde_json::Value = serde_json::from_slice(&sg.stdout).unwrap();
+    let id = |g: &str| sg.as_array().unwrap().iter().find(|r| r["name"] == g).unwrap()["id"].clone();
+    assert_eq!(pod["groups"], serde_json::json!([id("web"), id("db")]), "{pod} {sg}");
+
+    let out = cni(&lab, PODGATE, "CHECK", container, &netns.path(), k8s, &chained(&["web"]));
+    assert!(out.status.success(), "CHECK: {}", String::from_utf8_lossy(&out.stdout));
+    // CHECK compares the groups too.
+    let out = cni(&lab, PODGATE, "CHECK", container, &netns.path(), "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db-0", &chained(&["web"]));
+    assert!(!out.status.success(), "CHECK with other groups passed: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Without a daemon: groups cannot be resolved (nothing registered); DEL works on the pins.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
+    drop(daemon);
+    let out = cni(&lab, PODGATE, "ADD", "dddddddddddd", &netns.path(), "", &chained(&["web"]));
+    assert!(!out.status.success());
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(err["msg"].as_str().unwrap().contains("need the podgate daemon"), "{err}");
+    assert_eq!(pod_list(&lab).len(), 2);
+    let out = cni(&lab, PODGATE, "DEL", container, &netns.path(), k8s, &chained(&["web"]));
+    assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(!pod_list(&lab).iter().any(|p| p["name"] == name));
+    let out = cni(&lab, &format!("{CNI_PATH}/ptp"), "DEL", container, &netns.path(), k8s, &ptp_conf.to_string());
+    assert!(out.status.success(), "ptp DEL: {}", String::from_utf8_lossy(&out.stderr));
 }

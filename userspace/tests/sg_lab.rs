@@ -5,8 +5,7 @@ mod common;
 
 use std::{thread, time::Duration};
 
-use common::{counter, podgate_cli, start_daemon};
-use podgate_lab::{ChildGuard, Lab};
+use common::{connects6 as connects, counter, listen6 as listen, podgate_cli, start_daemon};
 
 const INET6: &str = "2001:db8:ffff::1";
 
@@ -20,21 +19,6 @@ egress = [
 [security_groups.web]
 ingress = [{ proto = "tcp", ports = "80", cidr = "::/0" }]
 "#;
-
-/// A TCP listener answering "ok" on `port` (IPv6) inside `ns`.
-fn listen(lab: &Lab, ns: &str, port: u16) -> ChildGuard {
-    let spec = format!("TCP6-LISTEN:{port},reuseaddr,fork");
-    lab.spawn_in(ns, &["socat", &spec, "SYSTEM:echo ok"]).expect("socat listener")
-}
-
-/// Whether a TCP connection from `ns` to [addr]:port gets the listener's answer within 2 s.
-fn connects(lab: &Lab, ns: &str, addr: &str, port: u16) -> bool {
-    let target = format!("TCP6:[{addr}]:{port},connect-timeout=2");
-    let o = lab
-        .exec_in_for(ns, &["socat", "-T", "2", "-u", &target, "-"], Duration::from_secs(10))
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout).trim() == "ok"
-}
 
 #[test]
 fn security_groups_with_real_sockets() {

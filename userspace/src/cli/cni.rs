@@ -1,15 +1,17 @@
 //! `podgate cni`: the chained CNI plugin entry point (spec 1.0: ADD, DEL, CHECK, VERSION).
 //! Everything it prints on stdout is CNI JSON; failures are CNI error objects with exit 1.
+//! Requests go to the daemon's control socket; without a daemon, a pod without security groups
+//! is registered on the pinned maps directly (groups need the daemon's definitions).
 
-use std::{io::Read as _, net::Ipv4Addr, process::ExitCode};
+use std::{io::Read as _, path::PathBuf, process::ExitCode};
 
-use ipnet::{Ipv4Net, Ipv6Net};
 use podgate::{
     cni::{self, CniError, NetConf},
-    config::{DEFAULT_PIN_ROOT, RawPod, validate_pod},
-    dataplane,
+    config::DEFAULT_PIN_ROOT,
+    control::{self, ControlError, PodAdd, Request},
     pins::Pins,
 };
+use serde_json::Value;
 
 pub fn main() -> ExitCode {
     let mut input = String::new();
@@ -41,8 +43,39 @@ fn env(name: &'static str) -> Result<String, CniError> {
     std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or(CniError::InvalidEnv(name))
 }
 
-fn plugin<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> CniError + '_ {
-    move |e| CniError::Plugin(format!("{what}: {e:#}"))
+fn plugin(what: &str) -> impl FnOnce(ControlError) -> CniError + '_ {
+    move |e| {
+        // Bad input (addresses, group names) is the network configuration's fault.
+        if e.is_invalid_input() {
+            CniError::InvalidConfig(control::error_chain(&e))
+        } else {
+            CniError::Plugin(format!("{what}: {}", control::error_chain(&e)))
+        }
+    }
+}
+
+/// The daemon's socket and the pins, from the network configuration.
+struct Target {
+    pins: Pins,
+    socket: PathBuf,
+    root: PathBuf,
+}
+
+impl Target {
+    fn of(conf: &NetConf) -> Self {
+        let root = PathBuf::from(conf.pin_root.clone().unwrap_or_else(|| DEFAULT_PIN_ROOT.into()));
+        let socket = conf.socket.clone().map(PathBuf::from).unwrap_or_else(|| control::default_socket(&root));
+        Target { pins: Pins::new(&root), socket, root }
+    }
+
+    fn call(&self, req: Request, what: &str) -> Result<Value, CniError> {
+        control::dispatch(&self.socket, &self.pins, Some(&self.root), &req).map(|(v, _)| v).map_err(plugin(what))
+    }
+
+    fn pods(&self) -> Result<Vec<Value>, CniError> {
+        let v = self.call(Request::PodList, "listing pods")?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
 }
 
 fn run(command: &str, input: &str) -> Result<Option<String>, CniError> {
@@ -54,8 +87,10 @@ fn run(command: &str, input: &str) -> Result<Option<String>, CniError> {
     let conf: NetConf = serde_json::from_str(input).map_err(|e| CniError::Decode(e.to_string()))?;
     cni::check_version(&conf.cni_version)?;
     let container_id = env("CNI_CONTAINERID")?;
-    let name = cni::pod_name(&container_id, &std::env::var("CNI_ARGS").unwrap_or_default());
-    let pins = Pins::new(conf.pin_root.clone().unwrap_or_else(|| DEFAULT_PIN_ROOT.into()));
+    let cni_args = std::env::var("CNI_ARGS").unwrap_or_default();
+    let name = cni::pod_name(&container_id, &cni_args);
+    let groups = cni::security_groups(&conf.security_groups, &cni_args);
+    let target = Target::of(&conf);
     match command {
         "ADD" => {
             env("CNI_NETNS")?;
@@ -65,20 +100,17 @@ fn run(command: &str, input: &str) -> Result<Option<String>, CniError> {
                 .as_ref()
                 .ok_or_else(|| CniError::InvalidConfig("podgate is a chained plugin: prevResult is required".into()))?;
             let pod = cni::derive_pod(prev, name)?;
-            let node = dataplane::read_node(&pins).map_err(plugin("reading node state"))?;
-            let prefix = Ipv6Net::new(node.pod_prefix.into(), 80).map_err(plugin("node prefix"))?;
-            let v4net = Ipv4Net::new(Ipv4Addr::from(node.pod_ipv4_net), node.pod_ipv4_prefix_len as u8)
-                .map_err(plugin("node pod_ipv4_cidr"))?;
-            let raw = RawPod {
-                name: pod.name.clone(),
-                ipv6: pod.ipv6.to_string(),
-                ipv4: pod.ipv4.to_string(),
-                veth: pod.veth.clone(),
-                veth_v4: pod.veth_v4.clone(),
-                security_groups: Vec::new(),
-            };
-            let spec = validate_pod(prefix, v4net, &raw, "prevResult").map_err(|e| CniError::InvalidConfig(e.to_string()))?;
-            dataplane::add_pod(&pins, node.pod_quota, &spec, &[]).map_err(plugin("registering the pod"))?;
+            target.call(
+                Request::PodAdd(PodAdd {
+                    name: pod.name.clone(),
+                    ipv6: pod.ipv6.to_string(),
+                    ipv4: pod.ipv4.to_string(),
+                    veth: pod.veth.clone(),
+                    veth_v4: pod.veth_v4.clone(),
+                    security_groups: groups,
+                }),
+                "registering the pod",
+            )?;
             // A chained plugin passes the previous result on.
             let mut out: serde_json::Value = serde_json::from_str(input).map_err(|e| CniError::Decode(e.to_string()))?;
             let mut result = out["prevResult"].take();
@@ -87,14 +119,18 @@ fn run(command: &str, input: &str) -> Result<Option<String>, CniError> {
         }
         "DEL" => {
             // DEL must succeed for what is not (or no longer) there.
-            if !pins.exists() {
+            if !target.pins.exists() {
                 return Ok(None);
             }
-            let pods = dataplane::list_pods(&pins).map_err(plugin("listing pods"))?;
             let cid: String = container_id.chars().take(12).collect();
             let suffix = format!("@{cid}");
-            if let Some(p) = pods.iter().find(|p| p.name == name || p.name.ends_with(&suffix)) {
-                dataplane::remove_pod(&pins, &p.name).map_err(plugin("removing the pod"))?;
+            let found = target
+                .pods()?
+                .into_iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .find(|n| *n == name || n.ends_with(&suffix));
+            if let Some(n) = found {
+                target.call(Request::PodDel { name: n }, "removing the pod")?;
             }
             Ok(None)
         }
@@ -104,17 +140,27 @@ fn run(command: &str, input: &str) -> Result<Option<String>, CniError> {
                 .as_ref()
                 .ok_or_else(|| CniError::InvalidConfig("CHECK needs prevResult".into()))?;
             let want = cni::derive_pod(prev, name.clone())?;
-            let pods = dataplane::list_pods(&pins).map_err(plugin("listing pods"))?;
+            let pods = target.pods()?;
             let got = pods
                 .iter()
-                .find(|p| p.name == name)
+                .find(|p| p["name"] == name.as_str())
                 .ok_or_else(|| CniError::Plugin(format!("pod {name} is not registered with podgate")))?;
-            if got.pod.ipv6 != want.ipv6.octets() || got.pod.ipv4 != want.ipv4.octets() {
+            if got["ipv6"] != want.ipv6.to_string().as_str() || got["ipv4"] != want.ipv4.to_string().as_str() {
                 return Err(CniError::Plugin(format!("pod {name} is registered with other addresses")));
             }
-            let ifindex = podgate::netif::ifindex(&want.veth).map_err(plugin("host veth"))?;
-            if got.pod.ifindex != ifindex {
+            let ifindex = podgate::netif::ifindex(&want.veth).map_err(|e| CniError::Plugin(format!("host veth: {e}")))?;
+            if got["ifindex"] != ifindex {
                 return Err(CniError::Plugin(format!("pod {name} is registered on another interface")));
+            }
+            let mut have: Vec<String> = got["security_groups"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            let mut wanted = groups;
+            have.sort();
+            wanted.sort();
+            if have != wanted {
+                return Err(CniError::Plugin(format!("pod {name} has security groups {have:?}, the configuration asks for {wanted:?}")));
             }
             Ok(None)
         }

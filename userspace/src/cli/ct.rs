@@ -1,8 +1,8 @@
-use std::net::Ipv4Addr;
-
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use clap::Subcommand;
-use podgate::{dataplane, nat, pins::Pins};
+use podgate::control::{CtFilter, Request};
+
+use super::{Ctl, table::cell};
 
 #[derive(Subcommand)]
 pub enum CtVerb {
@@ -30,88 +30,47 @@ pub enum CtVerb {
     },
 }
 
-pub fn run(v: CtVerb, pins: &Pins) -> Result<()> {
+pub fn run(v: CtVerb, ctl: &Ctl) -> Result<()> {
     match v {
-        CtVerb::List { json, ipv6: true, pod, proto, dst } => {
-            let pod_addr = match &pod {
-                Some(name) => Some(pod_entry(pins, name)?.ipv6),
-                None => None,
-            };
-            let dst: Option<std::net::Ipv6Addr> = match dst {
-                Some(d) => Some(d.parse().with_context(|| format!("--dst {d}: not an IPv6 address"))?),
-                None => None,
-            };
-            let rows: Vec<_> = podgate::sg_maps::flow_rows(pins)?
-                .into_iter()
-                .filter(|r| pod_addr.is_none_or(|a| r.pod_addr.octets() == a))
-                .filter(|r| proto.as_deref().is_none_or(|p| r.proto == p))
-                .filter(|r| dst.is_none_or(|d| r.remote_addr == d))
-                .collect();
-            super::table::print(json, &["PROTO", "POD", "REMOTE", "OPENED BY", "RULE", "IDLE(s)", "PKTS OUT", "PKTS IN"], &rows, |r| {
-                vec![
-                    r.proto.clone(),
-                    format!("[{}]:{}", r.pod_addr, r.pod_port),
-                    format!("[{}]:{}", r.remote_addr, r.remote_port),
-                    r.origin.to_string(),
-                    r.rule.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
-                    r.idle_secs.to_string(),
-                    r.packets_out.to_string(),
-                    r.packets_in.to_string(),
-                ]
-            })
-        }
-        CtVerb::List { json, ipv6: false, pod, proto, dst } => {
-            let dst: Option<Ipv4Addr> = match dst {
-                Some(d) => Some(d.parse().with_context(|| format!("--dst {d}: not an IPv4 address (use --ipv6 for IPv6 flows)"))?),
-                None => None,
-            };
-            let pod_addr = match &pod {
-                Some(name) => Some(pod_ipv4(pins, name)?),
-                None => None,
-            };
-            let rows: Vec<_> = nat::flow_rows(pins)?
-                .into_iter()
-                .filter(|r| pod_addr.is_none_or(|a| r.pod_addr == a))
-                .filter(|r| proto.as_deref().is_none_or(|p| r.proto == p))
-                .filter(|r| dst.is_none_or(|d| r.remote_addr == d))
-                .collect();
-            super::table::print(
-                json,
-                &["PROTO", "POD", "EXT PORT", "REMOTE", "STATE", "IDLE(s)", "PKTS OUT", "PKTS IN"],
-                &rows,
-                |r| {
+        CtVerb::List { json, ipv6, pod, proto, dst } => {
+            let rows = ctl.result(Request::CtList(CtFilter { ipv6, pod, proto, dst }))?;
+            if ipv6 {
+                super::table::print(json, &["PROTO", "POD", "REMOTE", "OPENED BY", "RULE", "IDLE(s)", "PKTS OUT", "PKTS IN"], &rows, |r| {
                     vec![
-                        r.proto.clone(),
-                        format!("{}:{}", r.pod_addr, r.pod_port),
-                        r.ext_port.to_string(),
-                        format!("{}:{}", r.remote_addr, r.remote_port),
-                        r.state.clone(),
-                        r.idle_secs.to_string(),
-                        r.packets_out.to_string(),
-                        r.packets_in.to_string(),
+                        cell(&r["proto"]),
+                        format!("[{}]:{}", cell(&r["pod_addr"]), r["pod_port"]),
+                        format!("[{}]:{}", cell(&r["remote_addr"]), r["remote_port"]),
+                        cell(&r["origin"]),
+                        cell(&r["rule"]),
+                        cell(&r["idle_secs"]),
+                        cell(&r["packets_out"]),
+                        cell(&r["packets_in"]),
                     ]
-                },
-            )
+                })
+            } else {
+                super::table::print(
+                    json,
+                    &["PROTO", "POD", "EXT PORT", "REMOTE", "STATE", "IDLE(s)", "PKTS OUT", "PKTS IN"],
+                    &rows,
+                    |r| {
+                        vec![
+                            cell(&r["proto"]),
+                            format!("{}:{}", cell(&r["pod_addr"]), r["pod_port"]),
+                            cell(&r["ext_port"]),
+                            format!("{}:{}", cell(&r["remote_addr"]), r["remote_port"]),
+                            cell(&r["state"]),
+                            cell(&r["idle_secs"]),
+                            cell(&r["packets_out"]),
+                            cell(&r["packets_in"]),
+                        ]
+                    },
+                )
+            }
         }
         CtVerb::Flush { pod } => {
-            let addr = pod_ipv4(pins, &pod)?;
-            let n = nat::flush_pod(pins, addr)?;
-            let n6 = podgate::sg_maps::flush_pod(pins, std::net::Ipv6Addr::from(pod_entry(pins, &pod)?.ipv6))?;
-            println!("flushed {} entries of pod {pod} ({addr})", n + n6);
+            let r = ctl.result(Request::CtFlush { pod })?;
+            println!("flushed {} entries of pod {} ({})", r["entries"], cell(&r["pod"]), cell(&r["ipv4"]));
             Ok(())
         }
     }
-}
-
-fn pod_entry(pins: &Pins, name: &str) -> Result<podgate_common::Pod> {
-    let pods = dataplane::list_pods(pins)?;
-    let p = pods
-        .into_iter()
-        .find(|p| p.name == name)
-        .with_context(|| format!("no registered pod named {name:?}"))?;
-    Ok(p.pod)
-}
-
-fn pod_ipv4(pins: &Pins, name: &str) -> Result<Ipv4Addr> {
-    Ok(Ipv4Addr::from(pod_entry(pins, name)?.ipv4))
 }

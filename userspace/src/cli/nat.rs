@@ -1,8 +1,8 @@
-use std::net::Ipv4Addr;
-
 use anyhow::Result;
 use clap::Subcommand;
-use podgate::{dataplane, nat, pins::Pins};
+use podgate::control::Request;
+
+use super::{Ctl, table::cell};
 
 #[derive(Subcommand)]
 pub enum NatVerb {
@@ -13,17 +13,16 @@ pub enum NatVerb {
     },
 }
 
-pub fn run(v: NatVerb, pins: &Pins) -> Result<()> {
+pub fn run(v: NatVerb, ctl: &Ctl) -> Result<()> {
     match v {
         NatVerb::List { json } => {
-            let node = dataplane::read_node(pins)?;
-            let rows = nat::mapping_rows(pins, Ipv4Addr::from(node.ipv4))?;
+            let rows = ctl.result(Request::NatList)?;
             super::table::print(json, &["PROTO", "POD", "EXTERNAL", "IDLE(s)"], &rows, |r| {
                 vec![
-                    r.proto.clone(),
-                    format!("{}:{}", r.pod_addr, r.pod_port),
-                    format!("{}:{}", r.ext_addr, r.ext_port),
-                    r.idle_secs.to_string(),
+                    cell(&r["proto"]),
+                    format!("{}:{}", cell(&r["pod_addr"]), r["pod_port"]),
+                    format!("{}:{}", cell(&r["ext_addr"]), r["ext_port"]),
+                    cell(&r["idle_secs"]),
                 ]
             })
         }

@@ -1,14 +1,8 @@
-use std::net::{Ipv4Addr, Ipv6Addr};
-
 use anyhow::Result;
 use clap::Subcommand;
-use ipnet::{Ipv4Net, Ipv6Net};
-use podgate::{
-    config::{RawPod, validate_pod},
-    dataplane,
-    pins::Pins,
-};
-use serde::Serialize;
+use podgate::control::{PodAdd, Request};
+
+use super::{Ctl, table::cell};
 
 #[derive(Subcommand)]
 pub enum PodVerb {
@@ -26,6 +20,10 @@ pub enum PodVerb {
         /// Host-side veth carrying IPv4 (EKS style `v4if0`).
         #[arg(long)]
         veth_v4: Option<String>,
+        /// A security group of the daemon's config (`[security_groups.NAME]`); repeatable.
+        /// Needs the daemon: its config holds the group definitions.
+        #[arg(long = "security-group", value_name = "NAME")]
+        security_groups: Vec<String>,
     },
     /// Unregister a pod: programs off its veths, its flows, mappings and quota released.
     Del { name: String },
@@ -36,60 +34,38 @@ pub enum PodVerb {
     },
 }
 
-#[derive(Serialize)]
-struct Row {
-    id: u32,
-    name: String,
-    ipv6: Ipv6Addr,
-    ipv4: Ipv4Addr,
-    ifindex: u32,
-    ifindex_v4: u32,
-    mappings: u32,
-    quota: u32,
-    groups: Vec<u32>,
-}
-
-pub fn run(v: PodVerb, pins: &Pins) -> Result<()> {
+pub fn run(v: PodVerb, ctl: &Ctl) -> Result<()> {
     match v {
-        PodVerb::Add { name, ipv6, ipv4, veth, veth_v4 } => {
-            let node = dataplane::read_node(pins)?;
-            let prefix = Ipv6Net::new(Ipv6Addr::from(node.pod_prefix), 80)?;
-            let v4net = Ipv4Net::new(Ipv4Addr::from(node.pod_ipv4_net), node.pod_ipv4_prefix_len as u8)?;
-            let raw = RawPod { name, ipv6, ipv4, veth, veth_v4, security_groups: Vec::new() };
-            let spec = validate_pod(prefix, v4net, &raw, "pod")?;
-            let pod = dataplane::add_pod(pins, node.pod_quota, &spec, &[])?;
-            println!("pod {} registered (id {}, {} / {})", spec.name, pod.id, spec.ipv6, spec.ipv4);
+        PodVerb::Add { name, ipv6, ipv4, veth, veth_v4, security_groups } => {
+            let r = ctl.result(Request::PodAdd(PodAdd { name, ipv6, ipv4, veth, veth_v4, security_groups }))?;
+            let groups = r["security_groups"].as_array().filter(|a| !a.is_empty()).map(|_| cell(&r["security_groups"]));
+            println!(
+                "pod {} registered (id {}, {} / {}){}",
+                cell(&r["name"]),
+                r["id"],
+                cell(&r["ipv6"]),
+                cell(&r["ipv4"]),
+                groups.map(|g| format!(", security groups {g}")).unwrap_or_default()
+            );
             Ok(())
         }
         PodVerb::Del { name } => {
-            let e = dataplane::remove_pod(pins, &name)?;
-            println!("pod {} removed (id {})", e.name, e.pod.id);
+            let r = ctl.result(Request::PodDel { name })?;
+            println!("pod {} removed (id {})", cell(&r["name"]), r["id"]);
             Ok(())
         }
         PodVerb::List { json } => {
-            let rows: Vec<Row> = dataplane::list_pods(pins)?
-                .into_iter()
-                .map(|e| Row {
-                    id: e.pod.id,
-                    name: e.name,
-                    ipv6: Ipv6Addr::from(e.pod.ipv6),
-                    ipv4: Ipv4Addr::from(e.pod.ipv4),
-                    ifindex: e.pod.ifindex,
-                    ifindex_v4: e.pod.ifindex_v4,
-                    mappings: e.pod.mappings,
-                    quota: e.pod.quota,
-                    groups: e.pod.groups[..e.pod.group_count as usize].to_vec(),
-                })
-                .collect();
-            super::table::print(json, &["ID", "NAME", "IPV6", "IPV4", "IFINDEX", "IFINDEX_V4", "MAPPINGS"], &rows, |r| {
+            let rows = ctl.result(Request::PodList)?;
+            super::table::print(json, &["ID", "NAME", "IPV6", "IPV4", "IFINDEX", "IFINDEX_V4", "MAPPINGS", "GROUPS"], &rows, |r| {
                 vec![
-                    r.id.to_string(),
-                    r.name.clone(),
-                    r.ipv6.to_string(),
-                    r.ipv4.to_string(),
-                    r.ifindex.to_string(),
-                    r.ifindex_v4.to_string(),
-                    format!("{}/{}", r.mappings, r.quota),
+                    cell(&r["id"]),
+                    cell(&r["name"]),
+                    cell(&r["ipv6"]),
+                    cell(&r["ipv4"]),
+                    cell(&r["ifindex"]),
+                    cell(&r["ifindex_v4"]),
+                    format!("{}/{}", r["mappings"], r["quota"]),
+                    cell(&r["security_groups"]),
                 ]
             })
         }

@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use podgate::{
     config::Config,
+    control::{self, ControlSocket, Daemon, DaemonConfig, DaemonInfo},
     dataplane,
     metrics::{self, DaemonMetrics},
     nat, netif,
@@ -24,7 +25,7 @@ pub struct Args {
     config: PathBuf,
 }
 
-pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
+pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     let explicit_root = cfg.node.pin_root != PathBuf::from(podgate::config::DEFAULT_PIN_ROOT);
     let root = if explicit_root { cfg.node.pin_root.clone() } else { cli_pin_root };
@@ -53,6 +54,13 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
     }
     pins.check_bpffs()?;
 
+    // Bound before anything is installed: a daemon already serving this socket (and so,
+    // most likely, this pin root) must not be fought over the same maps.
+    let socket_path = cli_socket
+        .or_else(|| cfg.node.socket.clone())
+        .unwrap_or_else(|| control::default_socket(pins.root()));
+    let mut control_socket = ControlSocket::bind(&socket_path)
+        .with_context(|| format!("daemon.socket = {:?}: cannot listen", socket_path.display().to_string()))?;
     // Bound before anything is installed: a port in use must not leave a half-started node.
     let metrics_listener = match cfg.node.metrics {
         Some(addr) => {
@@ -77,8 +85,31 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
     }
     println!("podgate: running (pins under {}); Ctrl-C or SIGTERM to exit, the dataplane stays attached", pins.root().display());
 
+    info!(socket = %control_socket.path().display(), "control socket listening");
+    let daemon = Arc::new(Daemon::new(
+        DaemonInfo {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION"),
+            protocol: control::PROTOCOL_VERSION,
+            socket: control_socket.path().to_owned(),
+            config: std::fs::canonicalize(&a.config).unwrap_or(a.config.clone()),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        },
+        DaemonConfig {
+            node: cfg.node.clone(),
+            groups: cfg.security_groups.clone(),
+            assign: cfg.pods.iter().map(|p| (p.name.clone(), p.security_groups.clone())).collect(),
+        },
+    ));
+    let listener = control_socket.take_listener().expect("listener taken once");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(daemon_loop(&pins, &cfg, metrics_listener))
+    let r = rt.block_on(daemon_loop(&pins, &cfg, metrics_listener, listener, daemon));
+    // Dropping the socket removes its file: a clean exit leaves no stale socket behind.
+    drop(control_socket);
+    r
 }
 
 /// Installs or adopts the dataplane and applies the configuration to it.
@@ -98,8 +129,12 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     );
     dataplane::attach_uplink(pins, &cfg.node)?;
     info!(uplink = %cfg.node.uplink, path = ?cfg.node.reverse_path, "uplink attached");
+    // On a restart the config's pods keep their pinned group ids while they are re-registered:
+    // a record without groups would let the pod send anything until the groups are applied.
+    let pinned_groups = podgate::sg_maps::group_ids(pins)?;
     for p in &cfg.pods {
-        let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &[])
+        let ids: Vec<u32> = p.security_groups.iter().filter_map(|g| pinned_groups.get(g).copied()).collect();
+        let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &ids)
             .with_context(|| format!("registering pod {}", p.name))?;
         info!(pod = %p.name, id = pod.id, ipv6 = %p.ipv6, ipv4 = %p.ipv4, "pod registered");
     }
@@ -122,9 +157,16 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpListener>) -> Result<()> {
+async fn daemon_loop(
+    pins: &Pins,
+    cfg: &Config,
+    listener: Option<std::net::TcpListener>,
+    control_listener: std::os::unix::net::UnixListener,
+    daemon: Arc<Daemon>,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let metrics = Arc::new(Mutex::new(DaemonMetrics::default()));
+    tokio::spawn(control::serve(control_listener, pins.clone(), daemon.clone()));
     if let Some(listener) = listener {
         let addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -137,6 +179,8 @@ async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpLi
     loop {
         tokio::select! {
             _ = tick.tick() => {
+                // A GC pass is a mutation like any other: never in the middle of a pod add.
+                let _serialized = daemon.lock();
                 match dataplane::follow_uplink_ipv4(pins, &cfg.node) {
                     Ok(Some((old, new))) => warn!(%old, %new, "uplink address changed: translating to the new one"),
                     Ok(None) => {}

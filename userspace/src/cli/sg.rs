@@ -1,10 +1,10 @@
-use std::{collections::BTreeMap, net::Ipv6Addr, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
-use ipnet::Ipv6Net;
-use podgate::{config::Config, dataplane, pins::Pins, sg_maps};
-use serde::Serialize;
+use podgate::control::Request;
+
+use super::{Ctl, table::cell};
 
 #[derive(Subcommand)]
 pub enum SgVerb {
@@ -15,7 +15,8 @@ pub enum SgVerb {
     },
     /// Compile the config file's [security_groups] (and its pods' group lists) and switch the
     /// dataplane to them in one step. Tracked flows the new rules no longer allow keep working
-    /// (as in AWS) unless --cut is given.
+    /// (as in AWS) unless --cut is given. Through the daemon, later `pod add --security-group`
+    /// resolve against these groups.
     Apply {
         #[arg(long, short)]
         config: PathBuf,
@@ -25,48 +26,25 @@ pub enum SgVerb {
     },
 }
 
-#[derive(Serialize)]
-struct Row {
-    id: u32,
-    name: String,
-    pods: Vec<String>,
-}
-
-pub fn run(v: SgVerb, pins: &Pins) -> Result<()> {
+pub fn run(v: SgVerb, ctl: &Ctl) -> Result<()> {
     match v {
         SgVerb::List { json } => {
-            let ids = sg_maps::group_ids(pins)?;
-            let pods = dataplane::list_pods(pins)?;
-            let rows: Vec<Row> = ids
-                .iter()
-                .map(|(name, id)| Row {
-                    id: *id,
-                    name: name.clone(),
-                    pods: pods
-                        .iter()
-                        .filter(|p| p.pod.groups[..p.pod.group_count as usize].contains(id))
-                        .map(|p| p.name.clone())
-                        .collect(),
-                })
-                .collect();
-            super::table::print(json, &["ID", "GROUP", "PODS"], &rows, |r| {
-                vec![r.id.to_string(), r.name.clone(), r.pods.join(",")]
-            })
+            let rows = ctl.result(Request::SgList)?;
+            super::table::print(json, &["ID", "GROUP", "PODS"], &rows, |r| vec![cell(&r["id"]), cell(&r["name"]), cell(&r["pods"])])
         }
         SgVerb::Apply { config, cut } => {
-            let cfg = Config::load(&config)?;
-            let node = dataplane::read_node(pins)?;
-            let prefix = Ipv6Net::new(Ipv6Addr::from(node.pod_prefix), 80)?;
-            let assign: BTreeMap<String, Vec<String>> =
-                cfg.pods.iter().map(|p| (p.name.clone(), p.security_groups.clone())).collect();
-            let r = sg_maps::apply(pins, &cfg.security_groups, &assign, prefix, cfg.node.max_groups_per_pod as usize, cut)?;
+            // The file is read here and sent whole: the daemon may not see this path.
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read config file {}", config.display()))?;
+            let r = ctl
+                .result(Request::SgApply { config: text, cut })
+                .with_context(|| format!("applying {}", config.display()))?;
             println!(
                 "applied {} security groups ({} rule entries) to {} pods as generation {}{}",
-                r.groups,
-                r.rule_entries,
-                r.pods,
-                r.generation,
-                if cut { format!("; cut {} flows", r.flows_cut) } else { String::new() }
+                r["groups"],
+                r["rule_entries"],
+                r["pods"],
+                r["generation"],
+                if cut { format!("; cut {} flows", r["flows_cut"]) } else { String::new() }
             );
             Ok(())
         }

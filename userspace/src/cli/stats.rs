@@ -1,6 +1,7 @@
 use anyhow::Result;
-use podgate::{dataplane, pins::Pins};
-use serde::Serialize;
+use podgate::control::Request;
+
+use super::{Ctl, table::cell};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -11,24 +12,9 @@ pub struct Args {
     all: bool,
 }
 
-#[derive(Serialize)]
-struct Row {
-    counter: &'static str,
-    kind: &'static str,
-    value: u64,
-}
-
-pub fn run(a: Args, pins: &Pins) -> Result<()> {
-    let rows: Vec<Row> = dataplane::read_stats(pins)?
-        .into_iter()
-        .filter(|(_, v)| a.all || *v > 0)
-        .map(|(c, v)| Row {
-            counter: c.name(),
-            kind: if c.is_drop() { "drop" } else { "verdict" },
-            value: v,
-        })
-        .collect();
+pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
+    let rows = ctl.result(Request::Stats { all: a.all })?;
     super::table::print(a.json, &["COUNTER", "KIND", "VALUE"], &rows, |r| {
-        vec![r.counter.into(), r.kind.into(), r.value.to_string()]
+        vec![cell(&r["counter"]), cell(&r["kind"]), cell(&r["value"])]
     })
 }

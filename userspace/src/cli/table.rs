@@ -1,14 +1,15 @@
-//! Plain-text tables and `--json` output for the read verbs.
+//! Plain-text tables and `--json` output for the read verbs. Both are rendered from the JSON
+//! result of the control API, so the daemon and the pinned-maps path print the same.
 
-use serde::Serialize;
+use serde_json::Value;
 
-/// Prints rows as JSON (`json`) or as an aligned table with `headers`.
-pub fn print<T: Serialize>(json: bool, headers: &[&str], rows: &[T], cells: impl Fn(&T) -> Vec<String>) -> anyhow::Result<()> {
+/// Prints `rows` (a JSON array) as pretty JSON (`json`) or as an aligned table with `headers`.
+pub fn print(json: bool, headers: &[&str], rows: &Value, cells: impl Fn(&Value) -> Vec<String>) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(rows)?);
         return Ok(());
     }
-    let body: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    let body: Vec<Vec<String>> = rows.as_array().map(|a| a.iter().map(cells).collect()).unwrap_or_default();
     let mut width: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &body {
         for (w, c) in width.iter_mut().zip(r) {
@@ -24,4 +25,14 @@ pub fn print<T: Serialize>(json: bool, headers: &[&str], rows: &[T], cells: impl
         line(r);
     }
     Ok(())
+}
+
+/// One JSON value as a table cell: strings bare, null as "-", lists comma-separated.
+pub fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(a) => a.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
 }

@@ -56,3 +56,27 @@ pub fn counter(lab: &Lab, name: &str) -> u64 {
         .map(|r| r["value"].as_u64().unwrap())
         .unwrap_or(0)
 }
+
+/// A TCP listener answering "ok" on `port` (IPv6) inside `ns`.
+pub fn listen6(lab: &Lab, ns: &str, port: u16) -> ChildGuard {
+    let spec = format!("TCP6-LISTEN:{port},reuseaddr,fork");
+    lab.spawn_in(ns, &["socat", &spec, "SYSTEM:echo ok"]).expect("socat listener")
+}
+
+/// Whether a TCP connection from `ns` to [addr]:port gets the listener's answer within 2 s.
+pub fn connects6(lab: &Lab, ns: &str, addr: &str, port: u16) -> bool {
+    let target = format!("TCP6:[{addr}]:{port},connect-timeout=2");
+    let o = lab
+        .exec_in_for(ns, &["socat", "-T", "2", "-u", &target, "-"], Duration::from_secs(10))
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim() == "ok"
+}
+
+/// Removes a file when dropped: the control socket a test leaves behind by killing its daemon.
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

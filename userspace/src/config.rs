@@ -101,6 +101,8 @@ pub struct RawDaemon {
     pub gc_interval: Option<u64>,
     /// Prometheus endpoint, "ADDR:PORT" (default loopback) or "off".
     pub metrics: Option<String>,
+    /// Hold inbound fragments that arrive before their first fragment (default true).
+    pub frag_punt: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +168,8 @@ pub struct NodeSettings {
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
     pub metrics: Option<std::net::SocketAddr>,
+    /// `daemon.frag_punt`: the daemon holds orphan fragments (`frag_punt` module).
+    pub frag_punt: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,6 +373,7 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
     };
     Ok(NodeSettings {
         metrics,
+        frag_punt: d.frag_punt.unwrap_or(true),
         uplink: n.uplink.clone(),
         ipv4,
         pod_prefix,

@@ -4,6 +4,7 @@
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod frag_punt;
 pub mod metrics;
 pub mod nat;
 pub mod netif;

@@ -1,21 +1,22 @@
 //! The daemon's half of the orphan-fragment slow path (RFC 4787 REQ-14; the protocol is in
 //! `podgate_common::frag`): inbound fragments that reached the node before their first fragment
 //! arrive here through the `frag4_punt` ring buffer, wait in a bounded [`Store`], and once the
-//! first fragment has been translated (a release record, or its `frag4` entry) are sent to the
-//! pod with the destination rewritten, through a raw socket.
+//! first fragment has been translated (a release record, or its `frag4` entry) go through
+//! `uplink_xdp` again ([`Reinjector`]), which now translates them like any later fragment.
 
 use std::{
     collections::{BTreeMap, HashMap},
     io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, MapData, RingBuf},
+    programs::{ProgramError, TestRun as _, TestRunAttrs, TestRunOptions, Xdp},
+};
+use aya_obj::programs::XdpAttachType;
 use podgate_common::{
-    csum,
     frag::{PUNT_ORPHAN, PUNT_RELEASE, PuntHdr, map_names},
     nat::{FRAG_TIMEOUT_NS, FragKey4, FragVal4, map_names as nat_names},
 };
@@ -41,7 +42,7 @@ const RECHECK_PER_TICK: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Bytes of IPv4 packets held in all.
+    /// Bytes of frames held in all.
     pub max_bytes: usize,
     /// Fragments held for one datagram.
     pub max_per_datagram: usize,
@@ -65,20 +66,20 @@ pub struct PuntStats {
     /// Fragments and their bytes held now.
     pub held: u64,
     pub held_bytes: u64,
-    /// Fragments sent on to their pod.
+    /// Fragments handed back to the program once their first fragment was translated.
     pub released: u64,
     /// Fragments whose first fragment never came within `max_age_ns`.
     pub expired: u64,
-    /// Fragments refused or evicted by the limits, or that cannot be sent (see [`Sender`]).
+    /// Fragments refused or evicted by the limits.
     pub dropped: u64,
-    /// Failed sends.
+    /// Failed re-runs of the program.
     pub send_errors: u64,
 }
 
 struct Held {
     key: FragKey4,
     time_ns: u64,
-    packet: Vec<u8>,
+    frame: Vec<u8>,
 }
 
 /// Orphans by arrival; oldest dropped first when a limit is reached.
@@ -116,28 +117,28 @@ impl Store {
         self.bytes
     }
 
-    /// Keeps `packet` (punted at `time_ns`) until [`Store::take`]; returns how many older
+    /// Keeps `frame` (punted at `time_ns`) until [`Store::take`]; returns how many older
     /// fragments were evicted to make room.
-    pub fn hold(&mut self, key: FragKey4, packet: Vec<u8>, time_ns: u64, now: u64) -> Result<usize, Refused> {
+    pub fn hold(&mut self, key: FragKey4, frame: Vec<u8>, time_ns: u64, now: u64) -> Result<usize, Refused> {
         if now.saturating_sub(time_ns) > self.limits.max_age_ns {
             return Err(Refused::TooOld);
         }
-        if packet.len() > self.limits.max_bytes {
+        if frame.len() > self.limits.max_bytes {
             return Err(Refused::TooBig);
         }
         if self.by_key.get(&key).is_some_and(|v| v.len() >= self.limits.max_per_datagram) {
             return Err(Refused::DatagramFull);
         }
         let mut evicted = 0;
-        while self.bytes + packet.len() > self.limits.max_bytes {
+        while self.bytes + frame.len() > self.limits.max_bytes {
             self.pop_oldest();
             evicted += 1;
         }
         let seq = self.next;
         self.next += 1;
-        self.bytes += packet.len();
+        self.bytes += frame.len();
         self.by_key.entry(key).or_default().push(seq);
-        self.by_seq.insert(seq, Held { key, time_ns, packet });
+        self.by_seq.insert(seq, Held { key, time_ns, frame });
         Ok(evicted)
     }
 
@@ -147,8 +148,8 @@ impl Store {
         seqs.iter()
             .filter_map(|s| self.by_seq.remove(s))
             .map(|h| {
-                self.bytes -= h.packet.len();
-                h.packet
+                self.bytes -= h.frame.len();
+                h.frame
             })
             .collect()
     }
@@ -184,7 +185,7 @@ impl Store {
 
     fn pop_oldest(&mut self) {
         let Some((seq, h)) = self.by_seq.pop_first() else { return };
-        self.bytes -= h.packet.len();
+        self.bytes -= h.frame.len();
         if let Some(v) = self.by_key.get_mut(&h.key) {
             v.retain(|s| *s != seq);
             if v.is_empty() {
@@ -196,101 +197,52 @@ impl Store {
 
 #[derive(Debug, Error)]
 pub enum PuntError {
-    #[error("not an IPv4 packet with a complete header ({0} bytes)")]
-    NotIpv4(usize),
-    #[error(
-        "IPv4 identification 0: a raw socket would replace it, so the pod could never reassemble \
-         the datagram"
-    )]
-    ZeroId,
-    #[error("raw socket: {0}")]
-    Socket(#[source] io::Error),
-    #[error("sending to {dst}: {source}")]
-    Send {
-        dst: Ipv4Addr,
+    #[error("running {prog} on a held fragment (BPF_PROG_TEST_RUN, live frames: Linux 5.18 or later)")]
+    Reinject {
+        prog: &'static str,
         #[source]
-        source: io::Error,
+        source: ProgramError,
     },
+    #[error("frag4_punt: {0}")]
+    Ring(#[source] io::Error),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
 }
 
-/// Rewrites the destination of an IPv4 packet to `dst` and recomputes its header checksum. The
-/// L4 checksum is in the first fragment, which the programs translated: nothing else changes.
-pub fn retarget(packet: &mut [u8], dst: [u8; 4]) -> Result<(), PuntError> {
-    let ihl = match packet.first() {
-        Some(b) if b >> 4 == 4 => ((b & 0x0f) as usize) * 4,
-        _ => return Err(PuntError::NotIpv4(packet.len())),
-    };
-    if ihl < 20 || packet.len() < ihl {
-        return Err(PuntError::NotIpv4(packet.len()));
-    }
-    packet[16..20].copy_from_slice(&dst);
-    packet[10..12].copy_from_slice(&[0, 0]);
-    let c = csum::checksum(&packet[..ihl]);
-    packet[10..12].copy_from_slice(&c.to_be_bytes());
-    Ok(())
+/// Hands a held frame to `uplink_xdp` again, as if the uplink had just received it
+/// (`BPF_F_TEST_XDP_LIVE_FRAMES`): the program now finds the first fragment's `frag4` entry,
+/// translates the frame and passes it, and the kernel delivers it to the stack on the uplink.
+///
+/// Not a raw socket toward the pod: on a node with conntrack loaded (kube-proxy), defragmentation
+/// in PREROUTING holds the translated first fragment until the rest of its datagram arrives
+/// there too, and a locally sent fragment never passes PREROUTING, so the pod would get nothing.
+pub struct Reinjector {
+    prog: Xdp,
+    uplink_ifindex: u32,
 }
 
-/// A raw IPv4 socket that sends packets exactly as given (`IPPROTO_RAW`: header included).
-pub struct Sender {
-    fd: OwnedFd,
-}
-
-impl Sender {
-    pub fn new() -> Result<Self, PuntError> {
-        // SAFETY: plain syscalls; the fd is owned from here on.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            return Err(PuntError::Socket(io::Error::last_os_error()));
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Without it, a node that loads conntrack (nf_defrag_ipv4 in OUTPUT) would hold our lone
-        // fragment for reassembly, waiting for fragments that already went to the pod.
-        let one: libc::c_int = 1;
-        // SAFETY: a valid int option.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_IP,
-                libc::IP_NODEFRAG,
-                &one as *const _ as *const libc::c_void,
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(PuntError::Socket(io::Error::last_os_error()));
-        }
-        Ok(Self { fd })
+impl Reinjector {
+    pub fn open(pins: &Pins) -> Result<Self, PuntError> {
+        let prog = Xdp::from_pin(pins.prog(dataplane::UPLINK_XDP), XdpAttachType::Interface)
+            .map_err(|source| PuntError::Reinject { prog: dataplane::UPLINK_XDP, source })?;
+        let uplink_ifindex = dataplane::read_node(pins)?.uplink_ifindex;
+        Ok(Self { prog, uplink_ifindex })
     }
 
-    /// Sends an IPv4 packet (its destination already rewritten) to `dst`.
-    pub fn send(&self, packet: &[u8], dst: [u8; 4]) -> Result<(), PuntError> {
-        // The kernel gives a header-included packet with identification 0 a fresh one.
-        if packet.len() >= 6 && packet[4..6] == [0, 0] {
-            return Err(PuntError::ZeroId);
-        }
-        let sa = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst) },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: valid buffer and address for the call.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                packet.as_ptr() as *const libc::c_void,
-                packet.len(),
-                0,
-                &sa as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(PuntError::Send { dst: Ipv4Addr::from(dst), source: io::Error::last_os_error() });
-        }
-        Ok(())
+    /// Runs the program over `frame` (Ethernet, as received on the uplink).
+    pub fn reinject(&mut self, frame: &[u8]) -> Result<(), PuntError> {
+        // struct xdp_md: data_end = the length, ingress_ifindex = the uplink, receive queue 0.
+        let mut md = [0u8; 24];
+        md[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        md[12..16].copy_from_slice(&self.uplink_ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.ctx_in = Some(&md);
+        opts.attrs = TestRunAttrs::new().xdp_live_frames(1);
+        self.prog
+            .test_run(opts)
+            .map(|_| ())
+            .map_err(|source| PuntError::Reinject { prog: dataplane::UPLINK_XDP, source })
     }
 }
 
@@ -320,7 +272,7 @@ struct Punt {
     ring: AsyncFd<RingBuf<MapData>>,
     frag4: BpfHashMap<MapData, FragKey4, FragVal4>,
     alive: Alive,
-    sender: Sender,
+    reinjector: Reinjector,
     store: Store,
     stats: PuntStats,
 }
@@ -379,14 +331,14 @@ impl Punt {
             .map_err(map_err(map_names::FRAG4_PUNT))?;
         // SAFETY: the ring map owns its fd and keeps it, unchanged, for as long as it lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|e| PuntError::Socket(e.into()))?;
+            .map_err(|e| PuntError::Ring(e.into()))?;
         let frag4 = dataplane::open_hash(pins, nat_names::FRAG4)?;
         let alive = Array::try_from(dataplane::open_map(pins, map_names::FRAG4_PUNT_ALIVE)?)
             .map_err(map_err(map_names::FRAG4_PUNT_ALIVE))?;
-        let sender = Sender::new()?;
+        let reinjector = Reinjector::open(pins)?;
         let mut alive = Alive(alive);
         alive.refresh()?;
-        Ok(Self { ring, frag4, alive, sender, store: Store::new(Limits::default()), stats: PuntStats::default() })
+        Ok(Self { ring, frag4, alive, reinjector, store: Store::new(Limits::default()), stats: PuntStats::default() })
     }
 
     fn record(&mut self, r: &[u8], now: u64) {
@@ -398,14 +350,14 @@ impl Punt {
         match h.kind {
             PUNT_ORPHAN => {
                 let data = &r[size_of::<PuntHdr>()..];
-                let packet = data[..(h.len as usize).min(data.len())].to_vec();
+                let frame = data[..(h.len as usize).min(data.len())].to_vec();
                 // The first fragment may have been translated while this record waited in the
                 // ring (before its pending key existed): then no release record follows.
-                if let Ok(v) = self.frag4.get(&h.key, 0) {
-                    self.send(packet, v.new_addr);
+                if self.frag4.get(&h.key, 0).is_ok() {
+                    self.send(&frame);
                     return;
                 }
-                match self.store.hold(h.key, packet, h.time_ns, now) {
+                match self.store.hold(h.key, frame, h.time_ns, now) {
                     Ok(evicted) => self.stats.dropped += evicted as u64,
                     Err(Refused::TooOld) => self.stats.expired += 1,
                     Err(why) => {
@@ -415,8 +367,8 @@ impl Punt {
                 }
             }
             PUNT_RELEASE => {
-                for packet in self.store.take(&h.key) {
-                    self.send(packet, h.new_addr);
+                for frame in self.store.take(&h.key) {
+                    self.send(&frame);
                 }
             }
             k => debug!(kind = k, "unknown frag4_punt record"),
@@ -426,24 +378,23 @@ impl Punt {
     fn tick(&mut self, now: u64) {
         self.stats.expired += self.store.expire(now) as u64;
         for key in self.store.newest_keys(RECHECK_PER_TICK) {
-            if let Ok(v) = self.frag4.get(&key, 0) {
-                for packet in self.store.take(&key) {
-                    self.send(packet, v.new_addr);
+            if self.frag4.get(&key, 0).is_ok() {
+                for frame in self.store.take(&key) {
+                    self.send(&frame);
                 }
             }
         }
     }
 
-    fn send(&mut self, mut packet: Vec<u8>, dst: [u8; 4]) {
-        let r = retarget(&mut packet, dst).and_then(|()| self.sender.send(&packet, dst));
-        match r {
+    /// The program translates the frame by its `frag4` entry (the release record's address is
+    /// the same one) and counts it as `frag_translated`.
+    fn send(&mut self, frame: &[u8]) {
+        match self.reinjector.reinject(frame) {
             Ok(()) => self.stats.released += 1,
-            Err(e @ (PuntError::ZeroId | PuntError::NotIpv4(_))) => {
-                debug!("orphan fragment dropped: {e}");
-                self.stats.dropped += 1;
-            }
             Err(e) => {
-                debug!("orphan fragment: {e:#}");
+                if self.stats.send_errors == 0 {
+                    warn!("{e:#}");
+                }
                 self.stats.send_errors += 1;
             }
         }
@@ -452,8 +403,6 @@ impl Punt {
 
 #[cfg(test)]
 mod tests {
-    use etherparse::{IpNumber, Ipv4Header};
-
     use super::*;
 
     const S: u64 = 1_000_000_000;
@@ -523,26 +472,5 @@ mod tests {
         }
         assert_eq!(s.newest_keys(10), vec![key(3), key(1), key(2)]);
         assert_eq!(s.newest_keys(2), vec![key(3), key(1)]);
-    }
-
-    #[test]
-    fn retarget_rewrites_the_destination_and_the_header_checksum_only() {
-        let mut h = Ipv4Header::new(48, 61, IpNumber::UDP, [198, 51, 100, 1], [192, 0, 2, 10]).unwrap();
-        h.identification = 0x1234;
-        h.fragment_offset = etherparse::IpFragOffset::try_new(5).unwrap();
-        h.options = [1, 1, 1, 1][..].try_into().unwrap();
-        h.header_checksum = h.calc_header_checksum();
-        let mut p = h.to_bytes().to_vec();
-        p.extend_from_slice(&[0xab; 48]);
-        let before = p.clone();
-        retarget(&mut p, [169, 254, 172, 10]).unwrap();
-        let (out, rest) = Ipv4Header::from_slice(&p).unwrap();
-        assert_eq!(out.destination, [169, 254, 172, 10]);
-        assert_eq!(out.header_checksum, out.calc_header_checksum());
-        assert_eq!((out.source, out.identification, out.fragment_offset.value(), out.time_to_live), (h.source, 0x1234, 5, 61));
-        assert_eq!(out.options, h.options);
-        assert_eq!(rest, &before[24..]);
-        assert!(retarget(&mut [0x45, 0][..], [0; 4]).is_err());
-        assert!(retarget(&mut [0x60; 40][..], [0; 4]).is_err());
     }
 }

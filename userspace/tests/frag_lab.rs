@@ -33,6 +33,9 @@ fn fragments_reach_the_pod_in_order_and_last_first() {
     assert_eq!(counter(&n, "frag_punted"), 2, "the two fragments ahead of the first");
     assert_eq!(counter(&n, "frag_punt_released"), 1);
     assert_eq!(counter(&n, "drop_frag_orphan"), 0);
+    // In order, the program translated the two later fragments; last first, the daemon handed
+    // them back to it once the first had come.
+    assert_eq!(counter(&n, "frag_translated"), 4);
     // The daemon's side: both sent on, nothing left.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while metric(&n, "podgate_frag_punt_total{outcome=\"released\"} ") != Some(2) {
@@ -43,6 +46,7 @@ fn fragments_reach_the_pod_in_order_and_last_first() {
     // Larger datagrams: 6 fragments, 5 of them ahead of the first.
     deliver(&n, 0, 44004, 8000, Order::Reverse, 0x3103).unwrap();
     assert_eq!(counter(&n, "frag_punted"), 7);
+    assert_eq!(counter(&n, "frag_translated"), 9);
 }
 
 #[test]

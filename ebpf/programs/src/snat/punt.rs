@@ -1,6 +1,7 @@
 //! Inbound fragments ahead of their first fragment: a program cannot hold a packet, so the orphan
-//! is copied to the daemon through the `frag4_punt` ring buffer, and the first fragment's
-//! translation tells the daemon where to send it (podgate_common::frag describes the protocol).
+//! frame is copied to the daemon through the `frag4_punt` ring buffer, and the first fragment's
+//! translation tells the daemon to run it through again (podgate_common::frag describes the
+//! protocol).
 
 use core::ffi::c_void;
 
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use podgate_common::{
     NodeConfig,
-    frag::{PUNT_ORPHAN, PUNT_RELEASE, PuntHdr, punt_alive, record_len},
+    frag::{FRAG_PUNT_ETH, FRAG_PUNT_MAX, PUNT_ORPHAN, PUNT_RELEASE, PuntHdr, frame_len, punt_alive},
     nat::FragKey4,
     node_flags,
     stats::Counter,
@@ -58,13 +59,26 @@ pub fn orphan<C: LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4, k: &FragKey4) 
     if !punt_alive(alive, now) {
         return Ok(Verdict::Drop(Counter::DropFragOrphan));
     }
-    let len = ip.tot_len as usize;
-    let Some(rec) = record_len(len) else {
+    // The frame as received, Ethernet header included, so that the daemon can hand it to the
+    // program again exactly as the uplink did (it must be addressed to the uplink's MAC).
+    let Some(len) = frame_len(ip.tot_len as usize) else {
         return Ok(Verdict::Drop(Counter::DropFragOrphan));
     };
     let buf = FRAG4_PUNT_BUF.get_ptr_mut(0).ok_or(Counter::DropInternalError)?;
-    // SAFETY: per-CPU scratch value; `len` is 1..=FRAG_PUNT_MAX, the size of `data`.
-    let rc = unsafe { ctx.load_bytes(ip.l3 as u32, (*buf).data.as_mut_ptr(), len as u32) };
+    // The helpers want a length the verifier sees within [1, room]. The compiler narrows the
+    // arithmetic (a 16-bit mask that costs the verifier the lower bound), so the length takes a
+    // round trip through map memory and comes back as `m + 1` with `m` checked on its own.
+    // SAFETY: per-CPU scratch value, ours until the program ends.
+    let m = unsafe {
+        core::ptr::write_volatile(&mut (*buf).hdr.len, (len - 1) as u32);
+        core::ptr::read_volatile(&(*buf).hdr.len)
+    };
+    if m as usize >= FRAG_PUNT_ETH + FRAG_PUNT_MAX {
+        return Err(Counter::DropInternalError);
+    }
+    let len = m + 1;
+    // SAFETY: `len` is 1..=FRAG_PUNT_ETH + FRAG_PUNT_MAX, within `data`.
+    let rc = unsafe { ctx.load_bytes(0, (*buf).data.as_mut_ptr(), len) };
     if rc != 0 {
         return Err(Counter::DropMalformed);
     }
@@ -72,7 +86,7 @@ pub fn orphan<C: LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4, k: &FragKey4) 
     unsafe {
         (*buf).hdr = PuntHdr {
             kind: PUNT_ORPHAN,
-            len: len as u32,
+            len,
             key: *k,
             new_addr: [0; 4],
             time_ns: now,
@@ -82,12 +96,12 @@ pub fn orphan<C: LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4, k: &FragKey4) 
     // key here or (seen by the daemon when it reads the record) its own `frag4` entry. A failed
     // insert only loses the release record: the daemon also rechecks `frag4` for what it holds.
     let _ = FRAG4_PENDING.insert(k, &now, 0);
-    // SAFETY: `rec` bytes of the scratch value, bounded by its size.
+    // SAFETY: the header and `len` frame bytes of the scratch value, bounded by its size.
     let rc = unsafe {
         bpf_ringbuf_output(
             &FRAG4_PUNT as *const _ as *mut c_void,
             buf as *mut c_void,
-            rec as u64,
+            size_of::<PuntHdr>() as u64 + len as u64,
             0,
         )
     };
@@ -99,7 +113,7 @@ pub fn orphan<C: LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4, k: &FragKey4) 
 }
 
 /// The first fragment of `k` was translated to `new_addr`: when orphans of it were punted, tell
-/// the daemon to send them on.
+/// the daemon to run them through again.
 #[inline(always)]
 pub fn release(node: &NodeConfig, k: &FragKey4, new_addr: [u8; 4]) {
     if node.flags & node_flags::FRAG_PUNT == 0 || FRAG4_PENDING.get_ptr(k).is_none() {

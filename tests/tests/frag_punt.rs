@@ -11,28 +11,6 @@ use podgate_common::{
 use podgate_tests::punt::{Record, boottime_ns, env_with_punt, pending, records, set_alive};
 use snat_common::*;
 
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    Xdp,
-    Tc,
-}
-
-/// Runs an inbound frame; whether it passed, and the output.
-fn run(env: &mut Env, path: Path, frame: &[u8]) -> (bool, Vec<u8>) {
-    match path {
-        Path::Xdp => {
-            let o = env.reverse_xdp(frame);
-            assert!(o.verdict == XDP_PASS || o.verdict == XDP_DROP, "xdp verdict {}", o.verdict);
-            (o.verdict == XDP_PASS, o.packet)
-        }
-        Path::Tc => {
-            let o = env.reverse_tc(frame);
-            assert!(o.verdict == TC_ACT_OK || o.verdict == TC_ACT_SHOT, "tc verdict {}", o.verdict);
-            (o.verdict == TC_ACT_OK, o.packet)
-        }
-    }
-}
-
 fn open(env: &mut Env, sport: u16) -> u16 {
     let a = env.pod_a;
     snat_ok(env, a, &udp(POD_A, sport, REMOTE1, 9000, b"q")).1

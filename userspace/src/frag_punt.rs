@@ -73,7 +73,7 @@ pub struct PuntStats {
     /// Fragments refused or evicted by the limits.
     pub dropped: u64,
     /// Failed re-runs of the program.
-    pub send_errors: u64,
+    pub reinject_errors: u64,
 }
 
 struct Held {
@@ -293,17 +293,9 @@ pub async fn run(pins: Pins, metrics: Arc<Mutex<DaemonMetrics>>) {
         tokio::select! {
             r = p.ring.readable_mut() => match r {
                 Ok(mut guard) => {
-                    let now = boottime_ns();
-                    let ring = guard.get_inner_mut();
-                    let mut recs = Vec::new();
-                    while let Some(item) = ring.next() {
-                        recs.push(item.to_vec());
-                    }
                     guard.clear_ready();
                     drop(guard);
-                    for r in recs {
-                        p.record(&r, now);
-                    }
+                    p.drain();
                 }
                 Err(e) => {
                     warn!("frag4_punt: {e}; orphan fragments will be dropped");
@@ -314,6 +306,8 @@ pub async fn run(pins: Pins, metrics: Arc<Mutex<DaemonMetrics>>) {
                 if let Err(e) = p.alive.refresh() {
                     warn!("refreshing the orphan-fragment deadline: {e:#}");
                 }
+                // Also here: a record submitted between a drain and its wakeup is not lost.
+                p.drain();
                 p.tick(boottime_ns());
             }
         }
@@ -339,6 +333,19 @@ impl Punt {
         let mut alive = Alive(alive);
         alive.refresh()?;
         Ok(Self { ring, frag4, alive, reinjector, store: Store::new(Limits::default()), stats: PuntStats::default() })
+    }
+
+    /// Handles every record in the ring.
+    fn drain(&mut self) {
+        let now = boottime_ns();
+        let mut recs = Vec::new();
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            recs.push(item.to_vec());
+        }
+        for r in recs {
+            self.record(&r, now);
+        }
     }
 
     fn record(&mut self, r: &[u8], now: u64) {
@@ -392,10 +399,10 @@ impl Punt {
         match self.reinjector.reinject(frame) {
             Ok(()) => self.stats.released += 1,
             Err(e) => {
-                if self.stats.send_errors == 0 {
+                if self.stats.reinject_errors == 0 {
                     warn!("{e:#}");
                 }
-                self.stats.send_errors += 1;
+                self.stats.reinject_errors += 1;
             }
         }
     }

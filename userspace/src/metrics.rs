@@ -85,7 +85,7 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "podgate_frag_punt_held_bytes {}", f.held_bytes);
     let _ = writeln!(w, "# HELP podgate_frag_punt_total Held fragments by outcome.");
     let _ = writeln!(w, "# TYPE podgate_frag_punt_total counter");
-    for (outcome, v) in [("released", f.released), ("expired", f.expired), ("dropped", f.dropped), ("send_error", f.send_errors)] {
+    for (outcome, v) in [("released", f.released), ("expired", f.expired), ("dropped", f.dropped), ("reinject_error", f.reinject_errors)] {
         let _ = writeln!(w, "podgate_frag_punt_total{{outcome=\"{outcome}\"}} {v}");
     }
     Ok(out)

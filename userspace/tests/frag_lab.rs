@@ -89,3 +89,16 @@ fn fragments_reach_the_pod_with_conntrack_on_the_node() {
     deliver(&n, 0, 44032, 3000, Order::Reverse, 0x3402).expect("last first");
     assert_eq!(counter(&n, "frag_punted"), 2);
 }
+
+#[test]
+fn a_stopped_daemon_stops_punting_at_once() {
+    let mut n = Node::up("fragstop", 1, "", "");
+    deliver(&n, 0, 44040, 3000, Order::Reverse, 0x3501).unwrap();
+    // SIGTERM: the daemon clears its deadline on the way out, no grace period.
+    n.daemon.take().unwrap().stop();
+    let before = counter(&n, "frag_punted");
+    let e = deliver(&n, 0, 44042, 3000, Order::Reverse, 0x3502).unwrap_err();
+    assert!(e.contains("never reached"), "{e}");
+    assert_eq!(counter(&n, "frag_punted"), before, "punted after a clean exit");
+    assert_eq!(counter(&n, "drop_frag_orphan"), 2);
+}

@@ -23,7 +23,7 @@ sport, dst, listen = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 h, p = dst.rsplit(":", 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", sport))
-s.settimeout(3)
+s.settimeout(5)
 s.sendto(b"frag", (h, int(p)))
 data, src = s.recvfrom(65535)
 print("ext", data.split()[2].decode(), flush=True)
@@ -129,9 +129,10 @@ pub fn deliver(n: &Node, pod: usize, sport: u16, len: usize, order: Order, id: u
     let echo = format!("{INTERNET_V4}:{UDP_ECHO_PORT}");
     let _rx = n
         .lab
-        .spawn_logged(n.lab.pod_ns(pod), &["python3", "-u", script.to_str().unwrap(), &sport.to_string(), &echo, "6"], &log)
+        .spawn_logged(n.lab.pod_ns(pod), &["python3", "-u", script.to_str().unwrap(), &sport.to_string(), &echo, "20"], &log)
         .expect("pod receiver");
-    if !n.wait_log(&log, "ext ", Duration::from_secs(5)) {
+    // Generous: python starting on a loaded machine is slow.
+    if !n.wait_log(&log, "ext ", Duration::from_secs(15)) {
         return Err(format!("no mapping made: {}", n.log(&log)));
     }
     let ext: u16 = n.log(&log).lines().find_map(|l| l.strip_prefix("ext ")).unwrap().trim().parse().unwrap();
@@ -142,7 +143,7 @@ pub fn deliver(n: &Node, pod: usize, sport: u16, len: usize, order: Order, id: u
     }
     // Apart, so that the orphans are punted and held before the first fragment comes.
     send_raw(&n.lab.internet_ns(), &frags, NODE_V4, Duration::from_millis(100));
-    if !n.wait_log(&log, "got ", Duration::from_secs(4)) {
+    if !n.wait_log(&log, "got ", Duration::from_secs(8)) {
         return Err(format!("{len}-byte datagram ({} fragments, {order:?}) never reached the pod's socket", frags.len()));
     }
     let text = n.log(&log);

@@ -102,3 +102,16 @@ fn a_stopped_daemon_stops_punting_at_once() {
     assert_eq!(counter(&n, "frag_punted"), before, "punted after a clean exit");
     assert_eq!(counter(&n, "drop_frag_orphan"), 2);
 }
+
+/// With `reverse_path = "tc"` the orphans are punted by `uplink_tc`; the daemon still runs them
+/// through `uplink_xdp` (loaded, not attached), which shares the translation.
+#[test]
+fn fragments_reach_the_pod_on_the_tc_reverse_path() {
+    let n = Node::up("fragtc", 1, "reverse_path = \"tc\"\n", "");
+    let status = n.cli(&["status", "--json"]);
+    assert!(status.contains("eni:uplink_tc") && !status.contains("eni:uplink_xdp"), "{status}");
+    deliver(&n, 0, 44050, 3000, Order::Reverse, 0x3601).expect("last first");
+    deliver(&n, 0, 44052, 3000, Order::InOrder, 0x3602).expect("in order");
+    assert_eq!(counter(&n, "frag_punted"), 2);
+    assert_eq!(counter(&n, "frag_translated"), 4);
+}

@@ -102,7 +102,7 @@ mod pod_impls {
 
 const _: () = {
     assert!(core::mem::size_of::<PuntHdr>() == 32);
-    assert!(core::mem::size_of::<PuntBuf>() % 8 == 0);
+    assert!(core::mem::size_of::<PuntBuf>().is_multiple_of(8));
 };
 
 #[cfg(test)]

@@ -303,6 +303,37 @@ impl Env {
     }
 }
 
+/// The uplink program a reply goes through.
+#[derive(Clone, Copy, Debug)]
+pub enum Path {
+    Xdp,
+    Tc,
+}
+
+/// Runs an inbound frame through `path`'s uplink program: whether it passed, and the output.
+pub fn run(env: &mut Env, path: Path, frame: &[u8]) -> (bool, Vec<u8>) {
+    match path {
+        Path::Xdp => {
+            let o = env.reverse_xdp(frame);
+            assert!(
+                o.verdict == crate::XDP_PASS || o.verdict == crate::XDP_DROP,
+                "xdp verdict {}",
+                o.verdict
+            );
+            (o.verdict == crate::XDP_PASS, o.packet)
+        }
+        Path::Tc => {
+            let o = env.reverse_tc(frame);
+            assert!(
+                o.verdict == TC_ACT_OK || o.verdict == crate::TC_ACT_SHOT,
+                "tc verdict {}",
+                o.verdict
+            );
+            (o.verdict == TC_ACT_OK, o.packet)
+        }
+    }
+}
+
 pub fn ep(addr: [u8; 4], port: u16, proto: u8) -> Endpoint4 {
     Endpoint4 {
         addr,

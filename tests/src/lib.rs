@@ -165,5 +165,7 @@ fn xdp_md_ctx(ifindex: u32, len: usize) -> Vec<u8> {
 pub mod lab;
 /// SNAT fixtures: a private namespace with the programs' interfaces, map setup, packet builders.
 pub mod fixture;
+/// The orphan-fragment slow path (`frag4_punt`) from the test side.
+pub mod punt;
 /// Per-packet and table-scale measurements (`podgate-bench micro`, `cargo xtask bench`).
 pub mod bench;

@@ -17,35 +17,6 @@ fn age_mapping(env: &mut Env, e: podgate_common::nat::Endpoint4) {
     env.set_mapping(e, m);
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    Xdp,
-    Tc,
-}
-
-fn run(env: &mut Env, path: Path, frame: &[u8]) -> (bool, Vec<u8>) {
-    match path {
-        Path::Xdp => {
-            let o = env.reverse_xdp(frame);
-            assert!(
-                o.verdict == XDP_PASS || o.verdict == XDP_DROP,
-                "xdp verdict {}",
-                o.verdict
-            );
-            (o.verdict == XDP_PASS, o.packet)
-        }
-        Path::Tc => {
-            let o = env.reverse_tc(frame);
-            assert!(
-                o.verdict == TC_ACT_OK || o.verdict == TC_ACT_SHOT,
-                "tc verdict {}",
-                o.verdict
-            );
-            (o.verdict == TC_ACT_OK, o.packet)
-        }
-    }
-}
-
 #[test]
 fn tcp_reply_through_xdp_and_tc() {
     for path in [Path::Xdp, Path::Tc] {

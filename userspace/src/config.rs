@@ -127,6 +127,8 @@ pub struct RawDaemon {
     pub metrics: Option<String>,
     /// The control socket (default: derived from the pin root, see `control::default_socket`).
     pub socket: Option<String>,
+    /// Hold inbound fragments that arrive before their first fragment (default true).
+    pub frag_punt: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +196,8 @@ pub struct NodeSettings {
     pub metrics: Option<std::net::SocketAddr>,
     /// `[daemon] socket`; `None`: derived from the pin root.
     pub socket: Option<PathBuf>,
+    /// `daemon.frag_punt`: the daemon holds orphan fragments (`frag_punt` module).
+    pub frag_punt: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -422,6 +426,7 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
     Ok(NodeSettings {
         metrics,
         socket,
+        frag_punt: d.frag_punt.unwrap_or(true),
         uplink: n.uplink.clone(),
         ipv4,
         pod_prefix,

@@ -122,6 +122,9 @@ pub fn all_map_names() -> Vec<&'static str> {
         nat::NAT4_CLAIM,
         nat::CT4,
         nat::FRAG4,
+        podgate_common::frag::map_names::FRAG4_PUNT,
+        podgate_common::frag::map_names::FRAG4_PENDING,
+        podgate_common::frag::map_names::FRAG4_PUNT_ALIVE,
     ];
     v.extend_from_slice(crate::sg_maps::MAP_NAMES);
     v
@@ -245,6 +248,9 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
     }
     if node.tc_attach == TcAttach::Netlink {
         flags |= node_flags::TC_NETLINK;
+    }
+    if node.frag_punt {
+        flags |= node_flags::FRAG_PUNT;
     }
     NodeConfig {
         abi_version: ABI_VERSION,

@@ -5,6 +5,7 @@ pub mod cni;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod frag_punt;
 pub mod metrics;
 pub mod nat;
 pub mod netif;

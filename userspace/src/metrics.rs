@@ -18,6 +18,8 @@ pub struct DaemonMetrics {
     pub gc_seconds_total: f64,
     pub last_gc: GcReport,
     pub gc_errors: u64,
+    /// The orphan-fragment slow path (`frag_punt`).
+    pub frag_punt: crate::frag_punt::PuntStats,
 }
 
 pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> {
@@ -75,6 +77,17 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "# TYPE podgate_gc_last_expired gauge");
     let _ = writeln!(w, "podgate_gc_last_expired{{map=\"ct4\"}} {}", d.last_gc.flows_expired);
     let _ = writeln!(w, "podgate_gc_last_expired{{map=\"nat4_map\"}} {}", d.last_gc.mappings_expired);
+    let f = &d.frag_punt;
+    let _ = writeln!(w, "# HELP podgate_frag_punt_held Inbound fragments the daemon holds until their first fragment.");
+    let _ = writeln!(w, "# TYPE podgate_frag_punt_held gauge");
+    let _ = writeln!(w, "podgate_frag_punt_held {}", f.held);
+    let _ = writeln!(w, "# TYPE podgate_frag_punt_held_bytes gauge");
+    let _ = writeln!(w, "podgate_frag_punt_held_bytes {}", f.held_bytes);
+    let _ = writeln!(w, "# HELP podgate_frag_punt_total Held fragments by outcome.");
+    let _ = writeln!(w, "# TYPE podgate_frag_punt_total counter");
+    for (outcome, v) in [("released", f.released), ("expired", f.expired), ("dropped", f.dropped), ("reinject_error", f.reinject_errors)] {
+        let _ = writeln!(w, "podgate_frag_punt_total{{outcome=\"{outcome}\"}} {v}");
+    }
     Ok(out)
 }
 

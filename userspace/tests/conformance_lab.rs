@@ -273,3 +273,27 @@ fn df_packet_too_big_for_the_uplink() {
     });
     all(&[("4787 REQ-13", ok)]);
 }
+
+#[test]
+fn fragments_out_of_order_with_real_sockets() {
+    use labnode::frag::{Order, deliver};
+    let n = Node::up("frag", 1, "", "");
+    let ok = check("4787 REQ-14 lab", "inbound fragments in and out of order reach a pod's UDP socket (daemon slow path)", || {
+        let mut said = vec![];
+        let cases = [(Order::InOrder, false, 44100u16), (Order::Reverse, false, 44102), (Order::InOrder, true, 44104), (Order::Reverse, true, 44106)];
+        for (order, conntrack, sport) in cases {
+            if conntrack {
+                // As on a node running kube-proxy: defragmentation in PREROUTING.
+                let o = n
+                    .lab
+                    .exec_in(&n.lab.node_ns(), &["iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])
+                    .unwrap();
+                assert!(o.status.success(), "iptables: {}", String::from_utf8_lossy(&o.stderr));
+            }
+            let frags = deliver(&n, 0, sport, 3000, order, sport).unwrap_or_else(|e| panic!("{order:?}, conntrack {conntrack}: {e}"));
+            said.push(format!("{frags} fragments {order:?}{}", if conntrack { " with conntrack" } else { "" }));
+        }
+        format!("3000-byte UDP datagrams delivered whole: {}", said.join(", "))
+    });
+    all(&[("4787 REQ-14 lab", ok)]);
+}

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
+pub mod frag;
 pub mod nat;
 pub mod ports;
 pub mod sg;
@@ -39,6 +40,9 @@ pub mod node_flags {
     pub const FLOW_EVENTS: u32 = 1 << 2;
     /// Userspace only: attach TC programs through netlink (clsact) instead of tcx links.
     pub const TC_NETLINK: u32 = 1 << 3;
+    /// Punt inbound fragments that arrive before their first fragment to the daemon
+    /// (`frag` module), while its `frag4_punt_alive` deadline holds.
+    pub const FRAG_PUNT: u32 = 1 << 6;
 }
 
 /// The single entry of the `node` array: what the programs need to know about this node.

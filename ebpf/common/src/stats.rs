@@ -82,6 +82,12 @@ counters! {
     DropFragOverlap = 53 => "drop_frag_overlap",
     // A DF packet too big for the uplink; the pod gets 3/4 with the MTU.
     DropFragNeeded = 54 => "drop_frag_needed",
+    // Inbound fragments ahead of their first fragment, handed to the daemon (`frag` module).
+    FragPunted = 55 => "frag_punted",
+    // The `frag4_punt` ring was full: the orphan is dropped.
+    DropFragPuntFull = 56 => "drop_frag_punt_full",
+    // A first fragment released punted orphans (one record per datagram).
+    FragPuntReleased = 57 => "frag_punt_released",
 }
 
 /// Size of the `stats` array.

@@ -87,3 +87,20 @@ pub static SG_NAMES: HashMap<u32, podgate_common::PodName, 4096> = HashMap::new(
 /// fit on the programs' stack. Never pinned: nothing outlives one lookup.
 #[btf_map(name = "sg_lookup")]
 pub static SG_LOOKUP: PerCpuArray<crate::sg::policy::GroupScan, 1> = PerCpuArray::new();
+
+// Inbound fragments ahead of their first fragment (podgate_common::frag explains the protocol).
+use podgate_common::frag::{FRAG_PENDING_MAX, FRAG_PUNT_RING_BYTES, PuntBuf, PuntHdr};
+
+#[btf_map(name = "frag4_punt")]
+pub static FRAG4_PUNT: RingBuf<PuntHdr, FRAG_PUNT_RING_BYTES> = RingBuf::new();
+
+#[btf_map(name = "frag4_pending")]
+pub static FRAG4_PENDING: LruHashMap<FragKey4, u64, FRAG_PENDING_MAX> = LruHashMap::new();
+
+/// The daemon's liveness deadline (boot ns): no punting once it has passed.
+#[btf_map(name = "frag4_punt_alive")]
+pub static FRAG4_PUNT_ALIVE: Array<u64, 1> = Array::new();
+
+/// Per-CPU room to assemble an orphan record: too big for the stack. Never pinned.
+#[btf_map(name = "frag4_punt_buf")]
+pub static FRAG4_PUNT_BUF: PerCpuArray<PuntBuf, 1> = PerCpuArray::new();

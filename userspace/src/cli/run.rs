@@ -173,6 +173,9 @@ async fn daemon_loop(
         info!(%addr, "metrics at http://{addr}/metrics");
         tokio::spawn(serve_metrics(listener, pins.clone(), metrics.clone()));
     }
+    if cfg.node.frag_punt {
+        tokio::spawn(podgate::frag_punt::run(pins.clone(), metrics.clone()));
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.node.gc_interval_secs));

@@ -1,6 +1,8 @@
 //! The lab with podgate running and socket probes, shared by the lab conformance and fault tests.
 #![allow(dead_code)]
 
+pub mod frag;
+
 use std::{
     path::PathBuf,
     thread,

@@ -7,6 +7,7 @@ pub mod egress;
 mod fwd;
 mod icmp;
 mod ip;
+mod punt;
 pub mod reverse;
 mod unreach;
 

@@ -15,6 +15,7 @@ use super::{
     fwd, icmp,
     ip::{self, IP_DST, Ip4},
     now_ns,
+    punt::{self, LoadBytes},
 };
 use crate::{
     maps::{CT4, FRAG4, NAT4_CLAIM, NAT4_MAP, NODE},
@@ -56,7 +57,7 @@ pub fn owner(proto: u8, ext_port: u16, remote: [u8; 4]) -> Option<Endpoint4> {
 }
 
 #[inline(always)]
-fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
+fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
     let node = *NODE.get(0).ok_or(Counter::DropInternalError)?;
     let ip = ip::parse_outer(ctx)?;
     if ip.dst != node.ipv4 {
@@ -109,6 +110,7 @@ fn reverse<C: Ctx>(ctx: &C) -> Result<Verdict, Counter> {
         };
         // Losing this entry only costs the later fragments (counted as orphans there).
         let _ = FRAG4.insert(&k, &v, 0);
+        punt::release(&node, &k, ep.addr);
     }
     fwd::forward(ctx, &node, &ip, ip.src, ep.addr, Counter::RevNat)
 }
@@ -180,14 +182,15 @@ fn frag_key_in(ip: &Ip4) -> FragKey4 {
     }
 }
 
-/// A non-first fragment for the node's address: it follows its first fragment's translation, or
-/// is dropped when the first has not been seen (the sender's retransmission recovers; the state
-/// is a bounded LRU, so a flood of orphans costs nothing else).
+/// A non-first fragment for the node's address: it follows its first fragment's translation;
+/// when the first has not been seen it goes to the daemon, which holds it until then (`punt`), or
+/// is dropped without a daemon. Every piece of state involved is bounded (LRU maps, a fixed ring,
+/// the daemon's byte cap), so a flood of orphans costs nothing else.
 #[inline(always)]
-fn later_fragment<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
+fn later_fragment<C: Ctx + LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
     let k = frag_key_in(ip);
     let Some(v) = FRAG4.get_ptr(&k) else {
-        return Ok(Verdict::Drop(Counter::DropFragOrphan));
+        return punt::orphan(ctx, node, ip, &k);
     };
     // SAFETY: map value pointer.
     let new = unsafe { (*v).new_addr };

@@ -82,6 +82,7 @@ pub struct RawNode {
     /// "address-dependent" (default) or "endpoint-independent".
     pub filtering: Option<String>,
     pub pod_quota: Option<u32>,
+    pub udp_port_parity: Option<bool>,
     pub max_groups_per_pod: Option<u32>,
 }
 
@@ -162,6 +163,8 @@ pub struct NodeSettings {
     pub forwarding: Forwarding,
     pub filtering: Filtering,
     pub pod_quota: u32,
+    /// UDP mappings keep the internal port's parity (RFC 4787 REQ-4); TCP and ICMP never do.
+    pub udp_port_parity: bool,
     pub max_groups_per_pod: u32,
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
@@ -382,6 +385,7 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         forwarding,
         filtering,
         pod_quota,
+        udp_port_parity: n.udp_port_parity.unwrap_or(true),
         max_groups_per_pod,
         timeouts,
         gc_interval_secs,
@@ -513,6 +517,20 @@ veth_v4 = "v4a"
         assert_eq!(c.node.timeouts, Timeouts::default());
         assert_eq!(c.pods.len(), 1);
         assert_eq!(c.pods[0].veth_v4.as_deref(), Some("v4a"));
+    }
+
+    #[test]
+    fn udp_port_parity_defaults_on_and_sets_the_node_flag_when_off() {
+        use podgate_common::node_flags::UDP_NO_PARITY;
+        let ip = Ipv4Addr::new(198, 51, 100, 2);
+        let on = Config::parse(GOOD).unwrap().node;
+        assert!(on.udp_port_parity);
+        assert_eq!(crate::dataplane::node_config(&on, ip, 1).flags & UDP_NO_PARITY, 0);
+        let off = Config::parse(&GOOD.replace("pod_prefix", "udp_port_parity = false\npod_prefix")).unwrap().node;
+        assert!(!off.udp_port_parity);
+        assert_ne!(crate::dataplane::node_config(&off, ip, 1).flags & UDP_NO_PARITY, 0);
+        let e = err(&GOOD.replace("pod_prefix", "udp_port_parity = \"yes\"\npod_prefix"));
+        assert!(e.contains("udp_port_parity"), "{e}");
     }
 
     #[test]

@@ -246,6 +246,9 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
     if node.tc_attach == TcAttach::Netlink {
         flags |= node_flags::TC_NETLINK;
     }
+    if !node.udp_port_parity {
+        flags |= node_flags::UDP_NO_PARITY;
+    }
     NodeConfig {
         abi_version: ABI_VERSION,
         flags,

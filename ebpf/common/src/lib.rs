@@ -39,6 +39,9 @@ pub mod node_flags {
     pub const FLOW_EVENTS: u32 = 1 << 2;
     /// Userspace only: attach TC programs through netlink (clsact) instead of tcx links.
     pub const TC_NETLINK: u32 = 1 << 3;
+    /// UDP mappings need not keep the internal port's parity (`udp_port_parity = false`, RFC 7857
+    /// §8). TCP and ICMP never keep it. Set when off, so that a zero `flags` keeps RFC 4787 REQ-4.
+    pub const UDP_NO_PARITY: u32 = 1 << 4;
 }
 
 /// The single entry of the `node` array: what the programs need to know about this node.

@@ -31,9 +31,8 @@ use crate::{
 const PORT_TRIES: u32 = 16;
 
 const ICMP_ECHO_REQUEST: u8 = 8;
-/// Candidates walked in order once random probing failed: every port of one parity in the
-/// largest range.
-const SCAN_PORTS: u32 = 32768;
+/// Candidates walked in order once random probing failed: every port of the largest range.
+const SCAN_PORTS: u32 = 65536;
 
 /// The state of the sequential walk, on the caller's stack for `bpf_loop`.
 #[repr(C)]
@@ -44,6 +43,7 @@ struct Scan {
     hi: u16,
     start: u16,
     cand: u16,
+    parity: u32,
     found: u32,
 }
 
@@ -52,13 +52,14 @@ struct Scan {
 extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `Scan`, alive for the whole `bpf_loop` call.
     let s = unsafe { &mut *(ctx as *mut Scan) };
-    s.cand = ports::next_same_parity(s.cand, s.lo, s.hi);
-    if s.cand == s.start {
-        return 1;
-    }
+    // The start itself is tried first: it may be the one free port left.
     let key = Claim4 { remote: s.remote, ext_port: s.cand, proto: s.ep.proto, _pad: 0 };
     if NAT4_CLAIM.insert(&key, &s.ep, BPF_NOEXIST as u64).is_ok() {
         s.found = 1;
+        return 1;
+    }
+    s.cand = ports::next_port(s.cand, s.lo, s.hi, s.parity != 0);
+    if s.cand == s.start {
         return 1;
     }
     0
@@ -418,14 +419,15 @@ fn claim_for_flow(
     }
 }
 
-/// Claims a fresh random port (range and parity kept) toward `remote`, atomically.
+/// Claims a fresh random port (range class kept, and parity for UDP) toward `remote`, atomically.
 #[inline(always)]
 fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, Counter> {
+    let parity = ports::keeps_parity(ep.proto, node.flags);
     let mut i = 0;
     while i < PORT_TRIES {
         // SAFETY: plain helper call.
         let r = unsafe { bpf_get_prandom_u32() };
-        let cand = ports::candidate(ep.port, r, node.port_min, node.port_max);
+        let cand = ports::candidate(ep.port, r, node.port_min, node.port_max, parity);
         let key = Claim4 {
             remote,
             ext_port: cand,
@@ -438,13 +440,13 @@ fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, 
         i += 1;
     }
     // A nearly full pool defeats random probing while ports are still free: walk the range from
-    // a random point instead (same parity), so exhaustion means the pool really is full (RFC 4787
+    // a random point instead (same parity rule), so exhaustion means the pool really is full (RFC 4787
     // REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk out of
     // the verifier's budget: its callback is verified once.
     // SAFETY: plain helper call.
-    let start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, node.port_min, node.port_max);
+    let start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, node.port_min, node.port_max, parity);
     let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
-    let mut s = Scan { ep: *ep, remote, lo, hi, start, cand: start, found: 0 };
+    let mut s = Scan { ep: *ep, remote, lo, hi, start, cand: start, parity: parity as u32, found: 0 };
     // SAFETY: `s` outlives the call; the callback is a static function of this program.
     unsafe {
         bpf_loop(SCAN_PORTS, scan_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);

@@ -9,6 +9,7 @@
 pub mod csum;
 pub mod nat;
 pub mod ports;
+pub mod pressure;
 pub mod sg;
 pub mod stats;
 pub mod tcp;

@@ -87,3 +87,9 @@ pub static SG_NAMES: HashMap<u32, podgate_common::PodName, 4096> = HashMap::new(
 /// fit on the programs' stack. Never pinned: nothing outlives one lookup.
 #[btf_map(name = "sg_lookup")]
 pub static SG_LOOKUP: PerCpuArray<crate::sg::policy::GroupScan, 1> = PerCpuArray::new();
+
+/// Non-zero while the daemon sees ct4, nat4_map or nat4_claim above its high-water mark
+/// (`podgate_common::pressure`): new flows are then refused (`drop_map_full`) rather than
+/// inserted, because an insert into a full LRU map silently evicts some live flow instead.
+#[btf_map(name = "nat4_pressure")]
+pub static NAT4_PRESSURE: Array<u32, 1> = Array::new();

@@ -21,7 +21,7 @@ use super::{
     now_ns, reverse, unreach,
 };
 use crate::{
-    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
+    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NAT4_PRESSURE, NODE, PODS, PODS_V4},
     packet::ptr_at,
     verdict::{Verdict, count},
 };
@@ -260,15 +260,17 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST, which only
             // answers inbound traffic (RFC 7857 §7.1).
             if l.tcp_flags & tcp::flags::RST == 0 {
-                if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
-                    unsafe { (*m).last_seen_ns = now };
+                match NAT4_MAP.get_ptr_mut(&ep) {
+                    Some(m) => unsafe { (*m).last_seen_ns = now },
+                    // The GC never removes a mapping a live flow holds: the LRU evicted it.
+                    None => count(Counter::LruEvictionSuspected),
                 }
             }
             unsafe { (*ct).ext_port }
         }
         None => match new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now) {
             Ok(ext) => ext,
-            Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
+            Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota | Counter::DropMapFull)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
                 return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
                     Ok(back) => {
@@ -352,6 +354,11 @@ fn new_flow(
     tcp_flags: u8,
     now: u64,
 ) -> Result<u16, Counter> {
+    // Under map pressure a new flow is refused before it touches any map: an insert would make
+    // the LRU evict a live flow, mapping or claim (RFC 7857 §3: existing flows come first).
+    if NAT4_PRESSURE.get(0).is_some_and(|p| *p != 0) {
+        return Err(Counter::DropMapFull);
+    }
     let remote = claim_remote(node, flow.remote_addr);
     let ext = match NAT4_MAP.get_ptr_mut(ep) {
         Some(m) => {

@@ -224,8 +224,8 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
             mapped.insert(k);
         }
     }
+    let gone: HashSet<Endpoint4> = expired.iter().map(|(k, _)| *k).collect();
     if !expired.is_empty() {
-        let gone: HashSet<Endpoint4> = expired.iter().map(|(k, _)| *k).collect();
         // Every claim of a dead mapping goes with it (its 0.0.0.0 claim in EIF mode included),
         // or the port would stay reserved for nobody.
         let stale: Vec<Claim4> = claims
@@ -253,7 +253,8 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
         r.mappings_expired = expired.len();
     }
 
-    repair_evictions(pins, &mut r, &mut maps, &mut claims, mapped, &live, now)?;
+    let dead_eps: HashSet<Endpoint4> = dead.iter().map(|(_, _, ep)| *ep).filter(|ep| !gone.contains(ep)).collect();
+    repair_evictions(pins, &mut r, &mut maps, &mut claims, mapped, &live, dead_eps, now)?;
 
     let mut frags: HashMap<MapData, FragKey4, FragVal4> = open_hash(pins, nat_maps::FRAG4)?;
     let stale: Vec<FragKey4> = frags
@@ -274,7 +275,10 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
 /// mapping a live flow holds, nor a claim a live flow or mapping uses: any such hole is an
 /// eviction. A live flow gets its mapping and claim back (so replies and the endpoint's next
 /// flows keep its port); claims whose mapping is gone with no flow left are removed, or their
-/// port would stay reserved for nobody, and the owning pod's mapping count is given back.
+/// port would stay reserved for nobody. A mapping lost for good (its endpoint has no live flow:
+/// only dead flows this pass, or orphan claims) gives the owning pod its quota back, once: the
+/// pass removes every trace of it.
+#[allow(clippy::too_many_arguments)]
 fn repair_evictions(
     pins: &Pins,
     r: &mut GcReport,
@@ -282,6 +286,7 @@ fn repair_evictions(
     claims: &mut HashMap<MapData, Claim4, Endpoint4>,
     mut mapped: std::collections::HashSet<Endpoint4>,
     live: &[(Endpoint4, [u8; 4], u16, u32, u64)],
+    dead_eps: std::collections::HashSet<Endpoint4>,
     now: u64,
 ) -> Result<(), DataplaneError> {
     use std::collections::HashSet;
@@ -311,7 +316,8 @@ fn repair_evictions(
             orphans.push((k, owner));
         }
     }
-    let mut lost: HashSet<Endpoint4> = HashSet::new();
+    // Endpoints whose flows all ended this pass while their mapping was already gone.
+    let mut lost: HashSet<Endpoint4> = dead_eps.into_iter().filter(|ep| !mapped.contains(ep) && maps.get(ep, 0).is_err()).collect();
     for (k, owner) in orphans {
         // The programs claim a port just before they insert its mapping: one made since this
         // pass read nat4_map is not an orphan.

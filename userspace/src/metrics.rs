@@ -81,6 +81,9 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "podgate_lru_evictions_total{{kind=\"mapping_restored\"}} {}", d.evicted_mappings_restored);
     let _ = writeln!(w, "podgate_lru_evictions_total{{kind=\"claim_restored\"}} {}", d.evicted_claims_restored);
     let _ = writeln!(w, "podgate_lru_evictions_total{{kind=\"mapping_lost\"}} {}", d.evicted_mappings_lost);
+    let _ = writeln!(w, "# HELP podgate_lru_evicted_pending Live flows whose evicted mapping waits for room (last GC pass).");
+    let _ = writeln!(w, "# TYPE podgate_lru_evicted_pending gauge");
+    let _ = writeln!(w, "podgate_lru_evicted_pending {}", d.last_gc.evicted_mappings_pending);
     let _ = writeln!(w, "# HELP podgate_map_pressure 1 while new flows are refused because the NAT maps are near full.");
     let _ = writeln!(w, "# TYPE podgate_map_pressure gauge");
     let _ = writeln!(w, "podgate_map_pressure {}", u8::from(d.pressure));

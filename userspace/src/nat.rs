@@ -160,6 +160,9 @@ pub struct GcReport {
     pub evicted_claims_restored: usize,
     pub evicted_mappings_lost: usize,
     pub orphan_claims_removed: usize,
+    /// Live flows whose evicted mapping was not put back because nat4_map sits above its
+    /// high-water mark (putting it back would only evict another): found again next pass.
+    pub evicted_mappings_pending: usize,
     pub duration_us: u64,
 }
 
@@ -292,10 +295,17 @@ fn repair_evictions(
     use std::collections::HashSet;
     const BPF_NOEXIST: u64 = 1;
     let eif = crate::dataplane::read_node(pins).is_ok_and(|n| n.flags & podgate_common::node_flags::FILTER_EIF != 0);
+    let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
+    let room = crate::dataplane::map_max_entries(pins, nat_maps::NAT4_MAP)
+        .map(|max| podgate_common::pressure::high_water(u64::from(max), ncpus) as usize)
+        .unwrap_or(0);
+    let live_eps: HashSet<Endpoint4> = live.iter().map(|l| l.0).collect();
     let mut live_ports: HashSet<(Endpoint4, u16)> = HashSet::new();
     for &(ep, remote, ext, pod_ifindex, last_seen_ns) in live {
         live_ports.insert((ep, ext));
-        if !mapped.contains(&ep) {
+        if !mapped.contains(&ep) && mapped.len() >= room {
+            r.evicted_mappings_pending += 1;
+        } else if !mapped.contains(&ep) {
             let m = Mapping4 { ext_port: ext, _pad: 0, pod_ifindex, created_ns: now, last_seen_ns };
             // NOEXIST: the pod may have opened a new mapping meanwhile; it wins.
             if maps.insert(ep, m, BPF_NOEXIST).is_ok() {
@@ -317,7 +327,10 @@ fn repair_evictions(
         }
     }
     // Endpoints whose flows all ended this pass while their mapping was already gone.
-    let mut lost: HashSet<Endpoint4> = dead_eps.into_iter().filter(|ep| !mapped.contains(ep) && maps.get(ep, 0).is_err()).collect();
+    let mut lost: HashSet<Endpoint4> = dead_eps
+        .into_iter()
+        .filter(|ep| !mapped.contains(ep) && !live_eps.contains(ep) && maps.get(ep, 0).is_err())
+        .collect();
     for (k, owner) in orphans {
         // The programs claim a port just before they insert its mapping: one made since this
         // pass read nat4_map is not an orphan.

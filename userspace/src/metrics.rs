@@ -53,10 +53,8 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
         podgate_common::nat::map_names::NAT4_CLAIM,
         podgate_common::sg::map_names::CT6,
     ] {
-        if let Ok(m) = dataplane::open_map(pins, name)
-            && let Some(info) = map_info(&m)
-        {
-            let _ = writeln!(w, "podgate_map_capacity{{map=\"{name}\"}} {info}");
+        if let Some(max) = dataplane::map_max_entries(pins, name) {
+            let _ = writeln!(w, "podgate_map_capacity{{map=\"{name}\"}} {max}");
         }
     }
     let pool = u64::from(node.port_max - node.port_min) + 1;
@@ -97,15 +95,6 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "podgate_gc_last_expired{{map=\"ct4\"}} {}", d.last_gc.flows_expired);
     let _ = writeln!(w, "podgate_gc_last_expired{{map=\"nat4_map\"}} {}", d.last_gc.mappings_expired);
     Ok(out)
-}
-
-fn map_info(m: &aya::maps::Map) -> Option<u32> {
-    use aya::maps::Map;
-    let data = match m {
-        Map::LruHashMap(d) | Map::HashMap(d) => d,
-        _ => return None,
-    };
-    data.info().ok().map(|i| i.max_entries())
 }
 
 fn escape(s: &str) -> String {

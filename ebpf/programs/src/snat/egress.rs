@@ -47,6 +47,24 @@ struct Scan {
     found: u32,
 }
 
+/// One random try: 1 stops the loop (claimed), 0 goes on. A `bpf_loop` callback rather than an
+/// unrolled loop: `claim_new` is inlined at several call sites, and on 6.1 the verifier walked
+/// every copy of 16 tries (`pod_ingress` over its 400k-instruction budget).
+#[inline(never)]
+extern "C" fn try_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Scan`, alive for the whole `bpf_loop` call.
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    // SAFETY: plain helper call.
+    let r = unsafe { bpf_get_prandom_u32() };
+    s.cand = ports::candidate(s.ep.port, r, s.lo, s.hi, s.parity != 0);
+    let key = Claim4 { remote: s.remote, ext_port: s.cand, proto: s.ep.proto, _pad: 0 };
+    if NAT4_CLAIM.insert(&key, &s.ep, BPF_NOEXIST as u64).is_ok() {
+        s.found = 1;
+        return 1;
+    }
+    0
+}
+
 /// One step of the walk: 1 stops the loop (claimed, or back at the start), 0 goes on.
 #[inline(never)]
 extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
@@ -429,32 +447,25 @@ fn claim_for_flow(
 /// Claims a fresh random port (range class kept, and parity for UDP) toward `remote`, atomically.
 #[inline(always)]
 fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, Counter> {
-    let parity = ports::keeps_parity(ep.proto, node.flags);
-    let mut i = 0;
-    while i < PORT_TRIES {
-        // SAFETY: plain helper call.
-        let r = unsafe { bpf_get_prandom_u32() };
-        let cand = ports::candidate(ep.port, r, node.port_min, node.port_max, parity);
-        let key = Claim4 {
-            remote,
-            ext_port: cand,
-            proto: ep.proto,
-            _pad: 0,
-        };
-        if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
-            return Ok(cand);
-        }
-        i += 1;
+    let parity = ports::keeps_parity(ep.proto, node.flags) as u32;
+    // `range_for` of the range it returns is itself: the steps pass (lo, hi) as the range.
+    let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
+    let mut s = Scan { ep: *ep, remote, lo, hi, start: 0, cand: 0, parity, found: 0 };
+    // SAFETY: `s` outlives the call; the callback is a static function of this program.
+    unsafe {
+        bpf_loop(PORT_TRIES, try_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);
+    }
+    if s.found != 0 {
+        return Ok(s.cand);
     }
     // A nearly full pool defeats random probing while ports are still free: walk the range from
-    // a random point instead (same parity rule), so exhaustion means the pool really is full (RFC 4787
-    // REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk out of
-    // the verifier's budget: its callback is verified once.
+    // a random point instead (same parity rule), so exhaustion means the pool really is full
+    // (RFC 4787 REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk
+    // out of the verifier's budget: its callback is verified once.
     // SAFETY: plain helper call.
-    let start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, node.port_min, node.port_max, parity);
-    let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
-    let mut s = Scan { ep: *ep, remote, lo, hi, start, cand: start, parity: parity as u32, found: 0 };
-    // SAFETY: `s` outlives the call; the callback is a static function of this program.
+    s.start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, lo, hi, parity != 0);
+    s.cand = s.start;
+    // SAFETY: as above.
     unsafe {
         bpf_loop(SCAN_PORTS, scan_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);
     }

@@ -41,6 +41,8 @@ pub struct Config {
     pub port_min: u16,
     pub port_max: u16,
     pub pod_quota: u32,
+    /// Maps created smaller than in the object: `(name, max_entries)`.
+    pub max_entries: Vec<(&'static str, u32)>,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             port_min: PORT_MIN,
             port_max: PORT_MAX,
             pod_quota: 0,
+            max_entries: Vec::new(),
         }
     }
 }
@@ -92,7 +95,7 @@ impl Env {
             ip(&["link", "set", n, "up"]);
         }
         let mut env = Self {
-            h: Harness::new().expect("load programs"),
+            h: Harness::with_max_entries(&cfg.max_entries).expect("load programs"),
             pod_a: ifindex("pga"),
             pod_b: ifindex("pgb"),
             uplink: ifindex("pgup"),

@@ -11,7 +11,6 @@ fn new_tcp_flow_is_translated_and_tracked() {
     assert_eq!(p.ip.destination, REMOTE1);
     assert_eq!(ports(&p).1, 443);
     assert!((PORT_MIN..=PORT_MAX).contains(&ext));
-    assert_eq!(ext % 2, 0, "parity kept");
     let m = env.mapping(ep(POD_A, 40000, TCP)).expect("mapping");
     assert_eq!(m.ext_port, ext);
     assert_eq!(m.pod_ifindex, a);
@@ -119,6 +118,44 @@ fn port_range_and_parity_are_preserved() {
         }
         assert_eq!(ext % 2, sport % 2, "{sport} -> {ext}");
     }
+}
+
+#[test]
+fn tcp_and_icmp_use_the_whole_range_udp_keeps_parity() {
+    // A two-port range: two even TCP source ports (Linux's connect() picks even ports first)
+    // both get a port; UDP from an even port finds only the even one.
+    let mut env = Env::with(Config {
+        port_min: 40000,
+        port_max: 40001,
+        ..Default::default()
+    });
+    let a = env.pod_a;
+    let (_, t1) = snat_ok(&mut env, a, &tcp(POD_A, 3000, REMOTE1, 80, "S", b""));
+    let (_, t2) = snat_ok(&mut env, a, &tcp(POD_A, 3002, REMOTE1, 80, "S", b""));
+    assert_eq!([t1.min(t2), t1.max(t2)], [40000, 40001], "TCP parity is not kept (RFC 5382)");
+    let (_, i1) = snat_ok(&mut env, a, &echo_request(POD_A, REMOTE1, 0x1000, 1));
+    let (_, i2) = snat_ok(&mut env, a, &echo_request(POD_A, REMOTE1, 0x1002, 1));
+    assert_eq!([i1.min(i2), i1.max(i2)], [40000, 40001], "ICMP ids: no parity (RFC 5508)");
+    let (_, u1) = snat_ok(&mut env, a, &udp(POD_A, 3000, REMOTE1, 53, b"x"));
+    assert_eq!(u1, 40000);
+    let f = udp(POD_A, 3002, REMOTE1, 53, b"x");
+    assert_unreach_13(&env.egress(a, &f), &f);
+    assert_eq!(env.counter(Counter::DropPortExhausted), 1);
+    assert!(env.mapping(ep(POD_A, 3002, UDP)).is_none());
+}
+
+#[test]
+fn udp_parity_can_be_switched_off() {
+    let mut env = Env::with(Config {
+        flags: podgate_common::node_flags::UDP_NO_PARITY,
+        port_min: 40000,
+        port_max: 40001,
+        ..Default::default()
+    });
+    let a = env.pod_a;
+    let (_, u1) = snat_ok(&mut env, a, &udp(POD_A, 3000, REMOTE1, 53, b"x"));
+    let (_, u2) = snat_ok(&mut env, a, &udp(POD_A, 3002, REMOTE1, 53, b"x"));
+    assert_eq!([u1.min(u2), u1.max(u2)], [40000, 40001]);
 }
 
 #[test]

@@ -84,6 +84,19 @@ pub struct RawConfig {
     pub security_groups: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub daemon: RawDaemon,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[limits]`: sizes of the NAT maps (entries). They take effect when the maps are created: a
+/// running node keeps its pinned maps until `podgate reset`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// `nat4_map`: pod endpoints with an external port.
+    pub nat_mappings: Option<u32>,
+    /// `ct4` and `nat4_claim`: flows, and the per-remote port claims they hold.
+    pub conntrack: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +119,7 @@ pub struct RawNode {
     /// "address-dependent" (default) or "endpoint-independent".
     pub filtering: Option<String>,
     pub pod_quota: Option<u32>,
+    pub udp_port_parity: Option<bool>,
     pub max_groups_per_pod: Option<u32>,
 }
 
@@ -190,6 +204,8 @@ pub struct NodeSettings {
     pub forwarding: Forwarding,
     pub filtering: Filtering,
     pub pod_quota: u32,
+    /// UDP mappings keep the internal port's parity (RFC 4787 REQ-4); TCP and ICMP never do.
+    pub udp_port_parity: bool,
     pub max_groups_per_pod: u32,
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
@@ -198,6 +214,48 @@ pub struct NodeSettings {
     pub socket: Option<PathBuf>,
     /// `daemon.frag_punt`: the daemon holds orphan fragments (`frag_punt` module).
     pub frag_punt: bool,
+    pub limits: Limits,
+}
+
+/// Validated `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub nat_mappings: u32,
+    pub conntrack: u32,
+}
+
+/// The sizes compiled into the object (ebpf/programs/src/maps.rs).
+pub const DEFAULT_MAP_ENTRIES: u32 = 1 << 20;
+/// 16M entries: about 2 GiB of conntrack, far beyond one node address's ports.
+pub const MAX_MAP_ENTRIES: u32 = 1 << 24;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { nat_mappings: DEFAULT_MAP_ENTRIES, conntrack: DEFAULT_MAP_ENTRIES }
+    }
+}
+
+impl Limits {
+    /// `(map name, max_entries)` for the loader.
+    pub fn map_sizes(&self) -> [(&'static str, u32); 3] {
+        use podgate_common::nat::map_names as nat;
+        [(nat::NAT4_MAP, self.nat_mappings), (nat::CT4, self.conntrack), (nat::NAT4_CLAIM, self.conntrack)]
+    }
+}
+
+fn validate_limits(l: &RawLimits) -> Result<Limits, ConfigError> {
+    // LRU maps keep per-CPU free lists (podgate_common::pressure): a map smaller than this
+    // would start evicting before the daemon could refuse new flows.
+    let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
+    let min = podgate_common::pressure::min_entries(ncpus);
+    let d = Limits::default();
+    let out = Limits { nat_mappings: l.nat_mappings.unwrap_or(d.nat_mappings), conntrack: l.conntrack.unwrap_or(d.conntrack) };
+    for (field, v) in [("limits.nat_mappings", out.nat_mappings), ("limits.conntrack", out.conntrack)] {
+        if (v as u64) < min || v > MAX_MAP_ENTRIES {
+            return Err(invalid(field, v, format!("must be {min} to {MAX_MAP_ENTRIES} entries on this machine ({ncpus} CPUs)")));
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,7 +300,8 @@ impl Config {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let node = validate_node(&raw.node, &raw.timeouts, &raw.daemon)?;
+        let mut node = validate_node(&raw.node, &raw.timeouts, &raw.daemon)?;
+        node.limits = validate_limits(&raw.limits)?;
         let mut pods = Vec::with_capacity(raw.pods.len());
         for (i, p) in raw.pods.iter().enumerate() {
             pods.push(validate_pod(node.pod_prefix, node.pod_ipv4_cidr, p, &format!("pods[{i}]"))?);
@@ -440,9 +499,11 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         forwarding,
         filtering,
         pod_quota,
+        udp_port_parity: n.udp_port_parity.unwrap_or(true),
         max_groups_per_pod,
         timeouts,
         gc_interval_secs,
+        limits: Limits::default(),
     })
 }
 
@@ -571,6 +632,33 @@ veth_v4 = "v4a"
         assert_eq!(c.node.timeouts, Timeouts::default());
         assert_eq!(c.pods.len(), 1);
         assert_eq!(c.pods[0].veth_v4.as_deref(), Some("v4a"));
+    }
+
+    #[test]
+    fn udp_port_parity_defaults_on_and_sets_the_node_flag_when_off() {
+        use podgate_common::node_flags::UDP_NO_PARITY;
+        let ip = Ipv4Addr::new(198, 51, 100, 2);
+        let on = Config::parse(GOOD).unwrap().node;
+        assert!(on.udp_port_parity);
+        assert_eq!(crate::dataplane::node_config(&on, ip, 1).flags & UDP_NO_PARITY, 0);
+        let off = Config::parse(&GOOD.replace("pod_prefix", "udp_port_parity = false\npod_prefix")).unwrap().node;
+        assert!(!off.udp_port_parity);
+        assert_ne!(crate::dataplane::node_config(&off, ip, 1).flags & UDP_NO_PARITY, 0);
+        let e = err(&GOOD.replace("pod_prefix", "udp_port_parity = \"yes\"\npod_prefix"));
+        assert!(e.contains("udp_port_parity"), "{e}");
+    }
+
+    #[test]
+    fn limits_size_the_nat_maps() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node.limits, Limits::default());
+        let c = Config::parse(&format!("{GOOD}\n[limits]\nnat_mappings = 4096\nconntrack = 8192\n")).unwrap();
+        assert_eq!(c.node.limits, Limits { nat_mappings: 4096, conntrack: 8192 });
+        assert_eq!(c.node.limits.map_sizes(), [("nat4_map", 4096), ("ct4", 8192), ("nat4_claim", 8192)]);
+        let e = err(&format!("{GOOD}\n[limits]\nconntrack = 10\n"));
+        assert!(e.contains("limits.conntrack"), "{e}");
+        let e = err(&format!("{GOOD}\n[limits]\nnat_mappings = 4294967295\n"));
+        assert!(e.contains("limits.nat_mappings"), "{e}");
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub fn all_map_names() -> Vec<&'static str> {
         podgate_common::frag::map_names::FRAG4_PUNT,
         podgate_common::frag::map_names::FRAG4_PENDING,
         podgate_common::frag::map_names::FRAG4_PUNT_ALIVE,
+        nat::NAT4_PRESSURE,
     ];
     v.extend_from_slice(crate::sg_maps::MAP_NAMES);
     v
@@ -133,6 +134,12 @@ pub fn all_map_names() -> Vec<&'static str> {
 /// Loads the embedded object, adopting existing pins, and pins maps and programs. Returns the
 /// names of the maps that were adopted (not created).
 pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
+    install_sized(pins, &[])
+}
+
+/// Like [`install`], creating the maps in `sizes` (`(name, max_entries)`) with those sizes. A map
+/// adopted from its pin keeps the size it was created with (see [`size_mismatches`]).
+pub fn install_sized(pins: &Pins, sizes: &[(&str, u32)]) -> Result<Vec<String>, DataplaneError> {
     pins.prepare()?;
     check_abi(pins)?;
     let names = all_map_names();
@@ -145,6 +152,9 @@ pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
     let mut loader = EbpfLoader::new();
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
+    }
+    for (name, n) in sizes {
+        loader.map_max_entries(name, *n);
     }
     let mut ebpf = loader.load(crate::EBPF_OBJECT).map_err(DataplaneError::Load)?;
     for name in TC_PROGRAMS.iter().chain(XDP_PROGRAMS) {
@@ -168,6 +178,24 @@ pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
         repin(pins.prog(name), |path| prog.pin(path))?;
     }
     Ok(adopted)
+}
+
+/// The pinned maps whose size differs from `sizes`: `(name, pinned, wanted)`.
+pub fn size_mismatches(pins: &Pins, sizes: &[(&str, u32)]) -> Vec<(String, u32, u32)> {
+    sizes
+        .iter()
+        .filter_map(|(name, want)| {
+            let have = map_max_entries(pins, name)?;
+            (have != *want).then(|| (name.to_string(), have, *want))
+        })
+        .collect()
+}
+
+/// `max_entries` of a pinned map.
+pub fn map_max_entries(pins: &Pins, name: &str) -> Option<u32> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).ok()?;
+    data.info().ok().map(|i| i.max_entries())
 }
 
 /// Replaces a program pin: links already attached keep the old program until `attach_*` updates
@@ -251,6 +279,9 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
     }
     if node.frag_punt {
         flags |= node_flags::FRAG_PUNT;
+    }
+    if !node.udp_port_parity {
+        flags |= node_flags::UDP_NO_PARITY;
     }
     NodeConfig {
         abi_version: ABI_VERSION,

@@ -20,6 +20,13 @@ pub struct DaemonMetrics {
     pub gc_errors: u64,
     /// The orphan-fragment slow path (`frag_punt`).
     pub frag_punt: crate::frag_punt::PuntStats,
+    /// LRU evictions the GC found, by kind (`nat::GcReport`), since the daemon started.
+    pub evicted_mappings_restored: u64,
+    pub evicted_claims_restored: u64,
+    pub evicted_mappings_lost: u64,
+    /// New flows refused (`nat4_pressure`) now, and GC passes that found the maps near full.
+    pub pressure: bool,
+    pub pressure_passes: u64,
 }
 
 pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> {
@@ -45,12 +52,11 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     for name in [
         podgate_common::nat::map_names::NAT4_MAP,
         podgate_common::nat::map_names::CT4,
+        podgate_common::nat::map_names::NAT4_CLAIM,
         podgate_common::sg::map_names::CT6,
     ] {
-        if let Ok(m) = dataplane::open_map(pins, name)
-            && let Some(info) = map_info(&m)
-        {
-            let _ = writeln!(w, "podgate_map_capacity{{map=\"{name}\"}} {info}");
+        if let Some(max) = dataplane::map_max_entries(pins, name) {
+            let _ = writeln!(w, "podgate_map_capacity{{map=\"{name}\"}} {max}");
         }
     }
     let pool = u64::from(node.port_max - node.port_min) + 1;
@@ -70,6 +76,19 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "podgate_gc_runs_total {}", d.gc_runs);
     let _ = writeln!(w, "# TYPE podgate_gc_errors_total counter");
     let _ = writeln!(w, "podgate_gc_errors_total {}", d.gc_errors);
+    let _ = writeln!(w, "# HELP podgate_lru_evictions_total Live NAT state the LRU maps evicted, found by the GC.");
+    let _ = writeln!(w, "# TYPE podgate_lru_evictions_total counter");
+    let _ = writeln!(w, "podgate_lru_evictions_total{{kind=\"mapping_restored\"}} {}", d.evicted_mappings_restored);
+    let _ = writeln!(w, "podgate_lru_evictions_total{{kind=\"claim_restored\"}} {}", d.evicted_claims_restored);
+    let _ = writeln!(w, "podgate_lru_evictions_total{{kind=\"mapping_lost\"}} {}", d.evicted_mappings_lost);
+    let _ = writeln!(w, "# HELP podgate_lru_evicted_pending Live flows whose evicted mapping waits for room (last GC pass).");
+    let _ = writeln!(w, "# TYPE podgate_lru_evicted_pending gauge");
+    let _ = writeln!(w, "podgate_lru_evicted_pending {}", d.last_gc.evicted_mappings_pending);
+    let _ = writeln!(w, "# HELP podgate_map_pressure 1 while new flows are refused because the NAT maps are near full.");
+    let _ = writeln!(w, "# TYPE podgate_map_pressure gauge");
+    let _ = writeln!(w, "podgate_map_pressure {}", u8::from(d.pressure));
+    let _ = writeln!(w, "# TYPE podgate_map_pressure_passes_total counter");
+    let _ = writeln!(w, "podgate_map_pressure_passes_total {}", d.pressure_passes);
     let _ = writeln!(w, "# HELP podgate_gc_seconds_total Time spent in garbage collection.");
     let _ = writeln!(w, "# TYPE podgate_gc_seconds_total counter");
     let _ = writeln!(w, "podgate_gc_seconds_total {}", d.gc_seconds_total);
@@ -89,15 +108,6 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
         let _ = writeln!(w, "podgate_frag_punt_total{{outcome=\"{outcome}\"}} {v}");
     }
     Ok(out)
-}
-
-fn map_info(m: &aya::maps::Map) -> Option<u32> {
-    use aya::maps::Map;
-    let data = match m {
-        Map::LruHashMap(d) | Map::HashMap(d) => d,
-        _ => return None,
-    };
-    data.info().ok().map(|i| i.max_entries())
 }
 
 fn escape(s: &str) -> String {

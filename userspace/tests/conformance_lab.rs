@@ -45,7 +45,7 @@ fn udp_and_icmp_with_default_config() {
         seen.join(", ")
     })));
 
-    r.push(("4787 REQ-4", check("4787 REQ-4", "port parity kept", || {
+    r.push(("4787 REQ-4", check("4787 REQ-4", "UDP port parity kept", || {
         let mut seen = vec![];
         for sport in [41010u16, 41011, 41012, 41013, 700, 701] {
             let p = seen_port(&n.py(&p0, &["udp", &sport.to_string(), "2", "0", &inet()]), &inet());

@@ -151,3 +151,65 @@ fn the_snat_address_follows_the_uplink_when_not_configured() {
     let st: serde_json::Value = serde_json::from_str(&n.cli(&["status", "--json"])).unwrap();
     assert!(st.to_string().contains("198.51.100.3"), "{st}");
 }
+
+/// The daemon's Prometheus text, fetched inside the node namespace.
+fn metrics(n: &Node) -> String {
+    let o = n
+        .lab
+        .exec_in(&n.lab.node_ns(), &["python3", "-c", "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9542/metrics', timeout=5).read().decode())"])
+        .unwrap();
+    assert!(o.status.success(), "metrics: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn nat_maps_full_refuse_new_flows_then_recover() {
+    // Maps as small as the daemon allows here, a flood of 1.5 times what they hold, UDP idle
+    // timeout 10 s, GC every second.
+    let ncpus = aya::util::nr_cpus().unwrap() as u64;
+    let size = podgate_common::pressure::min_entries(ncpus).max(1024);
+    let mut n = Node::up(
+        "full",
+        2,
+        "",
+        &format!("\n[timeouts]\nudp = 10\n\n[daemon]\ngc_interval = 1\n\n[limits]\nnat_mappings = {size}\nconntrack = {size}\n"),
+    );
+    let (p0, p1) = (n.lab.pod_ns(0).to_string(), n.lab.pod_ns(1).to_string());
+    let each = (size * 3 / 4).to_string();
+    let a0 = answered(&n.py(&p0, &["udp-flood", "42000", &each, &inet()]));
+    let a1 = answered(&n.py(&p1, &["udp-flood", "42000", &each, &inet()]));
+    assert!(a0 + a1 > 0, "the flood got no answers at all");
+    assert!(n.wait_log("podgate.log", "refusing new flows", Duration::from_secs(5)), "no pressure: {}", n.log("podgate.log"));
+
+    // The daemon is up and says so; new flows are refused and counted; the pinned state is
+    // listed; a flow of the flood still works.
+    assert!(n.daemon.as_mut().unwrap().exited().is_none(), "the daemon died: {}", n.log("podgate.log"));
+    let m = metrics(&n);
+    assert_eq!(metric(&m, "podgate_map_pressure"), 1.0, "{m}");
+    assert!(m.contains("podgate_lru_evictions_total{kind=\"mapping_restored\"}"), "{m}");
+    let before = stat(&n, "drop_map_full");
+    assert_eq!(answered(&n.py(&p0, &["udp-many", "46000", "3", &inet()])), 0, "a new flow got through under pressure");
+    assert!(stat(&n, "drop_map_full") >= before + 3, "refusals not counted");
+    let flows: serde_json::Value = serde_json::from_str(&n.cli(&["ct", "list", "--json"])).unwrap();
+    let flows = flows.as_array().unwrap();
+    assert!(!flows.is_empty() && flows.len() as u64 <= size, "{} flows listed", flows.len());
+    let maps: serde_json::Value = serde_json::from_str(&n.cli(&["nat", "list", "--json"])).unwrap();
+    let kept = maps.as_array().unwrap().iter().find(|r| r["pod_addr"] == n.lab.pod(0).ipv4.to_string() && r["proto"] == "udp").cloned();
+    let kept = kept.unwrap_or_else(|| panic!("no mapping of pod 0 listed: {maps}"));
+    let port = kept["pod_port"].as_u64().unwrap().to_string();
+    let again = n.py(&p0, &["udp", &port, "2", "0", &inet()]);
+    assert!(again.contains("reply"), "an existing flow broke under pressure: {again}");
+    eprintln!("evictions: {}", m.lines().filter(|l| l.starts_with("podgate_lru_evict")).collect::<Vec<_>>().join("; "));
+
+    // Recovering: the flood's flows idle out, the GC frees the maps, new flows work again.
+    assert!(n.wait_log("podgate.log", "new flows accepted again", Duration::from_secs(20)), "{}", n.log("podgate.log"));
+    assert_eq!(metric(&metrics(&n), "podgate_map_pressure"), 0.0);
+    assert_eq!(answered(&n.py(&p1, &["udp-many", "47000", "10", &inet()])), 10, "no recovery after GC");
+    assert!(n.daemon.as_mut().unwrap().exited().is_none());
+}

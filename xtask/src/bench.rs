@@ -32,6 +32,10 @@ pub struct Args {
     /// Lab modes to run (default: all): routed, iptables, nftables, podgate, podgate-tc.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
+    /// Run only one lab part: "new-conn" (the consecutive new-TCP-connection runs, no UDP or
+    /// iperf3 rounds).
+    #[arg(long, value_parser = ["new-conn"])]
+    only: Option<String>,
     /// Where results go (default: target/bench).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -104,7 +108,8 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|m| e2e::Kind::ALL.into_iter().find(|k| k.name() == m).with_context(|| format!("mode {m:?}")))
                 .collect::<Result<_>>()?
         };
-        let o = e2e::Opts { quick: args.quick, kinds, bench_bin: bench_bin.clone(), podgate_bin };
+        let conn_only = args.only.as_deref() == Some("new-conn");
+        let o = e2e::Opts { quick: args.quick, conn_only, kinds, bench_bin: bench_bin.clone(), podgate_bin };
         let r = e2e::run(&o, &|| INTERRUPTED.load(Ordering::SeqCst))?;
         serde_json::to_value(&r)?
     };

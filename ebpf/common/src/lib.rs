@@ -10,6 +10,7 @@ pub mod csum;
 pub mod frag;
 pub mod nat;
 pub mod ports;
+pub mod pressure;
 pub mod sg;
 pub mod stats;
 pub mod tcp;
@@ -43,6 +44,9 @@ pub mod node_flags {
     /// Punt inbound fragments that arrive before their first fragment to the daemon
     /// (`frag` module), while its `frag4_punt_alive` deadline holds.
     pub const FRAG_PUNT: u32 = 1 << 6;
+    /// UDP mappings need not keep the internal port's parity (`udp_port_parity = false`, RFC 7857
+    /// §8). TCP and ICMP never keep it. Set when off, so that a zero `flags` keeps RFC 4787 REQ-4.
+    pub const UDP_NO_PARITY: u32 = 1 << 4;
 }
 
 /// The single entry of the `node` array: what the programs need to know about this node.

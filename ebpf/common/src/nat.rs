@@ -39,6 +39,7 @@ pub mod map_names {
     pub const NAT4_CLAIM: &str = "nat4_claim";
     pub const CT4: &str = "ct4";
     pub const FRAG4: &str = "frag4";
+    pub const NAT4_PRESSURE: &str = "nat4_pressure";
 }
 
 /// ICMP echo uses the identifier as its "port".

@@ -1,4 +1,4 @@
-//! External port choice (RFC 6056-style randomization, range and parity preservation).
+//! External port choice (RFC 6056-style randomization, range classes, UDP parity).
 //!
 //! The eBPF side draws a random number per attempt and asks [`candidate`] for the port to try;
 //! the atomic claim in `nat4_claim` decides whether it is free. Keeping this pure lets the host
@@ -24,14 +24,24 @@ pub const fn range_for(src_port: u16, port_min: u16, port_max: u16) -> (u16, u16
     }
 }
 
-/// The external port to try for `src_port`, from a random number: uniform in the range, with the
-/// parity of `src_port` when the range allows it (RFC 4787 REQ-4).
+/// Whether a new mapping keeps the parity of its internal port. Only RFC 4787 REQ-4 (UDP, for
+/// RTP/RTCP pairs) asks for it, and RFC 7857 §8 lets even that be switched off; RFC 5382 (TCP)
+/// and RFC 5508 (ICMP identifiers) do not. Keeping it for TCP halves the pool that Linux's
+/// even-first `connect()` port choice draws on. The answer depends only on the protocol and the
+/// configuration, never on how full the pool is (RFC 4787 REQ-11).
 #[inline(always)]
-pub const fn candidate(src_port: u16, rand: u32, port_min: u16, port_max: u16) -> u16 {
+pub const fn keeps_parity(proto: u8, node_flags: u32) -> bool {
+    proto == crate::nat::PROTO_UDP && node_flags & crate::node_flags::UDP_NO_PARITY == 0
+}
+
+/// The external port to try for `src_port`, from a random number: uniform in the range, with the
+/// parity of `src_port` when `parity` is asked for and the range allows it.
+#[inline(always)]
+pub const fn candidate(src_port: u16, rand: u32, port_min: u16, port_max: u16, parity: bool) -> u16 {
     let (lo, hi) = range_for(src_port, port_min, port_max);
     let span = (hi - lo) as u32 + 1;
     let p = lo as u32 + rand % span;
-    let p = if (p ^ src_port as u32) & 1 == 0 {
+    let p = if !parity || (p ^ src_port as u32) & 1 == 0 {
         p
     } else if p < hi as u32 {
         p + 1
@@ -44,15 +54,16 @@ pub const fn candidate(src_port: u16, rand: u32, port_min: u16, port_max: u16) -
     p as u16
 }
 
-/// The port after `p` in `lo..=hi` with the same parity, wrapping around; `p` itself when the
-/// range holds no other such port.
+/// The port after `p` in `lo..=hi` (with the same parity when `parity`), wrapping around; `p`
+/// itself when the range holds no other such port.
 #[inline(always)]
-pub const fn next_same_parity(p: u16, lo: u16, hi: u16) -> u16 {
-    if (p as u32) + 2 <= hi as u32 {
-        return p + 2;
+pub const fn next_port(p: u16, lo: u16, hi: u16, parity: bool) -> u16 {
+    let step = if parity { 2 } else { 1 };
+    if (p as u32) + step <= hi as u32 {
+        return p + step as u16;
     }
-    // Wrap to the lowest port of p's parity.
-    let first = if (lo ^ p) & 1 == 0 { lo } else { lo.saturating_add(1) };
+    // Wrap to the lowest port (of p's parity).
+    let first = if !parity || (lo ^ p) & 1 == 0 { lo } else { lo.saturating_add(1) };
     if first > hi { p } else { first }
 }
 
@@ -66,26 +77,61 @@ pub const fn is_snat_port(port: u16, port_min: u16, port_max: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nat::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+    use crate::node_flags::UDP_NO_PARITY;
     use proptest::prelude::*;
 
     proptest! {
         #[test]
-        fn stays_in_range_and_keeps_parity(src in any::<u16>(), rand in any::<u32>(),
-                                           min in 1024u16..65535, len in 1u16..4000) {
+        fn stays_in_range_and_keeps_parity_when_asked(src in any::<u16>(), rand in any::<u32>(),
+                                                      min in 1024u16..65535, len in 1u16..4000,
+                                                      parity in any::<bool>()) {
             let max = min.saturating_add(len);
-            let p = candidate(src, rand, min, max);
+            let p = candidate(src, rand, min, max, parity);
             if src < 1024 {
                 prop_assert!((PRIV_PORT_MIN..=PRIV_PORT_MAX).contains(&p));
             } else {
                 prop_assert!((min..=max).contains(&p), "{p} not in {min}..={max}");
             }
-            prop_assert_eq!(p & 1, src & 1);
+            if parity {
+                prop_assert_eq!(p & 1, src & 1);
+            }
         }
 
         #[test]
-        fn inverted_range_is_clamped(src in 1024u16.., rand in any::<u32>()) {
-            prop_assert_eq!(candidate(src, rand, 40000, 30000), 40000);
+        fn without_parity_the_draw_is_the_port(src in 1024u16.., rand in any::<u32>(),
+                                               min in 1024u16..60000, len in 1u16..5000) {
+            // No nudging: every port of the range is drawn with the same weight.
+            let max = min.saturating_add(len);
+            let span = (max - min) as u32 + 1;
+            prop_assert_eq!(candidate(src, rand, min, max, false) as u32, min as u32 + rand % span);
         }
+
+        #[test]
+        fn inverted_range_is_clamped(src in 1024u16.., rand in any::<u32>(), parity in any::<bool>()) {
+            prop_assert_eq!(candidate(src, rand, 40000, 30000, parity), 40000);
+        }
+    }
+
+    #[test]
+    fn parity_is_udp_only_and_configurable() {
+        assert!(keeps_parity(PROTO_UDP, 0));
+        assert!(!keeps_parity(PROTO_UDP, UDP_NO_PARITY));
+        assert!(!keeps_parity(PROTO_TCP, 0));
+        assert!(!keeps_parity(PROTO_ICMP, 0));
+        assert!(!keeps_parity(PROTO_TCP, UDP_NO_PARITY));
+    }
+
+    #[test]
+    fn even_sources_reach_every_port_without_parity() {
+        // The collapse this fixes: Linux hands out even source ports first, so with parity kept
+        // TCP connections from even ports only ever reached half the range.
+        let mut seen = [false; 16];
+        for r in 0..256u32 {
+            let p = candidate(40000, r.wrapping_mul(2654435761), 40000, 40015, false);
+            seen[(p - 40000) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s), "{seen:?}");
     }
 
     #[test]
@@ -93,7 +139,7 @@ mod tests {
         // Every even port of a small range is reachable: the choice is not a fixed sequence.
         let mut seen = [false; 16];
         for r in 0..64u32 {
-            let p = candidate(40000, r.wrapping_mul(2654435761), 40000, 40015);
+            let p = candidate(40000, r.wrapping_mul(2654435761), 40000, 40015, true);
             seen[(p - 40000) as usize] = true;
         }
         for (i, s) in seen.iter().enumerate() {
@@ -101,20 +147,34 @@ mod tests {
         }
     }
 
+    fn walk(lo: u16, hi: u16, start: u16, parity: bool) -> std::collections::BTreeSet<u16> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut p = start;
+        loop {
+            p = next_port(p, lo, hi, parity);
+            assert!((lo..=hi).contains(&p), "{p}");
+            if parity {
+                assert_eq!(p % 2, start % 2, "{p}");
+            }
+            if !seen.insert(p) {
+                break;
+            }
+        }
+        seen
+    }
+
     #[test]
     fn walking_visits_every_port_of_one_parity_once() {
         for (lo, hi, start) in [(41000u16, 41063u16, 41010u16), (41000, 41063, 41011), (512, 1023, 1023), (40000, 40000, 40000)] {
-            let mut seen = std::collections::BTreeSet::new();
-            let mut p = start;
-            loop {
-                p = next_same_parity(p, lo, hi);
-                assert!((lo..=hi).contains(&p) && p % 2 == start % 2, "{p}");
-                if !seen.insert(p) {
-                    break;
-                }
-            }
             let want = (lo..=hi).filter(|q| q % 2 == start % 2).count();
-            assert_eq!(seen.len(), want, "{lo}-{hi} from {start}");
+            assert_eq!(walk(lo, hi, start, true).len(), want, "{lo}-{hi} from {start}");
+        }
+    }
+
+    #[test]
+    fn walking_without_parity_visits_every_port_once() {
+        for (lo, hi, start) in [(41000u16, 41063u16, 41010u16), (512, 1023, 1023), (1024, 65535, 65535), (40000, 40000, 40000)] {
+            assert_eq!(walk(lo, hi, start, false).len(), (hi - lo) as usize + 1, "{lo}-{hi} from {start}");
         }
     }
 
@@ -129,16 +189,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn candidates_are_snat_ports(src in any::<u16>(), rand in any::<u32>(), min in 1024u16..60000, len in 0u16..5000) {
+        fn candidates_are_snat_ports(src in any::<u16>(), rand in any::<u32>(), min in 1024u16..60000,
+                                     len in 0u16..5000, parity in any::<bool>()) {
             let max = min.saturating_add(len);
-            prop_assert!(is_snat_port(candidate(src, rand, min, max), min, max));
+            prop_assert!(is_snat_port(candidate(src, rand, min, max, parity), min, max));
         }
     }
 
     #[test]
     fn privileged_stay_privileged() {
-        assert!(candidate(53, 12345, 32768, 65535) < 1024);
-        assert!(candidate(500, 0, 32768, 65535) >= PRIV_PORT_MIN);
-        assert!(candidate(1024, 0, 32768, 65535) >= 32768);
+        for parity in [true, false] {
+            assert!(candidate(53, 12345, 32768, 65535, parity) < 1024);
+            assert!(candidate(500, 0, 32768, 65535, parity) >= PRIV_PORT_MIN);
+            assert!(candidate(1024, 0, 32768, 65535, parity) >= 32768);
+        }
     }
 }

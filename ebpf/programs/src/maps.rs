@@ -104,3 +104,8 @@ pub static FRAG4_PUNT_ALIVE: Array<u64, 1> = Array::new();
 /// Per-CPU room to assemble an orphan record: too big for the stack. Never pinned.
 #[btf_map(name = "frag4_punt_buf")]
 pub static FRAG4_PUNT_BUF: PerCpuArray<PuntBuf, 1> = PerCpuArray::new();
+/// Non-zero while the daemon sees ct4, nat4_map or nat4_claim above its high-water mark
+/// (`podgate_common::pressure`): new flows are then refused (`drop_map_full`) rather than
+/// inserted, because an insert into a full LRU map silently evicts some live flow instead.
+#[btf_map(name = "nat4_pressure")]
+pub static NAT4_PRESSURE: Array<u32, 1> = Array::new();

@@ -114,7 +114,11 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
 
 /// Installs or adopts the dataplane and applies the configuration to it.
 fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
-    let adopted = dataplane::install(pins).context("installing the dataplane")?;
+    let sizes = cfg.node.limits.map_sizes();
+    for (name, have, want) in dataplane::size_mismatches(pins, &sizes) {
+        warn!(map = %name, pinned = have, configured = want, "map keeps its pinned size; `podgate reset` applies [limits]");
+    }
+    let adopted = dataplane::install_sized(pins, &sizes).context("installing the dataplane")?;
     if adopted.is_empty() {
         info!(root = %pins.root().display(), "created new pinned maps");
     } else {
@@ -178,10 +182,11 @@ async fn daemon_loop(
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(Duration::from_secs(cfg.node.gc_interval_secs));
+    let mut pressure = false;
+    let mut next = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = tick.tick() => {
+            _ = tokio::time::sleep(next) => {
                 // A GC pass is a mutation like any other: never in the middle of a pod add.
                 let _serialized = daemon.lock();
                 match dataplane::follow_uplink_ipv4(pins, &cfg.node) {
@@ -202,10 +207,35 @@ async fn daemon_loop(
                 m.gc_seconds_total += started.elapsed().as_secs_f64();
                 match r {
                     Ok(r) => {
-                        if r.flows_expired + r.mappings_expired > 0 {
+                        if r.flows_expired + r.mappings_expired + r.evictions() > 0 {
                             info!(?r, "gc");
                         } else {
                             debug!(?r, "gc");
+                        }
+                        if r.evictions() > 0 {
+                            warn!(restored_mappings = r.evicted_mappings_restored, restored_claims = r.evicted_claims_restored,
+                                  lost_mappings = r.evicted_mappings_lost, "the LRU evicted live NAT state (repaired)");
+                        }
+                        m.evicted_mappings_restored += r.evicted_mappings_restored as u64;
+                        m.evicted_claims_restored += r.evicted_claims_restored as u64;
+                        m.evicted_mappings_lost += r.evicted_mappings_lost as u64;
+                        match nat::update_pressure(pins, &r, pressure) {
+                            Ok(p) => {
+                                if p != pressure {
+                                    let occ: Vec<String> = nat::occupancy(pins, &r).iter().map(|(n, u, x)| format!("{n} {u}/{x}")).collect();
+                                    if p {
+                                        warn!(occupancy = %occ.join(", "), "NAT maps near full: refusing new flows (drop_map_full) until GC frees room");
+                                    } else {
+                                        info!(occupancy = %occ.join(", "), "NAT maps below the low-water mark: new flows accepted again");
+                                    }
+                                }
+                                if p {
+                                    m.pressure_passes += 1;
+                                }
+                                pressure = p;
+                                m.pressure = p;
+                            }
+                            Err(e) => warn!("setting nat4_pressure: {e:#}"),
                         }
                         m.last_gc = r;
                     }
@@ -214,6 +244,9 @@ async fn daemon_loop(
                         warn!("gc pass failed: {e:#}");
                     }
                 }
+                // Under pressure the next pass comes sooner: new flows are being refused until
+                // a pass finds room.
+                next = Duration::from_secs(if pressure { 1 } else { cfg.node.gc_interval_secs });
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

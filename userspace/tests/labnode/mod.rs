@@ -75,6 +75,32 @@ elif cmd == "udp-many":
             pass
         s.close()
     print("answered", ok, flush=True)
+elif cmd == "udp-flood":
+    # udp-flood BASE COUNT DST: like udp-many, but every datagram leaves before any answer is
+    # awaited (a flood of new flows); prints how many were answered within a second.
+    import resource, select
+    base, count, d = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count + 64, count + 64))
+    socks = []
+    for i in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", base + 2 * i))
+        s.setblocking(False)
+        s.sendto(b"flood", hp(d))
+        socks.append(s)
+    pending, ok, end = set(socks), 0, time.time() + 1.0
+    while pending and time.time() < end:
+        r, _, _ = select.select(list(pending)[:1000], [], [], 0.1)
+        for s in r:
+            try:
+                s.recvfrom(2048)
+                ok += 1
+            except OSError:
+                pass
+            pending.discard(s)
+    for s in socks:
+        s.close()
+    print("answered", ok, flush=True)
 elif cmd == "send":
     # send SPORT DST DATA
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

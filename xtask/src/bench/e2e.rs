@@ -58,6 +58,8 @@ impl Kind {
 
 pub struct Opts {
     pub quick: bool,
+    /// Only the new-connection runs (`--only new-conn`).
+    pub conn_only: bool,
     pub kinds: Vec<Kind>,
     pub bench_bin: std::path::PathBuf,
     pub podgate_bin: std::path::PathBuf,
@@ -139,7 +141,7 @@ fn ingress_drop(ns: &str, devs: &[&str]) -> Result<()> {
 /// Starts podgate in the lab's node namespace and waits until every program is attached.
 fn start_podgate(lab: &Lab, bin: &Path, tc: bool) -> Result<ChildGuard> {
     // The port range iptables' SNAT uses for ports ≥ 1024 too: 50k flows to one destination do
-    // not fit in the lab's default 32768-65535 (parity kept: 16k ports per parity).
+    // not fit in the lab's default 32768-65535 (UDP keeps parity: 16k ports per parity).
     let mut cfg = lab.config_toml().replace(&format!("snat_ports = \"{}\"", podgate_lab::SNAT_PORTS), "snat_ports = \"1024-65535\"");
     ensure!(cfg.contains("snat_ports = \"1024-65535\""), "lab config has no snat_ports line to widen");
     // No per-pod cap below what the generators open (16.7k UDP flows per pod plus the TCP
@@ -328,6 +330,7 @@ fn generator_ceiling(n: &Node, secs: f64) -> Result<f64> {
 
 pub fn run(o: &Opts, interrupted: &dyn Fn() -> bool) -> Result<E2e> {
     let (secs, rounds, conn_runs) = if o.quick { (2u64, 1usize, 2usize) } else { (5, 3, 3) };
+    let rounds = if o.conn_only { 0 } else { rounds };
     let server_secs = if o.quick { 600 } else { 1800 };
     let mut nodes = Vec::new();
     for &k in &o.kinds {

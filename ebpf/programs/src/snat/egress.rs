@@ -21,7 +21,7 @@ use super::{
     now_ns, reverse, unreach,
 };
 use crate::{
-    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
+    maps::{CT4, NAT4_CLAIM, NAT4_MAP, NAT4_PRESSURE, NODE, PODS, PODS_V4},
     packet::ptr_at,
     verdict::{Verdict, count},
 };
@@ -31,9 +31,8 @@ use crate::{
 const PORT_TRIES: u32 = 16;
 
 const ICMP_ECHO_REQUEST: u8 = 8;
-/// Candidates walked in order once random probing failed: every port of one parity in the
-/// largest range.
-const SCAN_PORTS: u32 = 32768;
+/// Candidates walked in order once random probing failed: every port of the largest range.
+const SCAN_PORTS: u32 = 65536;
 
 /// The state of the sequential walk, on the caller's stack for `bpf_loop`.
 #[repr(C)]
@@ -44,7 +43,26 @@ struct Scan {
     hi: u16,
     start: u16,
     cand: u16,
+    parity: u32,
     found: u32,
+}
+
+/// One random try: 1 stops the loop (claimed), 0 goes on. A `bpf_loop` callback rather than an
+/// unrolled loop: `claim_new` is inlined at several call sites, and on 6.1 the verifier walked
+/// every copy of 16 tries (`pod_ingress` over its 400k-instruction budget).
+#[inline(never)]
+extern "C" fn try_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the caller's `Scan`, alive for the whole `bpf_loop` call.
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    // SAFETY: plain helper call.
+    let r = unsafe { bpf_get_prandom_u32() };
+    s.cand = ports::candidate(s.ep.port, r, s.lo, s.hi, s.parity != 0);
+    let key = Claim4 { remote: s.remote, ext_port: s.cand, proto: s.ep.proto, _pad: 0 };
+    if NAT4_CLAIM.insert(&key, &s.ep, BPF_NOEXIST as u64).is_ok() {
+        s.found = 1;
+        return 1;
+    }
+    0
 }
 
 /// One step of the walk: 1 stops the loop (claimed, or back at the start), 0 goes on.
@@ -52,13 +70,14 @@ struct Scan {
 extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the caller's `Scan`, alive for the whole `bpf_loop` call.
     let s = unsafe { &mut *(ctx as *mut Scan) };
-    s.cand = ports::next_same_parity(s.cand, s.lo, s.hi);
-    if s.cand == s.start {
-        return 1;
-    }
+    // The start itself is tried first: it may be the one free port left.
     let key = Claim4 { remote: s.remote, ext_port: s.cand, proto: s.ep.proto, _pad: 0 };
     if NAT4_CLAIM.insert(&key, &s.ep, BPF_NOEXIST as u64).is_ok() {
         s.found = 1;
+        return 1;
+    }
+    s.cand = ports::next_port(s.cand, s.lo, s.hi, s.parity != 0);
+    if s.cand == s.start {
         return 1;
     }
     0
@@ -259,15 +278,17 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST, which only
             // answers inbound traffic (RFC 7857 §7.1).
             if l.tcp_flags & tcp::flags::RST == 0 {
-                if let Some(m) = NAT4_MAP.get_ptr_mut(&ep) {
-                    unsafe { (*m).last_seen_ns = now };
+                match NAT4_MAP.get_ptr_mut(&ep) {
+                    Some(m) => unsafe { (*m).last_seen_ns = now },
+                    // The GC never removes a mapping a live flow holds: the LRU evicted it.
+                    None => count(Counter::LruEvictionSuspected),
                 }
             }
             unsafe { (*ct).ext_port }
         }
         None => match new_flow(ifindex, pod, &node, &ep, &flow, l.tcp_flags, now) {
             Ok(ext) => ext,
-            Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
+            Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota | Counter::DropMapFull)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
                 return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
                     Ok(back) => {
@@ -351,6 +372,11 @@ fn new_flow(
     tcp_flags: u8,
     now: u64,
 ) -> Result<u16, Counter> {
+    // Under map pressure a new flow is refused before it touches any map: an insert would make
+    // the LRU evict a live flow, mapping or claim (RFC 7857 §3: existing flows come first).
+    if NAT4_PRESSURE.get(0).is_some_and(|p| *p != 0) {
+        return Err(Counter::DropMapFull);
+    }
     let remote = claim_remote(node, flow.remote_addr);
     let ext = match NAT4_MAP.get_ptr_mut(ep) {
         Some(m) => {
@@ -418,34 +444,28 @@ fn claim_for_flow(
     }
 }
 
-/// Claims a fresh random port (range and parity kept) toward `remote`, atomically.
+/// Claims a fresh random port (range class kept, and parity for UDP) toward `remote`, atomically.
 #[inline(always)]
 fn claim_new(ep: &Endpoint4, remote: [u8; 4], node: &NodeConfig) -> Result<u16, Counter> {
-    let mut i = 0;
-    while i < PORT_TRIES {
-        // SAFETY: plain helper call.
-        let r = unsafe { bpf_get_prandom_u32() };
-        let cand = ports::candidate(ep.port, r, node.port_min, node.port_max);
-        let key = Claim4 {
-            remote,
-            ext_port: cand,
-            proto: ep.proto,
-            _pad: 0,
-        };
-        if NAT4_CLAIM.insert(&key, ep, BPF_NOEXIST as u64).is_ok() {
-            return Ok(cand);
-        }
-        i += 1;
+    let parity = ports::keeps_parity(ep.proto, node.flags) as u32;
+    // `range_for` of the range it returns is itself: the steps pass (lo, hi) as the range.
+    let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
+    let mut s = Scan { ep: *ep, remote, lo, hi, start: 0, cand: 0, parity, found: 0 };
+    // SAFETY: `s` outlives the call; the callback is a static function of this program.
+    unsafe {
+        bpf_loop(PORT_TRIES, try_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);
+    }
+    if s.found != 0 {
+        return Ok(s.cand);
     }
     // A nearly full pool defeats random probing while ports are still free: walk the range from
-    // a random point instead (same parity), so exhaustion means the pool really is full (RFC 4787
-    // REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk out of
-    // the verifier's budget: its callback is verified once.
+    // a random point instead (same parity rule), so exhaustion means the pool really is full
+    // (RFC 4787 REQ-11: behaviour must not change under pool pressure). `bpf_loop` keeps the walk
+    // out of the verifier's budget: its callback is verified once.
     // SAFETY: plain helper call.
-    let start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, node.port_min, node.port_max);
-    let (lo, hi) = ports::range_for(ep.port, node.port_min, node.port_max);
-    let mut s = Scan { ep: *ep, remote, lo, hi, start, cand: start, found: 0 };
-    // SAFETY: `s` outlives the call; the callback is a static function of this program.
+    s.start = ports::candidate(ep.port, unsafe { bpf_get_prandom_u32() }, lo, hi, parity != 0);
+    s.cand = s.start;
+    // SAFETY: as above.
     unsafe {
         bpf_loop(SCAN_PORTS, scan_step as *mut c_void, &mut s as *mut Scan as *mut c_void, 0);
     }

@@ -16,35 +16,21 @@ use podgate_lab::{INTERNET_V4, NODE_V4, UDP_ECHO_PORT};
 use super::Node;
 
 /// In the pod: one datagram to the echo endpoint (which makes the mapping and tells the external
-/// port), then every datagram that arrives for LISTEN seconds, printed whole in hex.
+/// port), then every datagram that arrives for LISTEN seconds, printed whole in hex. With DST
+/// `-` (a socket of the node itself), nothing is sent first.
 const RECV_PY: &str = r#"
 import socket, sys, time
 sport, dst, listen = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-h, p = dst.rsplit(":", 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", sport))
-s.settimeout(5)
-s.sendto(b"frag", (h, int(p)))
-data, src = s.recvfrom(65535)
-print("ext", data.split()[2].decode(), flush=True)
-end = time.time() + listen
-while time.time() < end:
-    s.settimeout(max(0.05, end - time.time()))
-    try:
-        data, src = s.recvfrom(65535)
-        print("got %s:%d %d %s" % (src[0], src[1], len(data), data.hex()), flush=True)
-    except socket.timeout:
-        pass
-"#;
-
-/// In the node's namespace: a UDP socket of the node itself (say its resolver's), printing every
-/// datagram that arrives for LISTEN seconds like `RECV_PY`.
-const NODE_RECV_PY: &str = r#"
-import socket, sys, time
-port, listen = int(sys.argv[1]), float(sys.argv[2])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", port))
-print("ready", flush=True)
+if dst == "-":
+    print("ready", flush=True)
+else:
+    h, p = dst.rsplit(":", 1)
+    s.settimeout(5)
+    s.sendto(b"frag", (h, int(p)))
+    data, src = s.recvfrom(65535)
+    print("ext", data.split()[2].decode(), flush=True)
 end = time.time() + listen
 while time.time() < end:
     s.settimeout(max(0.05, end - time.time()))
@@ -160,12 +146,12 @@ pub fn deliver(n: &Node, pod: usize, sport: u16, len: usize, order: Order, id: u
 /// The internet sends a `len`-byte datagram to NODE_V4:`port`, fragmented like `deliver`, where
 /// a UDP socket of the node itself (no pod mapping) listens.
 pub fn deliver_to_node(n: &Node, port: u16, len: usize, order: Order, id: u16) -> Result<usize, String> {
-    let script = n.lab.state_dir().join("frag-node-recv.py");
-    std::fs::write(&script, NODE_RECV_PY).unwrap();
+    let script = n.lab.state_dir().join("frag-recv.py");
+    std::fs::write(&script, RECV_PY).unwrap();
     let log = format!("frag-node-{port}.log");
     let _rx = n
         .lab
-        .spawn_logged(&n.lab.node_ns(), &["python3", "-u", script.to_str().unwrap(), &port.to_string(), "20"], &log)
+        .spawn_logged(&n.lab.node_ns(), &["python3", "-u", script.to_str().unwrap(), &port.to_string(), "-", "20"], &log)
         .expect("node receiver");
     if !n.wait_log(&log, "ready", Duration::from_secs(15)) {
         return Err(format!("node receiver never ready: {}", n.log(&log)));

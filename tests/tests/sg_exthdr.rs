@@ -152,3 +152,23 @@ fn atomic_fragment_is_judged_whole() {
     fx.check(true, &p, true, Counter::Sg6Allowed, "atomic tcp/80");
     assert!(fx.frag6().is_empty());
 }
+
+/// Issue 3 for IPv6: fragments for the node itself (outside the pod prefix, or a prefix address
+/// no pod has) pass the uplink in any order and leave no fragment state; only pods' datagrams
+/// are judged.
+#[test]
+fn node_fragments_pass_the_uplink_in_any_order() {
+    let mut fx = fx();
+    let body = seg(22);
+    for (i, node) in ["2001:db8:0:1::2", "2001:db8:0:1:1::fe"].into_iter().enumerate() {
+        let id = 10 + i as u32;
+        let first = with_ext(REMOTE, node, &[frag(0, true, id)], PROTO_TCP, &body[..32]);
+        let rest = with_ext(REMOTE, node, &[frag(4, false, id)], PROTO_TCP, &body[32..]);
+        for (what, f) in [("last", &rest), ("first", &first), ("last again", &rest)] {
+            fx.check_xdp(f, true, &format!("{node}: {what} fragment"));
+        }
+    }
+    assert!(fx.frag6().is_empty(), "state for the node's datagrams: {:?}", fx.frag6());
+    assert_eq!(fx.counter(Counter::DropFragOrphan), 0);
+    assert_eq!(fx.counter(Counter::NotOurs), 6);
+}

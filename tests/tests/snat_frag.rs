@@ -5,7 +5,7 @@
 mod snat_common;
 use podgate_common::{
     frag::{FRAG_PENDING_MAX, FRAG_PUNT_MAX, PUNT_ORPHAN, PUNT_RELEASE},
-    nat::FragKey4,
+    nat::{FRAG_PASS, FragKey4, is_frag_pass},
     stats::Counter,
 };
 use podgate_tests::punt::{Record, boottime_ns, env_with_punt, pending, records, set_alive};
@@ -182,4 +182,128 @@ fn orphan_flood_is_bounded_and_harmless() {
     assert!(!run(&mut env, Path::Xdp, &rest).0);
     assert_eq!(env.counter(Counter::FragPunted), punted + 1);
     eprintln!("flood of {N}: {punted} punted, {full} ring-full drops, {held} pending keys");
+}
+
+/// Datagrams for the node itself, fragmented: UDP to a port no pod owns (the node's resolver)
+/// and an echo request (`ping -s 3000`).
+fn node_datagrams(id: u16) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+    let dns = udp(REMOTE1, 53, NODE_IP, 40_053, &[0x44; 120]);
+    let mut ping = echo_request(REMOTE1, NODE_IP, 0x0777, 1);
+    // The echo payload is what makes a ping big; etherparse fixes the lengths and checksum.
+    let (h, p) = etherparse::Ipv4Header::from_slice(&ping[14..]).unwrap();
+    let mut icmp = p.to_vec();
+    icmp.extend_from_slice(&[0x61; 100]);
+    let (mut ih, _) = etherparse::Icmpv4Header::from_slice(&icmp).unwrap();
+    ih.update_checksum(&icmp[8..]);
+    icmp[..8].copy_from_slice(&ih.to_bytes());
+    ping = raw_frame(h, &icmp);
+    let mut out = Vec::new();
+    for (what, d) in [("udp", dns), ("ping", ping)] {
+        let (a, b) = fragments(&d, 48, id);
+        out.push((what, a, b));
+    }
+    out
+}
+
+fn node_key(id: u16, proto: u8) -> FragKey4 {
+    FragKey4 { src: REMOTE1, dst: NODE_IP, id, proto, dir: 1 }
+}
+
+/// The bug of issue 3: the node's own fragmented datagrams lost their later fragments as
+/// orphans. In order, every fragment goes to the stack as received; a pod's datagram at the
+/// same time is still translated.
+#[test]
+fn node_fragments_in_order_pass_untouched() {
+    for path in [Path::Xdp, Path::Tc] {
+        for punting in [true, false] {
+            let mut env = if punting { env_with_punt() } else { Env::new() };
+            let ext = open(&mut env, 5510);
+            let mut passed = 0;
+            for (i, (what, first, rest)) in node_datagrams(0x3100).into_iter().enumerate() {
+                for f in [&first, &rest] {
+                    let (pass, out) = run(&mut env, path, f);
+                    assert!(pass, "{path:?} punting={punting} {what}: fragment not passed");
+                    assert_eq!(&out, f, "{path:?} {what}: a node fragment was rewritten");
+                }
+                passed += 1;
+                let proto = if i == 0 { UDP } else { ICMP };
+                let v = env.frag(node_key(0x3100, proto)).expect("no frag4 entry for the node's datagram");
+                assert!(is_frag_pass(&v), "{path:?} {what}: entry {v:?}");
+                assert_eq!(env.counter(Counter::FragPassed), passed, "{path:?} {what}");
+            }
+            assert_eq!(env.counter(Counter::DropFragOrphan) + env.counter(Counter::FragPunted), 0);
+            assert!(records(&mut env).is_empty(), "{path:?}: nothing to release");
+            // A pod's reply, fragmented, at the same time.
+            let (f1, f2) = fragments(&udp(REMOTE1, 9000, NODE_IP, ext, &[0x5a; 80]), 40, 0x3101);
+            for f in [&f1, &f2] {
+                let (pass, out) = run(&mut env, path, f);
+                assert!(pass);
+                assert_eq!(parse_checked(&out).ip.destination, POD_A, "{path:?}");
+            }
+            assert_eq!(env.counter(Counter::FragTranslated), 1, "{path:?}");
+        }
+    }
+}
+
+/// Last fragment first, with the slow path on: the orphan is punted, the first fragment passes
+/// and releases it with the pass address, and the daemon's re-run passes it unchanged.
+#[test]
+fn node_fragments_last_first_are_released_to_the_stack() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = env_with_punt();
+        open(&mut env, 5511);
+        for (i, (what, first, rest)) in node_datagrams(0x3200).into_iter().enumerate() {
+            let proto = if i == 0 { UDP } else { ICMP };
+            let k = node_key(0x3200, proto);
+            assert!(!run(&mut env, path, &rest).0, "{path:?} {what}: orphan went on");
+            let recs = records(&mut env);
+            assert!(matches!(recs.as_slice(), [Record::Orphan(h, d)] if h.key == k && d == &rest), "{recs:?}");
+            let (pass, out) = run(&mut env, path, &first);
+            assert!(pass && out == first, "{path:?} {what}: first fragment");
+            let recs = records(&mut env);
+            let [Record::Release(h)] = recs.as_slice() else { panic!("{path:?} {what}: records {recs:?}") };
+            assert_eq!((h.key, h.new_addr), (k, FRAG_PASS));
+            assert!(pending(&env).is_empty());
+            // The daemon runs the held frame again: to the stack, as received.
+            let (pass, out) = run(&mut env, path, &rest);
+            assert!(pass, "{path:?} {what}: released orphan dropped");
+            assert_eq!(out, rest, "{path:?} {what}: released orphan rewritten");
+        }
+        assert_eq!(env.counter(Counter::FragPunted), 2);
+        assert_eq!(env.counter(Counter::FragPuntReleased), 2);
+        assert_eq!(env.counter(Counter::FragPassed), 2);
+        assert_eq!(env.counter(Counter::FragTranslated), 0);
+    }
+}
+
+/// Without the daemon an orphan stays dropped even when it is the node's (the choice
+/// `reverse::later_fragment` explains); the node's datagrams in order are unaffected.
+#[test]
+fn without_the_daemon_node_orphans_are_still_dropped() {
+    let mut env = Env::new();
+    let (_, first, rest) = node_datagrams(0x3300).remove(0);
+    assert!(!run(&mut env, Path::Xdp, &rest).0);
+    assert_eq!(env.counter(Counter::DropFragOrphan), 1);
+    assert!(run(&mut env, Path::Xdp, &first).0);
+    assert!(run(&mut env, Path::Xdp, &rest).0, "a retransmitted last fragment follows its first");
+}
+
+/// A forged first fragment toward a node port, with the key of a pod's datagram in flight, must
+/// not send the rest of that datagram to the node's sockets.
+#[test]
+fn a_node_first_fragment_never_takes_over_a_pods_datagram() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = env_with_punt();
+        let ext = open(&mut env, 5512);
+        let (f1, f2) = fragments(&udp(REMOTE1, 9000, NODE_IP, ext, &[0x5a; 80]), 40, 0x3400);
+        assert!(run(&mut env, path, &f1).0);
+        let (forged, _) = fragments(&udp(REMOTE1, 9000, NODE_IP, 40_053, &[0x66; 80]), 40, 0x3400);
+        let (pass, out) = run(&mut env, path, &forged);
+        assert!(pass && out == forged, "{path:?}: the forged first fragment is the node's to judge");
+        assert_eq!(env.frag(key(0x3400)).map(|v| v.new_addr), Some(POD_A), "{path:?}");
+        let (pass, out) = run(&mut env, path, &f2);
+        assert!(pass);
+        assert_eq!(parse_checked(&out).ip.destination, POD_A, "{path:?}: the pod's fragment went to the node");
+        assert_eq!(env.counter(Counter::FragPassed), 0);
+    }
 }

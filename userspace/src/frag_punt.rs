@@ -2,7 +2,8 @@
 //! `podgate_common::frag`): inbound fragments that reached the node before their first fragment
 //! arrive here through the `frag4_punt` ring buffer, wait in a bounded [`Store`], and once the
 //! first fragment has been translated (a release record, or its `frag4` entry) go through
-//! `uplink_xdp` again ([`Reinjector`]), which now translates them like any later fragment.
+//! `uplink_xdp` again ([`Reinjector`]), which now translates them like any later fragment (or
+//! passes them untouched when the datagram is the node's own).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -211,7 +212,8 @@ pub enum PuntError {
 
 /// Hands a held frame to `uplink_xdp` again, as if the uplink had just received it
 /// (`BPF_F_TEST_XDP_LIVE_FRAMES`): the program now finds the first fragment's `frag4` entry,
-/// translates the frame and passes it, and the kernel delivers it to the stack on the uplink.
+/// translates the frame (unless the datagram is the node's own) and passes it, and the kernel
+/// delivers it to the stack on the uplink.
 ///
 /// Not a raw socket toward the pod: on a node with conntrack loaded (kube-proxy), defragmentation
 /// in PREROUTING holds the translated first fragment until the rest of its datagram arrives
@@ -394,7 +396,8 @@ impl Punt {
     }
 
     /// The program translates the frame by its `frag4` entry (the release record's address is
-    /// the same one) and counts it as `frag_translated`.
+    /// the same one) and counts it as `frag_translated`, or passes it to the stack untouched
+    /// (`frag_passed`) when the datagram is the node's own.
     fn send(&mut self, frame: &[u8]) {
         match self.reinjector.reinject(frame) {
             Ok(()) => self.stats.released += 1,

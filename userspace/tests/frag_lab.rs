@@ -1,6 +1,7 @@
 //! Inbound IPv4 fragments through the real daemon (RFC 4787 REQ-14): a pod's UDP socket gets a
 //! datagram sent as fragments in order and last-fragment-first; without the daemon's slow path
-//! (switched off, or the daemon SIGKILLed) the out-of-order datagram is lost and counted.
+//! (switched off, or the daemon SIGKILLed) the out-of-order datagram is lost and counted. The
+//! node's own fragmented datagrams (no pod mapping) reach the node's sockets the same way.
 
 mod labnode;
 
@@ -8,8 +9,9 @@ use std::{thread, time::Duration};
 
 use labnode::{
     Node,
-    frag::{Order, deliver},
+    frag::{Order, deliver, deliver_to_node},
 };
+use podgate_lab::NODE_V4;
 
 fn counter(n: &Node, name: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&n.cli(&["stats", "--json", "--all"])).unwrap();
@@ -57,6 +59,12 @@ fn without_the_slow_path_the_out_of_order_datagram_is_lost() {
     assert_eq!(counter(&n, "drop_frag_orphan"), 2);
     assert_eq!(counter(&n, "frag_punted"), 0);
     deliver(&n, 0, 44012, 3000, Order::InOrder, 0x3202).expect("in order still works");
+    // The node's own datagrams alike: in order they pass, last first their orphans are dropped
+    // (not left to the node's reassembly: `reverse::later_fragment` says why).
+    deliver_to_node(&n, 40014, 3000, Order::InOrder, 0x3203).expect("node, in order");
+    let e = deliver_to_node(&n, 40016, 3000, Order::Reverse, 0x3204).unwrap_err();
+    assert!(e.contains("never reached"), "{e}");
+    assert_eq!(counter(&n, "drop_frag_orphan"), 4);
 }
 
 /// A datagram sent last fragment first, now that the daemon is gone: lost, its two early
@@ -116,4 +124,36 @@ fn fragments_reach_the_pod_on_the_tc_reverse_path() {
     deliver(&n, 0, 44052, 3000, Order::InOrder, 0x3602).expect("in order");
     assert_eq!(counter(&n, "frag_punted"), 2);
     assert_eq!(counter(&n, "frag_translated"), 4);
+    deliver_to_node(&n, 40054, 3000, Order::Reverse, 0x3603).expect("node, last first");
+    // Each released fragment counts twice: in the daemon's run of `uplink_xdp`, then in
+    // `uplink_tc` as the live frame enters the stack on the uplink.
+    assert_eq!(counter(&n, "frag_passed"), 4);
+    deliver_to_node(&n, 40056, 3000, Order::InOrder, 0x3604).expect("node, in order");
+    assert_eq!(counter(&n, "frag_passed"), 6);
+    assert_eq!(counter(&n, "frag_translated"), 4, "a node fragment was translated");
+}
+
+/// Issue 3: fragmented datagrams for the node itself (its resolver's large answer, `ping -s
+/// 3000`) lost every fragment after the first as an orphan.
+#[test]
+fn the_nodes_own_fragments_reach_the_node() {
+    let n = Node::up("fragnode", 1, "", "");
+    assert_eq!(deliver_to_node(&n, 40050, 3000, Order::InOrder, 0x3701), Ok(3));
+    assert_eq!(counter(&n, "frag_passed"), 2);
+    assert_eq!(counter(&n, "frag_punted"), 0);
+    deliver_to_node(&n, 40052, 3000, Order::Reverse, 0x3702).expect("last first");
+    assert_eq!(counter(&n, "frag_punted"), 2);
+    assert_eq!(counter(&n, "frag_punt_released"), 1);
+    // The daemon ran the two held fragments through the program again: passed, not translated.
+    assert_eq!(counter(&n, "frag_passed"), 4);
+    let ping = ["ping", "-q", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000", &NODE_V4.to_string()];
+    let o = n.lab.exec_in(&n.lab.internet_ns(), &ping.iter().map(|s| s.as_ref()).collect::<Vec<&str>>()).unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.contains(" 0% packet loss"), "ping -s 3000 to the node: {out}");
+    assert_eq!(counter(&n, "frag_passed"), 4 + 3 * 2, "each echo request is 3 fragments");
+    assert_eq!(counter(&n, "frag_translated"), 0);
+    assert_eq!(counter(&n, "drop_frag_orphan"), 0);
+    // A pod's datagram still reaches the pod, not the node.
+    deliver(&n, 0, 44060, 3000, Order::Reverse, 0x3703).expect("pod, last first");
+    assert_eq!(counter(&n, "frag_translated"), 2);
 }

@@ -18,7 +18,10 @@
 //!   release record nobody needs).
 //! - When a first fragment is translated and creates its `frag4` entry while `frag4_pending`
 //!   holds its key, the programs write a [`PuntHdr`] of kind [`PUNT_RELEASE`] (no data; `new_addr`
-//!   is the pod's address) and delete the pending key (`frag_punt_released`).
+//!   is the pod's address) and delete the pending key (`frag_punt_released`). A first fragment
+//!   for the node itself does the same with its pass entry (`new_addr` =
+//!   [`FRAG_PASS`](crate::nat::FRAG_PASS)): the daemon's re-run then passes the orphans to the
+//!   stack untouched (`frag_passed`).
 //! - Pending key first, record second: a first fragment racing the orphan on another CPU either
 //!   sees the key (release record, possibly ahead of the orphan's record) or created `frag4`
 //!   before the orphan was punted. Either way the daemon looks `frag4` up when an orphan record

@@ -25,7 +25,9 @@
 //!   (endpoint-independent filtering, or an evicted entry) recreates the `ct4` entry.
 //! - `frag4` holds inbound first fragments only (`dir` = 1, `new_addr` = the pod address,
 //!   `ifindex` = 0): outbound later fragments need no state (every translated pod datagram
-//!   leaves with the node address). Expire with [`frag_expired`].
+//!   leaves with the node address). A first fragment for the node itself (no mapping: passed to
+//!   the stack) leaves `new_addr` = [`FRAG_PASS`], so that its later fragments pass too. Expire
+//!   with [`frag_expired`].
 //! - `Pod::mappings` is incremented without an atomic read-modify-write (Rust's `core` has none
 //!   for the BPF target without unstable intrinsics): a cross-CPU race may lose an increment, so
 //!   the GC should recount it from `nat4_map` (by `pod_ifindex`) rather than only decrement.
@@ -214,6 +216,26 @@ pub const fn mapping_expired(
         && now_ns - m.last_seen_ns > mapping_timeout_ns(ep.proto, t)
 }
 
+/// `FragVal4::new_addr` of a datagram for the node itself: its later fragments go to the stack
+/// untouched (0.0.0.0 is never a pod address).
+pub const FRAG_PASS: [u8; 4] = [0; 4];
+
+/// Whether a first fragment for the node itself may write its [`FRAG_PASS`] entry over `old`.
+/// A live pod entry of the same key wins: a forged first fragment toward a node port must not
+/// turn the rest of a pod's datagram toward the node's sockets. A stale one (the identification
+/// wrapped after the 30 s) is fair game, like any pass entry.
+pub const fn frag_pass_may_replace(old: Option<&FragVal4>, now_ns: u64) -> bool {
+    match old {
+        None => true,
+        Some(v) => is_frag_pass(v) || frag_expired(v, now_ns),
+    }
+}
+
+/// Whether this `frag4` entry is a datagram for the node itself.
+pub const fn is_frag_pass(v: &FragVal4) -> bool {
+    u32::from_ne_bytes(v.new_addr) == u32::from_ne_bytes(FRAG_PASS)
+}
+
 /// Whether the GC may delete this `frag4` entry.
 pub const fn frag_expired(v: &FragVal4, now_ns: u64) -> bool {
     now_ns > v.seen_ns && now_ns - v.seen_ns > FRAG_TIMEOUT_NS
@@ -353,5 +375,19 @@ mod tests {
         };
         assert!(!frag_expired(&v, 30 * S));
         assert!(frag_expired(&v, 32 * S));
+    }
+
+    #[test]
+    fn a_pass_entry_never_displaces_a_live_pod_entry() {
+        let pod = FragVal4 { new_addr: [169, 254, 172, 2], ifindex: 0, seen_ns: 10 * S };
+        let pass = FragVal4 { new_addr: FRAG_PASS, ..pod };
+        assert!(is_frag_pass(&pass) && !is_frag_pass(&pod));
+        assert!(frag_pass_may_replace(None, 10 * S));
+        assert!(!frag_pass_may_replace(Some(&pod), 10 * S));
+        assert!(!frag_pass_may_replace(Some(&pod), 40 * S));
+        // Stale: the identification may have wrapped; the new datagram is the node's.
+        assert!(frag_pass_may_replace(Some(&pod), 41 * S));
+        // The node's own first fragment again (a retransmission): refreshed.
+        assert!(frag_pass_may_replace(Some(&pass), 10 * S));
     }
 }

@@ -53,6 +53,8 @@ counters! {
     Sg6NdpPass = 12 => "sg6_ndp_pass",
     LruEvictionSuspected = 13 => "lru_eviction_suspected",
     IcmpUnreachSent = 14 => "icmp_unreach_sent",
+    // A later fragment of a datagram for the node itself (its first fragment was not ours).
+    FragPassed = 29 => "frag_passed",
     FibRedirectNeigh = 30 => "fib_redirect_neigh",
     // Drop reasons.
     DropMalformed = 32 => "drop_malformed",

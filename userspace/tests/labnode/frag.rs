@@ -16,17 +16,21 @@ use podgate_lab::{INTERNET_V4, NODE_V4, UDP_ECHO_PORT};
 use super::Node;
 
 /// In the pod: one datagram to the echo endpoint (which makes the mapping and tells the external
-/// port), then every datagram that arrives for LISTEN seconds, printed whole in hex.
+/// port), then every datagram that arrives for LISTEN seconds, printed whole in hex. With DST
+/// `-` (a socket of the node itself), nothing is sent first.
 const RECV_PY: &str = r#"
 import socket, sys, time
 sport, dst, listen = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-h, p = dst.rsplit(":", 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", sport))
-s.settimeout(5)
-s.sendto(b"frag", (h, int(p)))
-data, src = s.recvfrom(65535)
-print("ext", data.split()[2].decode(), flush=True)
+if dst == "-":
+    print("ready", flush=True)
+else:
+    h, p = dst.rsplit(":", 1)
+    s.settimeout(5)
+    s.sendto(b"frag", (h, int(p)))
+    data, src = s.recvfrom(65535)
+    print("ext", data.split()[2].decode(), flush=True)
 end = time.time() + listen
 while time.time() < end:
     s.settimeout(max(0.05, end - time.time()))
@@ -136,23 +140,46 @@ pub fn deliver(n: &Node, pod: usize, sport: u16, len: usize, order: Order, id: u
         return Err(format!("no mapping made: {}", n.log(&log)));
     }
     let ext: u16 = n.log(&log).lines().find_map(|l| l.strip_prefix("ext ")).unwrap().trim().parse().unwrap();
-    let data = payload(len, sport as u8);
-    let mut frags = udp_fragments(ext, &data, id, 1500);
+    send_and_check(n, &log, "pod", ext, len, order, id, sport as u8)
+}
+
+/// The internet sends a `len`-byte datagram to NODE_V4:`port`, fragmented like `deliver`, where
+/// a UDP socket of the node itself (no pod mapping) listens.
+pub fn deliver_to_node(n: &Node, port: u16, len: usize, order: Order, id: u16) -> Result<usize, String> {
+    let script = n.lab.state_dir().join("frag-recv.py");
+    std::fs::write(&script, RECV_PY).unwrap();
+    let log = format!("frag-node-{port}.log");
+    let _rx = n
+        .lab
+        .spawn_logged(&n.lab.node_ns(), &["python3", "-u", script.to_str().unwrap(), &port.to_string(), "-", "20"], &log)
+        .expect("node receiver");
+    if !n.wait_log(&log, "ready", Duration::from_secs(15)) {
+        return Err(format!("node receiver never ready: {}", n.log(&log)));
+    }
+    send_and_check(n, &log, "node", port, len, order, id, port as u8)
+}
+
+/// Sends the fragments of one datagram to NODE_V4:`port` in `order` and checks that the socket
+/// logging to `log` received it whole from the echo endpoint.
+#[allow(clippy::too_many_arguments)]
+fn send_and_check(n: &Node, log: &str, who: &str, port: u16, len: usize, order: Order, id: u16, seed: u8) -> Result<usize, String> {
+    let data = payload(len, seed);
+    let mut frags = udp_fragments(port, &data, id, 1500);
     if order == Order::Reverse {
         frags.reverse();
     }
     // Apart, so that the orphans are punted and held before the first fragment comes.
     send_raw(&n.lab.internet_ns(), &frags, NODE_V4, Duration::from_millis(100));
-    if !n.wait_log(&log, "got ", Duration::from_secs(8)) {
-        return Err(format!("{len}-byte datagram ({} fragments, {order:?}) never reached the pod's socket", frags.len()));
+    if !n.wait_log(log, "got ", Duration::from_secs(8)) {
+        return Err(format!("{len}-byte datagram ({} fragments, {order:?}) never reached the {who}'s socket", frags.len()));
     }
-    let text = n.log(&log);
+    let text = n.log(log);
     let got = text.lines().find(|l| l.starts_with("got ")).unwrap();
     let f: Vec<&str> = got.split_whitespace().collect();
     let want_src = format!("{INTERNET_V4}:{UDP_ECHO_PORT}");
     let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
     if f[1] != want_src || f[2] != len.to_string() || f[3] != hex {
-        return Err(format!("pod received something else: from {} {} bytes (want {want_src}, {len})", f[1], f[2]));
+        return Err(format!("{who} received something else: from {} {} bytes (want {want_src}, {len})", f[1], f[2]));
     }
     Ok(frags.len())
 }

@@ -4,7 +4,10 @@
 use aya_ebpf::programs::{TcContext, XdpContext};
 use podgate_common::{
     NodeConfig,
-    nat::{Claim4, Ct4, Endpoint4, Flow4, FragKey4, FragVal4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    nat::{
+        Claim4, Ct4, Endpoint4, FRAG_PASS, Flow4, FragKey4, FragVal4, PROTO_ICMP, PROTO_TCP,
+        PROTO_UDP, frag_pass_may_replace, is_frag_pass,
+    },
     stats::Counter,
     tcp::{self, Dir, TcpState},
 };
@@ -74,9 +77,9 @@ fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
                 return icmp::error_in(ctx, &node, &ip);
             }
             // Echo requests and the rest are for the node itself.
-            _ => return Ok(Verdict::Pass(Counter::NotOurs)),
+            _ => return for_node(&node, &ip),
         },
-        _ => return Ok(Verdict::Pass(Counter::NotOurs)),
+        _ => return for_node(&node, &ip),
     }
     let l = l4(ctx, &ip, false)?;
     // Inbound, the NAT's port is the destination (ICMP: the identifier, in `sport`).
@@ -97,7 +100,7 @@ fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
             return Ok(Verdict::Drop(Counter::DropNoMapping));
         }
         // No mapping: possibly the node's own traffic.
-        return Ok(Verdict::Pass(Counter::NotOurs));
+        return for_node(&node, &ip);
     };
     track_in(&ip, &ep, remote_port, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
@@ -113,6 +116,32 @@ fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
         punt::release(&node, &k, ep.addr);
     }
     fwd::forward(ctx, &node, &ip, ip.src, ep.addr, Counter::RevNat)
+}
+
+/// A datagram (or its first fragment) for the node itself goes to the stack. A first fragment
+/// leaves a pass entry so that the rest of the datagram follows it there instead of waiting as
+/// orphans, and releases the orphans the daemon already holds (they pass when run again). The
+/// kernel reassembles them for the node; only its first fragment's ports decided this, exactly
+/// as for a pod's datagram.
+#[inline(always)]
+fn for_node(node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
+    if ip.is_first_fragment() {
+        let k = frag_key_in(ip);
+        let now = now_ns();
+        // SAFETY: map value pointer, read once.
+        let old = FRAG4.get_ptr(&k).map(|v| unsafe { *v });
+        if frag_pass_may_replace(old.as_ref(), now) {
+            let v = FragVal4 {
+                new_addr: FRAG_PASS,
+                ifindex: 0,
+                seen_ns: now,
+            };
+            // Losing it costs the later fragments only (orphans, as before this entry existed).
+            let _ = FRAG4.insert(&k, &v, 0);
+            punt::release(node, &k, FRAG_PASS);
+        }
+    }
+    Ok(Verdict::Pass(Counter::NotOurs))
 }
 
 /// Updates (or recreates) the flow's conntrack from an inbound packet. The mapping itself is not
@@ -182,10 +211,18 @@ fn frag_key_in(ip: &Ip4) -> FragKey4 {
     }
 }
 
-/// A non-first fragment for the node's address: it follows its first fragment's translation;
-/// when the first has not been seen it goes to the daemon, which holds it until then (`punt`), or
-/// is dropped without a daemon. Every piece of state involved is bounded (LRU maps, a fixed ring,
-/// the daemon's byte cap), so a flood of orphans costs nothing else.
+/// A non-first fragment for the node's address: it follows its first fragment's translation, or
+/// to the stack when that was for the node itself; when the first has not been seen it goes to
+/// the daemon, which holds it until then (`punt`), or is dropped without a daemon. Every piece
+/// of state involved is bounded (LRU maps, a fixed ring, the daemon's byte cap), so a flood of
+/// orphans costs nothing else.
+///
+/// Why an orphan is dropped rather than left to the kernel's own reassembly when the daemon is
+/// off or dead, although that would save the node's own out-of-order datagrams: it may belong to
+/// a pod's datagram, and in the node's reassembly queue a forged first fragment toward a node
+/// port would complete it into a datagram for a node socket. It would also let an orphan flood
+/// (REQ-14a) fill the node's reassembly memory (`ipfrag_high_thresh`), which its own fragmented
+/// traffic shares; dropped, a flood costs nothing.
 #[inline(always)]
 fn later_fragment<C: Ctx + LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
     let k = frag_key_in(ip);
@@ -193,7 +230,11 @@ fn later_fragment<C: Ctx + LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> R
         return punt::orphan(ctx, node, ip, &k);
     };
     // SAFETY: map value pointer.
-    let new = unsafe { (*v).new_addr };
+    let v = unsafe { *v };
+    if is_frag_pass(&v) {
+        return Ok(Verdict::Pass(Counter::FragPassed));
+    }
+    let new = v.new_addr;
     ip::set_addr(ctx, ip.l3, IP_DST, ip.dst, new)?;
     fwd::forward(ctx, node, ip, ip.src, new, Counter::FragTranslated)
 }

@@ -39,6 +39,12 @@ pub mod node_flags {
     pub const FLOW_EVENTS: u32 = 1 << 2;
     /// Userspace only: attach TC programs through netlink (clsact) instead of tcx links.
     pub const TC_NETLINK: u32 = 1 << 3;
+    /// Operator log points (aya-log) in the programs; off, each costs one branch.
+    pub const BPF_LOG: u32 = 1 << 5;
+    /// Userspace only: another tool's tc/XDP programs on podgate's hooks are left in place and
+    /// podgate attaches beside them (default: refuse to start). Kept in the node entry so that
+    /// `pod add` and the CNI plugin, which run without the config file, follow the daemon.
+    pub const FOREIGN_COEXIST: u32 = 1 << 7;
 }
 
 /// The single entry of the `node` array: what the programs need to know about this node.
@@ -134,7 +140,9 @@ pub struct Event {
     /// 4 or 6.
     pub family: u8,
     pub proto: u8,
-    pub _pad: u16,
+    /// The node's external port of a new SNAT flow (`NEW_FLOW`, family 4); 0 otherwise. Takes
+    /// what was padding, so the layout is unchanged.
+    pub ext_port: u16,
     pub sport: u16,
     pub dport: u16,
     /// IPv4 addresses use the first four bytes.

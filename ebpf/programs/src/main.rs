@@ -27,7 +27,7 @@ mod programs {
     use crate::{
         packet::{EtherType, ether_type},
         sg, snat,
-        verdict::{Verdict, tc_verdict, xdp_verdict},
+        verdict::{Verdict, dropped, pod_id, report_drop_bare, report_drop_v4, tc_verdict, xdp_verdict},
     };
 
     /// TC ingress of a pod's host-side veth: everything the pod sends.
@@ -38,7 +38,10 @@ mod programs {
             Ok(EtherType::Ipv6) => pod_ingress_v6(ctx.skb.skb),
             Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
             Ok(EtherType::Other) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => tc_verdict(&ctx, Err(c)),
+            Err(c) => {
+                report_drop_bare(c, 0, 0, true);
+                tc_verdict(&ctx, Err(c))
+            }
         }
     }
 
@@ -47,13 +50,20 @@ mod programs {
     #[inline(never)]
     fn pod_ingress_v4(skb: *mut __sk_buff) -> i32 {
         let ctx = TcContext::new(skb);
-        tc_verdict(&ctx, snat::egress::pod_v4(&ctx))
+        let v = snat::egress::pod_v4(&ctx);
+        if let Some(c) = dropped(&v) {
+            // SAFETY: reading the skb's ifindex field.
+            report_drop_v4(&ctx, c, pod_id(unsafe { (*skb).ifindex }));
+        }
+        tc_verdict(&ctx, v)
     }
 
     #[inline(never)]
     fn pod_ingress_v6(skb: *mut __sk_buff) -> i32 {
         let ctx = TcContext::new(skb);
-        tc_verdict(&ctx, sg::pod_egress_v6(&ctx))
+        let v = sg::pod_egress_v6(&ctx);
+        report_v6(&v);
+        tc_verdict(&ctx, v)
     }
 
     /// TC egress of a pod's host-side veth: everything delivered to the pod.
@@ -63,14 +73,19 @@ mod programs {
             Ok(EtherType::Ipv6) => pod_egress_v6(ctx.skb.skb),
             // IPv4 toward the pod was already reverse-translated at the uplink.
             Ok(_) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => tc_verdict(&ctx, Err(c)),
+            Err(c) => {
+                report_drop_bare(c, 0, 0, true);
+                tc_verdict(&ctx, Err(c))
+            }
         }
     }
 
     #[inline(never)]
     fn pod_egress_v6(skb: *mut __sk_buff) -> i32 {
         let ctx = TcContext::new(skb);
-        tc_verdict(&ctx, sg::pod_ingress_v6(&ctx))
+        let v = sg::pod_ingress_v6(&ctx);
+        report_v6(&v);
+        tc_verdict(&ctx, v)
     }
 
     /// XDP on the uplink: reverse NAT of IPv4 replies, early drop of denied IPv6.
@@ -80,26 +95,50 @@ mod programs {
             Ok(EtherType::Ipv4) => uplink_xdp_v4(ctx.ctx),
             Ok(EtherType::Ipv6) => uplink_xdp_v6(ctx.ctx),
             Ok(_) => xdp_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => xdp_verdict(&ctx, Err(c)),
+            Err(c) => {
+                report_drop_bare(c, 0, 0, true);
+                xdp_verdict(&ctx, Err(c))
+            }
         }
     }
 
     #[inline(never)]
     fn uplink_xdp_v4(md: *mut xdp_md) -> u32 {
         let ctx = XdpContext::new(md);
-        xdp_verdict(&ctx, snat::reverse::uplink_v4_xdp(&ctx))
+        let v = snat::reverse::uplink_v4_xdp(&ctx);
+        if let Some(c) = dropped(&v) {
+            report_drop_v4(&ctx, c, 0);
+        }
+        xdp_verdict(&ctx, v)
     }
 
     #[inline(never)]
     fn uplink_xdp_v6(md: *mut xdp_md) -> u32 {
         let ctx = XdpContext::new(md);
-        xdp_verdict(&ctx, sg::uplink_v6_xdp(&ctx))
+        let v = sg::uplink_v6_xdp(&ctx);
+        report_v6(&v);
+        xdp_verdict(&ctx, v)
+    }
+
+    /// The security-group code reports its denials itself (with the rule and 5-tuple it
+    /// parsed); errors out of it get a bare event here. Both may log.
+    #[inline(always)]
+    fn report_v6(v: &Result<Verdict, Counter>) {
+        match v {
+            Err(c) => report_drop_bare(*c, 6, 0, true),
+            Ok(Verdict::Drop(c)) => report_drop_bare(*c, 6, 0, false),
+            _ => {}
+        }
     }
 
     /// TC ingress on the uplink: the same reverse path where XDP is not wanted.
     #[classifier]
     pub fn uplink_tc(ctx: TcContext) -> i32 {
-        tc_verdict(&ctx, try_uplink_tc(&ctx))
+        let v = try_uplink_tc(&ctx);
+        if let Some(c) = dropped(&v) {
+            report_drop_v4(&ctx, c, 0);
+        }
+        tc_verdict(&ctx, v)
     }
 
     fn try_uplink_tc(ctx: &TcContext) -> Result<Verdict, Counter> {

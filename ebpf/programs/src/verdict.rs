@@ -5,9 +5,12 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
     programs::{TcContext, XdpContext},
 };
-use podgate_common::{Event, event_kind, stats::Counter};
+use podgate_common::{event_kind, nat::Flow4, node_flags, stats::Counter};
 
-use crate::maps::{EVENTS, STATS};
+use crate::{
+    maps::{EVENTS, NODE, PODS, STATS},
+    packet::{ETH_HLEN, Packet, ptr_at},
+};
 
 /// What a program decided. The counter says why.
 #[derive(Clone, Copy)]
@@ -26,15 +29,169 @@ pub fn count(c: Counter) {
     }
 }
 
-/// Report a drop to `podgate monitor`; a full ring buffer loses the event, never the verdict.
+/// Reports a dropped IPv4 packet (or one that never parsed as such) to `podgate monitor`. The
+/// header is read again here rather than carried out of every path, so each path can stay a
+/// plain `Err(counter)`. A full ring buffer loses the event, never the verdict.
 #[inline(always)]
-pub fn emit_drop(reason: Counter, ev: &Event) {
-    if let Some(mut entry) = EVENTS.reserve(0) {
-        let mut e = *ev;
-        e.kind = event_kind::DROP;
-        e.reason = reason as u32;
-        entry.write(e);
-        entry.submit(0);
+pub fn emit_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points at a reserved, writable `Event`; every field is plain data.
+    unsafe {
+        (*e).kind = event_kind::DROP;
+        (*e).reason = reason as u32;
+        (*e).pod_id = pod_id;
+        (*e).rule = u32::MAX;
+        (*e).family = 4;
+        (*e).proto = 0;
+        (*e).ext_port = 0;
+        (*e).sport = 0;
+        (*e).dport = 0;
+        (*e).src = [0; 16];
+        (*e).dst = [0; 16];
+        if let Ok(h) = ptr_at::<[u8; 20]>(ctx, ETH_HLEN) {
+            let h = *h;
+            (*e).proto = h[9];
+            (*e).src = v4([h[12], h[13], h[14], h[15]]);
+            (*e).dst = v4([h[16], h[17], h[18], h[19]]);
+            let later_fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;
+            if (h[9] == 6 || h[9] == 17) && !later_fragment {
+                let l4 = ETH_HLEN + ((h[0] & 0x0f) as usize) * 4;
+                if let Ok(p) = ptr_at::<[u8; 4]>(ctx, l4) {
+                    let p = *p;
+                    (*e).sport = u16::from_be_bytes([p[0], p[1]]);
+                    (*e).dport = u16::from_be_bytes([p[2], p[3]]);
+                }
+            }
+        }
+    }
+    entry.submit(0);
+}
+
+/// Reports a drop that has no parsed packet to show (an IPv6 path failing before its own
+/// event was written): the reason and the pod still tell the operator where to look.
+#[inline(always)]
+pub fn emit_drop_bare(reason: Counter, family: u8, pod_id: u32) {
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: as in `emit_drop_v4`.
+    unsafe {
+        (*e).kind = event_kind::DROP;
+        (*e).reason = reason as u32;
+        (*e).pod_id = pod_id;
+        (*e).rule = u32::MAX;
+        (*e).family = family;
+        (*e).proto = 0;
+        (*e).ext_port = 0;
+        (*e).sport = 0;
+        (*e).dport = 0;
+        (*e).src = [0; 16];
+        (*e).dst = [0; 16];
+    }
+    entry.submit(0);
+}
+
+/// Reports a new SNAT flow (`node_flags::FLOW_EVENTS`): the pod's 5-tuple and the node's port.
+#[inline(always)]
+pub fn emit_new_flow4(pod_id: u32, f: &Flow4, ext_port: u16) {
+    let Some(mut entry) = EVENTS.reserve(0) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: as in `emit_drop_v4`.
+    unsafe {
+        (*e).kind = event_kind::NEW_FLOW;
+        (*e).reason = Counter::SnatNewFlow as u32;
+        (*e).pod_id = pod_id;
+        (*e).rule = u32::MAX;
+        (*e).family = 4;
+        (*e).proto = f.proto;
+        (*e).ext_port = ext_port;
+        (*e).sport = f.pod_port;
+        (*e).dport = f.remote_port;
+        (*e).src = v4(f.pod_addr);
+        (*e).dst = v4(f.remote_addr);
+    }
+    entry.submit(0);
+}
+
+/// The node's flags; 0 when the node entry is missing (nothing configured, nothing optional on).
+#[inline(always)]
+pub fn node_flags() -> u32 {
+    NODE.get(0).map_or(0, |n| n.flags)
+}
+
+/// The id of the pod behind a veth, 0 when it is none of ours.
+#[inline(always)]
+pub fn pod_id(ifindex: u32) -> u32 {
+    // SAFETY: plain data read.
+    unsafe { PODS.get(ifindex) }.map_or(0, |p| p.id)
+}
+
+/// Everything a dropped packet owes the operator: the event for `podgate monitor` and, when
+/// asked for, a log line. Called on drop paths only, so passing packets pay nothing.
+#[inline(always)]
+pub fn report_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
+    emit_drop_v4(ctx, reason, pod_id);
+    if node_flags() & node_flags::BPF_LOG != 0 {
+        let (src, dst) = match ptr_at::<[u8; 20]>(ctx, ETH_HLEN) {
+            // SAFETY: bounds checked by ptr_at.
+            Ok(h) => unsafe { (u32::from_be_bytes([(*h)[12], (*h)[13], (*h)[14], (*h)[15]]), u32::from_be_bytes([(*h)[16], (*h)[17], (*h)[18], (*h)[19]])) },
+            Err(_) => (0, 0),
+        };
+        log_drop(reason as u32, pod_id, 4, src, dst);
+    }
+}
+
+/// The IPv6 (or unparsed) counterpart of `report_drop_v4` for drops that wrote no event yet.
+#[inline(always)]
+pub fn report_drop_bare(reason: Counter, family: u8, pod_id: u32, event: bool) {
+    if event {
+        emit_drop_bare(reason, family, pod_id);
+    }
+    if node_flags() & node_flags::BPF_LOG != 0 {
+        log_drop(reason as u32, pod_id, family as u32, 0, 0);
+    }
+}
+
+/// One operator log line per drop, when `node_flags::BPF_LOG` is set: reasons an operator can act
+/// on (internal errors, full maps, exhausted ports or quota) at warn, the others at debug.
+/// Not inlined, so that the formatting code is verified once per program.
+#[inline(never)]
+fn log_drop(reason: u32, pod_id: u32, family: u32, src: u32, dst: u32) {
+    let name = match Counter::from_index(reason) {
+        Some(c) => c.name(),
+        None => "unknown",
+    };
+    let src = core::net::Ipv4Addr::from_bits(src);
+    let dst = core::net::Ipv4Addr::from_bits(dst);
+    let actionable = reason == Counter::DropInternalError as u32
+        || reason == Counter::DropMapFull as u32
+        || reason == Counter::DropPortExhausted as u32
+        || reason == Counter::DropPodQuota as u32;
+    if actionable {
+        aya_log_ebpf::warn!(&(), "drop {}: pod {} ipv{} {} -> {}", name, pod_id, family, src, dst);
+    } else {
+        aya_log_ebpf::debug!(&(), "drop {}: pod {} ipv{} {} -> {}", name, pod_id, family, src, dst);
+    }
+}
+
+/// An IPv4 address in an event's 16-byte field (the first four bytes).
+#[inline(always)]
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// The counter of a packet that is dropped, if it is.
+#[inline(always)]
+pub fn dropped(v: &Result<Verdict, Counter>) -> Option<Counter> {
+    match v {
+        Ok(Verdict::Drop(c)) | Err(c) => Some(*c),
+        _ => None,
     }
 }
 

@@ -83,6 +83,9 @@ pub struct RawNode {
     pub filtering: Option<String>,
     pub pod_quota: Option<u32>,
     pub max_groups_per_pod: Option<u32>,
+    /// "refuse" (default) or "coexist": what to do about another tool's tc/XDP programs on the
+    /// interfaces podgate attaches to.
+    pub foreign_programs: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +104,11 @@ pub struct RawDaemon {
     pub gc_interval: Option<u64>,
     /// Prometheus endpoint, "ADDR:PORT" (default loopback) or "off".
     pub metrics: Option<String>,
+    /// New-flow events for `podgate monitor` (default off: one ring-buffer write per new flow).
+    pub flow_events: Option<bool>,
+    /// eBPF-side log lines (aya-log) forwarded into the daemon's log: "off" (default), "error",
+    /// "warn", "info", "debug" or "trace".
+    pub bpf_log: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +140,39 @@ pub enum XdpMode {
 pub enum TcAttach {
     Auto,
     Netlink,
+}
+
+/// What to do about another tool's programs on a hook podgate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignPrograms {
+    /// Start nothing and name the other program.
+    Refuse,
+    /// Attach beside it (tc) or fall back to the TC reverse path (XDP); never replace it.
+    Coexist,
+}
+
+impl FromStr for ForeignPrograms {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "refuse" => Ok(Self::Refuse),
+            "coexist" => Ok(Self::Coexist),
+            _ => Err("expected \"refuse\" or \"coexist\"".into()),
+        }
+    }
+}
+
+/// The most verbose eBPF log level forwarded; `None` is off.
+pub fn parse_bpf_log(s: &str) -> Result<Option<tracing::Level>, String> {
+    Ok(Some(match s {
+        "off" => return Ok(None),
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => return Err("expected \"off\", \"error\", \"warn\", \"info\", \"debug\" or \"trace\"".into()),
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +207,9 @@ pub struct NodeSettings {
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
     pub metrics: Option<std::net::SocketAddr>,
+    pub foreign_programs: ForeignPrograms,
+    pub flow_events: bool,
+    pub bpf_log: Option<tracing::Level>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -367,8 +411,16 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
             invalid("daemon.metrics", s, "expected ADDR:PORT (e.g. \"127.0.0.1:9542\") or \"off\"")
         })?),
     };
+    let foreign_s = n.foreign_programs.as_deref().unwrap_or("refuse");
+    let foreign_programs = ForeignPrograms::from_str(foreign_s)
+        .map_err(|why| invalid("node.foreign_programs", foreign_s, why))?;
+    let bpf_log_s = d.bpf_log.as_deref().unwrap_or("off");
+    let bpf_log = parse_bpf_log(bpf_log_s).map_err(|why| invalid("daemon.bpf_log", bpf_log_s, why))?;
     Ok(NodeSettings {
         metrics,
+        foreign_programs,
+        flow_events: d.flow_events.unwrap_or(false),
+        bpf_log,
         uplink: n.uplink.clone(),
         ipv4,
         pod_prefix,

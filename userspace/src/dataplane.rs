@@ -27,7 +27,7 @@ use podgate_common::{
 use thiserror::Error;
 
 use crate::{
-    config::{Filtering, Forwarding, NodeSettings, PodSpec, ReversePath, TcAttach, XdpMode as CfgXdpMode},
+    config::{Filtering, ForeignPrograms, Forwarding, NodeSettings, PodSpec, ReversePath, TcAttach, XdpMode as CfgXdpMode},
     netif::{self, NetifError},
     pins::{PinError, Pins},
 };
@@ -128,8 +128,9 @@ pub fn all_map_names() -> Vec<&'static str> {
 }
 
 /// Loads the embedded object, adopting existing pins, and pins maps and programs. Returns the
-/// names of the maps that were adopted (not created).
-pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
+/// names of the maps that were adopted (not created). `bpf_log_level` (aya-log numbering, 0 =
+/// off) is fixed at load: a log point above it returns before formatting anything.
+pub fn install(pins: &Pins, bpf_log_level: u8) -> Result<Vec<String>, DataplaneError> {
     pins.prepare()?;
     check_abi(pins)?;
     let names = all_map_names();
@@ -140,6 +141,7 @@ pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
         .collect();
     let paths: Vec<(&str, PathBuf)> = names.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &bpf_log_level, false);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -246,6 +248,15 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
     if node.tc_attach == TcAttach::Netlink {
         flags |= node_flags::TC_NETLINK;
     }
+    if node.flow_events {
+        flags |= node_flags::FLOW_EVENTS;
+    }
+    if node.bpf_log.is_some() {
+        flags |= node_flags::BPF_LOG;
+    }
+    if node.foreign_programs == ForeignPrograms::Coexist {
+        flags |= node_flags::FOREIGN_COEXIST;
+    }
     NodeConfig {
         abi_version: ABI_VERSION,
         flags,
@@ -271,6 +282,17 @@ pub fn write_node(pins: &Pins, node: &NodeSettings) -> Result<NodeConfig, Datapl
     let cfg = node_config(node, ipv4, uplink_ifindex);
     node_map(pins)?.set(0, cfg, 0).map_err(map_err(map_names::NODE))?;
     Ok(cfg)
+}
+
+/// Sets or clears one bit of the node entry's flags.
+pub fn set_node_flag(pins: &Pins, flag: u32, on: bool) -> Result<(), DataplaneError> {
+    let mut cfg = read_node(pins)?;
+    if on {
+        cfg.flags |= flag;
+    } else {
+        cfg.flags &= !flag;
+    }
+    node_map(pins)?.set(0, cfg, 0).map_err(map_err(map_names::NODE))
 }
 
 /// With `node.ipv4` not configured, the SNAT address follows the uplink: when its first IPv4

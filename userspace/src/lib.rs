@@ -1,6 +1,7 @@
 //! podgate's userspace: configuration, loading and pinning, map access, garbage collection.
 //! The `podgate` binary (src/main.rs and src/cli/) is a thin layer over this library.
 
+pub mod bpf_log;
 pub mod cni;
 pub mod config;
 pub mod dataplane;

@@ -8,8 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use std::str::FromStr as _;
+
 use podgate::{
-    config::Config,
+    config::{Config, ForeignPrograms, parse_bpf_log},
     dataplane,
     metrics::{self, DaemonMetrics},
     nat, netif,
@@ -22,10 +24,28 @@ pub struct Args {
     /// The podgate.toml to apply.
     #[arg(long, short)]
     config: PathBuf,
+    /// Another tool's tc/XDP programs on podgate's interfaces: "refuse" to start, or "coexist"
+    /// beside them (overrides node.foreign_programs).
+    #[arg(long, value_parser = ForeignPrograms::from_str)]
+    foreign_programs: Option<ForeignPrograms>,
+    /// Emit new-flow events for `podgate monitor` (overrides daemon.flow_events).
+    #[arg(long)]
+    flow_events: bool,
+    /// Forward eBPF log lines at this level and above into the daemon's log: off, error, warn,
+    /// info, debug, trace (overrides daemon.bpf_log).
+    #[arg(long, value_name = "LEVEL", value_parser = parse_bpf_log)]
+    bpf_log: Option<Option<tracing::Level>>,
 }
 
 pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
-    let cfg = Config::load(&a.config)?;
+    let mut cfg = Config::load(&a.config)?;
+    if let Some(f) = a.foreign_programs {
+        cfg.node.foreign_programs = f;
+    }
+    cfg.node.flow_events |= a.flow_events;
+    if let Some(level) = a.bpf_log {
+        cfg.node.bpf_log = level;
+    }
     let explicit_root = cfg.node.pin_root != PathBuf::from(podgate::config::DEFAULT_PIN_ROOT);
     let root = if explicit_root { cfg.node.pin_root.clone() } else { cli_pin_root };
     let pins = Pins::new(root);
@@ -83,7 +103,8 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
 
 /// Installs or adopts the dataplane and applies the configuration to it.
 fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
-    let adopted = dataplane::install(pins).context("installing the dataplane")?;
+    let adopted = dataplane::install(pins, podgate::bpf_log::aya_level(cfg.node.bpf_log))
+        .context("installing the dataplane")?;
     if adopted.is_empty() {
         info!(root = %pins.root().display(), "created new pinned maps");
     } else {
@@ -131,6 +152,20 @@ async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpLi
         info!(%addr, "metrics at http://{addr}/metrics");
         tokio::spawn(serve_metrics(listener, pins.clone(), metrics.clone()));
     }
+    let mut bpf_log = match cfg.node.bpf_log {
+        Some(level) => {
+            let logger = podgate::bpf_log::open(pins).context("forwarding eBPF logs (daemon.bpf_log)")?;
+            info!(%level, "forwarding eBPF log lines (target podgate::bpf)");
+            // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for
+            // as long as the logger lives, and the AsyncFd owns the logger.
+            let fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| anyhow::anyhow!("polling the eBPF log buffer: {e}"))?;
+            Some(fd)
+        }
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.node.gc_interval_secs));
@@ -168,8 +203,19 @@ async fn daemon_loop(pins: &Pins, cfg: &Config, listener: Option<std::net::TcpLi
                     }
                 }
             }
+            r = async { bpf_log.as_mut().expect("guarded").readable_mut().await }, if bpf_log.is_some() => {
+                let mut guard = r?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+    }
+    if bpf_log.is_some() {
+        // Nobody reads the log buffer once this daemon is gone: stop the programs writing it.
+        if let Err(e) = dataplane::set_node_flag(pins, podgate_common::node_flags::BPF_LOG, false) {
+            warn!("turning eBPF logging off: {e:#}");
         }
     }
     info!("exiting; programs stay attached and maps pinned (`podgate reset` removes them)");

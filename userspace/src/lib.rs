@@ -5,6 +5,7 @@ pub mod bpf_log;
 pub mod cni;
 pub mod config;
 pub mod dataplane;
+pub mod foreign;
 pub mod metrics;
 pub mod nat;
 pub mod netif;

@@ -41,9 +41,10 @@ pub mod node_flags {
     pub const TC_NETLINK: u32 = 1 << 3;
     /// Operator log points (aya-log) in the programs; off, each costs one branch.
     pub const BPF_LOG: u32 = 1 << 5;
-    /// Userspace only: another tool's tc/XDP programs on podgate's hooks are left in place and
-    /// podgate attaches beside them (default: refuse to start). Kept in the node entry so that
-    /// `pod add` and the CNI plugin, which run without the config file, follow the daemon.
+    /// Another tool's tc/XDP programs on podgate's hooks are left in place and podgate attaches
+    /// beside them (default: refuse to start). Kept in the node entry so that `pod add` and the
+    /// CNI plugin, which run without the config file, follow the daemon; the TC programs then end
+    /// a pass with TC_ACT_UNSPEC (TCX_NEXT) so that the next program in the chain still runs.
     pub const FOREIGN_COEXIST: u32 = 1 << 7;
 }
 

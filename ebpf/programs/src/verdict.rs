@@ -2,7 +2,7 @@
 //! without being counted.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     programs::{TcContext, XdpContext},
 };
 use podgate_common::{event_kind, nat::Flow4, node_flags, stats::Counter};
@@ -200,7 +200,14 @@ pub fn tc_verdict(_ctx: &TcContext, v: Result<Verdict, Counter>) -> i32 {
     match v {
         Ok(Verdict::Pass(c)) => {
             count(c);
-            TC_ACT_OK
+            // Beside another tool's programs (foreign_programs = "coexist") a pass hands the
+            // packet on to the next one (TCX_NEXT, or the next clsact filter) instead of ending
+            // the chain; alone, both mean the same.
+            if node_flags() & node_flags::FOREIGN_COEXIST != 0 {
+                TC_ACT_UNSPEC
+            } else {
+                TC_ACT_OK
+            }
         }
         Ok(Verdict::Redirect(c, _)) => {
             count(c);

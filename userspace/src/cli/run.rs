@@ -83,6 +83,13 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
         }
         None => None,
     };
+    // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
+    // with coexist, `attach_*` say where podgate goes beside each of them.
+    let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
+    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs)?;
+    for f in &others {
+        info!(other = %f, "another tool's program on a hook podgate uses: left in place (foreign_programs = \"coexist\")");
+    }
     let fresh = !pins.exists();
     if let Err(e) = bring_up(&pins, &cfg) {
         // A first start that fails leaves nothing behind; a restart keeps the previous state,
@@ -117,8 +124,8 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         prefix = %cfg.node.pod_prefix,
         "node configured"
     );
-    dataplane::attach_uplink(pins, &cfg.node)?;
-    info!(uplink = %cfg.node.uplink, path = ?cfg.node.reverse_path, "uplink attached");
+    let path = dataplane::attach_uplink(pins, &cfg.node)?;
+    info!(uplink = %cfg.node.uplink, ?path, "uplink attached");
     for p in &cfg.pods {
         let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &[])
             .with_context(|| format!("registering pod {}", p.name))?;

@@ -1,7 +1,13 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
-use podgate::{dataplane, nat, pins::Pins};
+use podgate::{
+    dataplane,
+    foreign::{self, Hook},
+    nat,
+    pins::Pins,
+};
+use podgate_common::node_flags;
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -23,6 +29,11 @@ struct Status {
     mappings: usize,
     flows: usize,
     links: Vec<String>,
+    /// "xdp" or "tc": where replies are reverse-translated (tc when another tool holds XDP).
+    reverse_path: Option<&'static str>,
+    flags: Vec<&'static str>,
+    /// Other tools' programs on the hooks podgate is attached to.
+    foreign_programs: Vec<String>,
 }
 
 pub fn run(a: Args, pins: &Pins) -> Result<()> {
@@ -38,6 +49,9 @@ pub fn run(a: Args, pins: &Pins) -> Result<()> {
         mappings: 0,
         flows: 0,
         links: Vec::new(),
+        reverse_path: None,
+        flags: Vec::new(),
+        foreign_programs: Vec::new(),
     };
     if s.installed {
         let n = dataplane::read_node(pins)?;
@@ -53,6 +67,43 @@ pub fn run(a: Args, pins: &Pins) -> Result<()> {
             .iter()
             .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
             .collect();
+        for (bit, name) in [
+            (node_flags::FIB_REDIRECT, "fib_redirect"),
+            (node_flags::FILTER_EIF, "filter_endpoint_independent"),
+            (node_flags::FLOW_EVENTS, "flow_events"),
+            (node_flags::TC_NETLINK, "tc_netlink"),
+            (node_flags::BPF_LOG, "bpf_log"),
+            (node_flags::FOREIGN_COEXIST, "foreign_coexist"),
+        ] {
+            if n.flags & bit != 0 {
+                s.flags.push(name);
+            }
+        }
+        let mut hooks = Vec::new();
+        for l in &s.links {
+            let Some((ifname, prog)) = Pins::parse_link_name(l) else { continue };
+            let prog = prog.trim_end_matches(podgate::pins::NETLINK_SUFFIX).to_string();
+            let hook = match prog.as_str() {
+                dataplane::UPLINK_XDP => {
+                    s.reverse_path = Some("xdp");
+                    Hook::Xdp
+                }
+                dataplane::UPLINK_TC => {
+                    s.reverse_path = Some("tc");
+                    Hook::TcIngress
+                }
+                dataplane::POD_EGRESS => Hook::TcEgress,
+                _ => Hook::TcIngress,
+            };
+            hooks.push((ifname, hook));
+        }
+        let ours = foreign::own_ids(pins);
+        for (ifname, hook) in &hooks {
+            // A veth deleted with its pod leaves only a stale pin: nothing to scan.
+            if let Ok(found) = foreign::scan(ifname, *hook, &ours) {
+                s.foreign_programs.extend(found.iter().map(ToString::to_string));
+            }
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -71,5 +122,13 @@ pub fn run(a: Args, pins: &Pins) -> Result<()> {
     println!("mappings:    {}", s.mappings);
     println!("flows:       {}", s.flows);
     println!("attached:    {}", if s.links.is_empty() { "nothing".into() } else { s.links.join(", ") });
+    println!("reverse NAT: {}", s.reverse_path.unwrap_or("not attached"));
+    println!("flags:       {}", if s.flags.is_empty() { "none".into() } else { s.flags.join(", ") });
+    if !s.foreign_programs.is_empty() {
+        println!("beside podgate (other tools' programs, left in place):");
+        for f in &s.foreign_programs {
+            println!("  {f}");
+        }
+    }
     Ok(())
 }

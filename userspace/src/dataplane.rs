@@ -584,7 +584,15 @@ pub fn hooks_for<'a>(node: &'a NodeSettings, pods: &'a [PodSpec]) -> Vec<(&'a st
 }
 
 /// Other tools' programs on `hooks`. With `mode` refuse, any is an error naming all of them.
-pub fn scan_foreign(pins: &Pins, hooks: &[(&str, Hook)], mode: ForeignPrograms) -> Result<Vec<Foreign>, DataplaneError> {
+/// `tc_netlink`: podgate's TC programs go on clsact filters, which the kernel runs only after the
+/// whole tcx chain has said "next": behind another tool's tcx program podgate could be skipped,
+/// so that is refused in either mode.
+pub fn scan_foreign(
+    pins: &Pins,
+    hooks: &[(&str, Hook)],
+    mode: ForeignPrograms,
+    tc_netlink: bool,
+) -> Result<Vec<Foreign>, DataplaneError> {
     let ours = foreign::own_ids(pins);
     let mut found = Vec::new();
     for (ifname, hook) in hooks {
@@ -597,18 +605,23 @@ pub fn scan_foreign(pins: &Pins, hooks: &[(&str, Hook)], mode: ForeignPrograms) 
     if mode == ForeignPrograms::Refuse && !found.is_empty() {
         return Err(ForeignError::Refused(found).into());
     }
+    let ahead: Vec<Foreign> = found.iter().filter(|f| f.attach == foreign::Attach::Tcx).cloned().collect();
+    if tc_netlink && !ahead.is_empty() {
+        return Err(ForeignError::WouldRunBehind(ahead).into());
+    }
     Ok(found)
 }
 
 /// `scan_foreign` in the mode recorded in the node entry (so `pod add` and the CNI plugin follow
 /// the daemon's configuration).
 fn check_hooks(pins: &Pins, hooks: &[(&str, Hook)]) -> Result<Vec<Foreign>, DataplaneError> {
-    let mode = if read_node(pins)?.flags & node_flags::FOREIGN_COEXIST != 0 {
+    let flags = read_node(pins)?.flags;
+    let mode = if flags & node_flags::FOREIGN_COEXIST != 0 {
         ForeignPrograms::Coexist
     } else {
         ForeignPrograms::Refuse
     };
-    scan_foreign(pins, hooks, mode)
+    scan_foreign(pins, hooks, mode, flags & node_flags::TC_NETLINK != 0)
 }
 
 fn remove_link(pins: &Pins, ifname: &str, prog: &str) -> Result<(), DataplaneError> {

@@ -90,6 +90,14 @@ pub enum ForeignError {
         .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
     )]
     Refused(Vec<Foreign>),
+    #[error(
+        "node.tc_attach = \"netlink\" would put podgate's filters behind another tool's tcx \
+         programs, which can end processing before any clsact filter runs and so skip \
+         anti-spoofing and security groups: {}. Use tc_attach = \"auto\" (podgate then goes first \
+         in the tcx chain). Nothing of podgate was attached",
+        .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    WouldRunBehind(Vec<Foreign>),
 }
 
 /// The ids of podgate's own programs: the pinned ones and those behind its pinned links (an

@@ -86,7 +86,8 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
     // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
     // with coexist, `attach_*` say where podgate goes beside each of them.
     let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
-    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs)?;
+    let tc_netlink = cfg.node.tc_attach == podgate::config::TcAttach::Netlink;
+    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs, tc_netlink)?;
     for f in &others {
         info!(other = %f, "another tool's program on a hook podgate uses: left in place (foreign_programs = \"coexist\")");
     }

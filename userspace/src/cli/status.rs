@@ -97,6 +97,14 @@ pub fn run(a: Args, pins: &Pins) -> Result<()> {
             };
             hooks.push((ifname, hook));
         }
+        // The uplink's XDP slot too: another tool holding it is why the reverse path can be tc.
+        if let Some(uplink) = podgate::netif::name_of(n.uplink_ifindex) {
+            for hook in [Hook::Xdp, Hook::TcIngress] {
+                if !hooks.contains(&(uplink.clone(), hook)) {
+                    hooks.push((uplink.clone(), hook));
+                }
+            }
+        }
         let ours = foreign::own_ids(pins);
         for (ifname, hook) in &hooks {
             // A veth deleted with its pod leaves only a stale pin: nothing to scan.

@@ -33,8 +33,8 @@ pub struct Args {
     flow_events: bool,
     /// Forward eBPF log lines at this level and above into the daemon's log: off, error, warn,
     /// info, debug, trace (overrides daemon.bpf_log).
-    #[arg(long, value_name = "LEVEL", value_parser = parse_bpf_log)]
-    bpf_log: Option<Option<tracing::Level>>,
+    #[arg(long, value_name = "LEVEL", value_parser = |s: &str| parse_bpf_log(s).map(|_| s.to_string()))]
+    bpf_log: Option<String>,
 }
 
 pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
@@ -44,7 +44,7 @@ pub fn run(a: Args, cli_pin_root: PathBuf) -> Result<()> {
     }
     cfg.node.flow_events |= a.flow_events;
     if let Some(level) = a.bpf_log {
-        cfg.node.bpf_log = level;
+        cfg.node.bpf_log = parse_bpf_log(&level).map_err(anyhow::Error::msg)?;
     }
     let explicit_root = cfg.node.pin_root != PathBuf::from(podgate::config::DEFAULT_PIN_ROOT);
     let root = if explicit_root { cfg.node.pin_root.clone() } else { cli_pin_root };

@@ -5,19 +5,11 @@ mod snat_common;
 
 use std::sync::{Arc, Mutex};
 
-use aya::maps::RingBuf;
 use podgate_common::{Event, event_kind, nat::PROTO_UDP, node_flags, stats::Counter};
 use snat_common::{Config, Env, NODE_IP, POD_A, REMOTE1, snat_ok, udp};
 
 fn events(env: &mut Env) -> Vec<Event> {
-    let mut rb = RingBuf::try_from(env.h.ebpf.map_mut("events").unwrap()).unwrap();
-    let mut out = Vec::new();
-    while let Some(item) = rb.next() {
-        assert_eq!(item.len(), std::mem::size_of::<Event>());
-        // SAFETY: the programs write whole `Event`s.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
-    }
-    out
+    env.h.events()
 }
 
 fn v4(e: &[u8; 16]) -> [u8; 4] {

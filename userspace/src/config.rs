@@ -642,6 +642,23 @@ veth_v4 = "v4a"
     }
 
     #[test]
+    fn foreign_programs_flow_events_and_bpf_log() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node.foreign_programs, ForeignPrograms::Refuse, "refuse is the default");
+        assert!(!c.node.flow_events && c.node.bpf_log.is_none(), "both cost something: off by default");
+        let text = GOOD.replace("uplink = \"eni\"", "uplink = \"eni\"\nforeign_programs = \"coexist\"");
+        let text = format!("{text}\n[daemon]\nflow_events = true\nbpf_log = \"warn\"\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.node.foreign_programs, ForeignPrograms::Coexist);
+        assert!(c.node.flow_events);
+        assert_eq!(c.node.bpf_log, Some(tracing::Level::WARN));
+        let e = err(&GOOD.replace("uplink = \"eni\"", "uplink = \"eni\"\nforeign_programs = \"replace\""));
+        assert!(e.contains("node.foreign_programs") && e.contains("replace"), "{e}");
+        let e = err(&format!("{GOOD}\n[daemon]\nbpf_log = \"loud\"\n"));
+        assert!(e.contains("daemon.bpf_log") && e.contains("loud"), "{e}");
+    }
+
+    #[test]
     fn port_range_parser() {
         assert_eq!(parse_port_range("1024-2047"), Some((1024, 2047)));
         assert_eq!(parse_port_range("443"), Some((443, 443)));

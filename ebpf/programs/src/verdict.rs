@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     programs::{TcContext, XdpContext},
 };
-use podgate_common::{event_kind, nat::Flow4, node_flags, stats::Counter};
+use podgate_common::{Event, event_kind, nat::Flow4, node_flags, stats::Counter};
 
 use crate::{
     maps::{EVENTS, NODE, PODS, STATS},
@@ -29,29 +29,41 @@ pub fn count(c: Counter) {
     }
 }
 
-/// Reports a dropped IPv4 packet (or one that never parsed as such) to `podgate monitor`. The
-/// header is read again here rather than carried out of every path, so each path can stay a
-/// plain `Err(counter)`. A full ring buffer loses the event, never the verdict.
+/// Reserves an event and fills the fields every kind has; the rest start zeroed (no address, no
+/// ports, no rule). `None`: the ring is full, and the event is lost (never the verdict).
 #[inline(always)]
-pub fn emit_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
-    let Some(mut entry) = EVENTS.reserve(0) else {
-        return;
-    };
+fn event(kind: u32, reason: Counter, pod_id: u32, family: u8) -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<Event>> {
+    let mut entry = EVENTS.reserve(0)?;
     let e = entry.as_mut_ptr();
     // SAFETY: `e` points at a reserved, writable `Event`; every field is plain data.
     unsafe {
-        (*e).kind = event_kind::DROP;
+        (*e).kind = kind;
         (*e).reason = reason as u32;
         (*e).pod_id = pod_id;
         (*e).rule = u32::MAX;
-        (*e).family = 4;
+        (*e).family = family;
         (*e).proto = 0;
         (*e).ext_port = 0;
         (*e).sport = 0;
         (*e).dport = 0;
         (*e).src = [0; 16];
         (*e).dst = [0; 16];
-        if let Ok(h) = ptr_at::<[u8; 20]>(ctx, ETH_HLEN) {
+    }
+    Some(entry)
+}
+
+/// Reports a dropped IPv4 packet (or one that never parsed as such) to `podgate monitor`. The
+/// header is read again here rather than carried out of every path, so each path can stay a
+/// plain `Err(counter)`.
+#[inline(always)]
+pub fn emit_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
+    let Some(mut entry) = event(event_kind::DROP, reason, pod_id, 4) else {
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    if let Ok(h) = ptr_at::<[u8; 20]>(ctx, ETH_HLEN) {
+        // SAFETY: `h` is bounds-checked; `e` as in `event`.
+        unsafe {
             let h = *h;
             (*e).proto = h[9];
             (*e).src = v4([h[12], h[13], h[14], h[15]]);
@@ -74,41 +86,20 @@ pub fn emit_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
 /// event was written): the reason and the pod still tell the operator where to look.
 #[inline(always)]
 pub fn emit_drop_bare(reason: Counter, family: u8, pod_id: u32) {
-    let Some(mut entry) = EVENTS.reserve(0) else {
-        return;
-    };
-    let e = entry.as_mut_ptr();
-    // SAFETY: as in `emit_drop_v4`.
-    unsafe {
-        (*e).kind = event_kind::DROP;
-        (*e).reason = reason as u32;
-        (*e).pod_id = pod_id;
-        (*e).rule = u32::MAX;
-        (*e).family = family;
-        (*e).proto = 0;
-        (*e).ext_port = 0;
-        (*e).sport = 0;
-        (*e).dport = 0;
-        (*e).src = [0; 16];
-        (*e).dst = [0; 16];
+    if let Some(entry) = event(event_kind::DROP, reason, pod_id, family) {
+        entry.submit(0);
     }
-    entry.submit(0);
 }
 
 /// Reports a new SNAT flow (`node_flags::FLOW_EVENTS`): the pod's 5-tuple and the node's port.
 #[inline(always)]
 pub fn emit_new_flow4(pod_id: u32, f: &Flow4, ext_port: u16) {
-    let Some(mut entry) = EVENTS.reserve(0) else {
+    let Some(mut entry) = event(event_kind::NEW_FLOW, Counter::SnatNewFlow, pod_id, 4) else {
         return;
     };
     let e = entry.as_mut_ptr();
-    // SAFETY: as in `emit_drop_v4`.
+    // SAFETY: as in `event`.
     unsafe {
-        (*e).kind = event_kind::NEW_FLOW;
-        (*e).reason = Counter::SnatNewFlow as u32;
-        (*e).pod_id = pod_id;
-        (*e).rule = u32::MAX;
-        (*e).family = 4;
         (*e).proto = f.proto;
         (*e).ext_port = ext_port;
         (*e).sport = f.pod_port;

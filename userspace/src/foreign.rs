@@ -3,7 +3,7 @@
 //! them (`"coexist"`). Three places can hold a program: tcx links (BPF_PROG_QUERY), filters on a
 //! clsact qdisc (netlink RTM_GETTFILTER), and the interface's XDP slot (netlink RTM_GETLINK).
 
-use std::{collections::HashSet, fmt, io, path::Path};
+use std::{collections::HashSet, fmt, io};
 
 use aya::programs::{ProgramInfo, SchedClassifier, links::PinnedLink, tc::TcAttachType};
 use thiserror::Error;
@@ -104,25 +104,24 @@ pub enum ForeignError {
 /// upgrade re-pins programs before it re-points the links, so both generations are ours).
 pub fn own_ids(pins: &Pins) -> HashSet<u32> {
     let mut ids = HashSet::new();
-    let dirs = [pins.root().join("progs"), pins.links_dir()];
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if let Some(id) = pinned_prog_id(&p) {
-                ids.insert(id);
-            }
+    let entries = |dir: std::path::PathBuf| std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    for p in entries(pins.root().join("progs")) {
+        if let Ok(info) = ProgramInfo::from_pin(&p) {
+            ids.insert(info.id());
         }
     }
-    ids
-}
-
-fn pinned_prog_id(path: &Path) -> Option<u32> {
-    if let Ok(info) = ProgramInfo::from_pin(path) {
-        return Some(info.id());
+    // The object behind a pin is known only from its name here: asking a link fd for program
+    // info (or the other way round) succeeds and reads the wrong structure.
+    for p in entries(pins.links_dir()) {
+        let netlink = p.to_string_lossy().ends_with(crate::pins::NETLINK_SUFFIX);
+        let id = if netlink {
+            ProgramInfo::from_pin(&p).ok().map(|i| i.id())
+        } else {
+            PinnedLink::from_pin(&p).ok().and_then(link_prog_id)
+        };
+        ids.extend(id);
     }
-    let link = PinnedLink::from_pin(path).ok()?;
-    link_prog_id(link)
+    ids
 }
 
 /// The program a pinned bpf link runs. Dropping the fd leaves the link pinned and attached.

@@ -240,6 +240,12 @@ fn coexist(tag: &str, extra: &str) {
 
     drop(d);
     assert_other_intact(&lab, &other, "after the daemon exited");
+    // A restart adopts podgate's own pinned links (never mistaken for another tool's).
+    let d = start(&lab, &["--config", &cfg, "--foreign-programs", "coexist"], "podgate2.log");
+    let p = lab.http(0, Family::V4);
+    assert!(p.ok, "after the restart: {p:?}");
+    drop(d);
+    assert_other_intact(&lab, &other, "after the restarted daemon exited");
     let out = podgate_cli(&lab, &["reset"]);
     assert!(out.contains("detached"), "{out}");
     assert_other_intact(&lab, &other, "after podgate reset");

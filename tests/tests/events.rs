@@ -116,11 +116,16 @@ impl log::Log for Capture {
 }
 
 fn log_lines(flags: u32) -> Vec<String> {
+    log_lines_of(flags, &udp([169, 254, 172, 99], 5000, REMOTE1, 53, b"x"))
+}
+
+/// The log lines one packet from pod A makes.
+fn log_lines_of(flags: u32, frame: &[u8]) -> Vec<String> {
     let mut env = Env::with(Config { flags, ..Default::default() });
     let cap = Capture::default();
     let mut logger = aya_log::EbpfLogger::init_with_logger(&mut env.h.ebpf, cap.clone()).expect("AYA_LOGS map");
     let a = env.pod_a;
-    env.egress(a, &udp([169, 254, 172, 99], 5000, REMOTE1, 53, b"x"));
+    env.egress(a, frame);
     logger.flush();
     let lines = cap.0.lock().unwrap().clone();
     lines
@@ -137,4 +142,16 @@ fn bpf_log_lines_only_when_the_flag_is_set() {
     assert!(on[0].starts_with("DEBUG"), "a spoofed packet is not an operator's problem: {on:?}");
     let off = log_lines(0);
     assert!(off.is_empty(), "{off:?}");
+}
+
+#[test]
+fn bpf_log_line_for_a_packet_punted_to_the_stack() {
+    // The fast path is configured but the test's namespace has no route: the FIB lookup fails and
+    // the translated packet goes to the stack.
+    let frame = udp(POD_A, 5000, REMOTE1, 53, b"x");
+    let on = log_lines_of(node_flags::FIB_REDIRECT | node_flags::BPF_LOG, &frame);
+    assert_eq!(on.len(), 1, "{on:?}");
+    assert!(on[0].starts_with("DEBUG") && on[0].contains("punted to the stack"), "{on:?}");
+    assert!(on[0].contains(&format!("{}", std::net::Ipv4Addr::from(NODE_IP))) && on[0].contains("198.51.100.1"), "{on:?}");
+    assert!(log_lines_of(node_flags::FIB_REDIRECT, &frame).is_empty());
 }

@@ -155,3 +155,26 @@ fn bpf_log_line_for_a_packet_punted_to_the_stack() {
     assert!(on[0].contains(&format!("{}", std::net::Ipv4Addr::from(NODE_IP))) && on[0].contains("198.51.100.1"), "{on:?}");
     assert!(log_lines_of(node_flags::FIB_REDIRECT, &frame).is_empty());
 }
+
+#[test]
+fn a_drop_answered_with_icmp_is_reported_once_with_its_five_tuple_and_logged_at_warn() {
+    let mut env = Env::with(Config { pod_quota: 1, flags: node_flags::BPF_LOG, ..Default::default() });
+    let cap = Capture::default();
+    let mut logger = aya_log::EbpfLogger::init_with_logger(&mut env.h.ebpf, cap.clone()).expect("AYA_LOGS map");
+    let a = env.pod_a;
+    snat_ok(&mut env, a, &udp(POD_A, 5000, REMOTE1, 53, b"x"));
+    // A second socket is a second mapping: over the quota, answered with ICMP 3/13.
+    let out = env.egress(a, &udp(POD_A, 5001, REMOTE1, 53, b"y"));
+    assert_eq!(out.verdict, podgate_tests::TC_ACT_REDIRECT);
+    assert_eq!(env.counter(Counter::DropPodQuota), 1);
+    assert_eq!(env.counter(Counter::IcmpUnreachSent), 1);
+    let ev = events(&mut env);
+    assert_eq!(ev.len(), 1, "one drop, one event: {ev:?}");
+    let e = ev[0];
+    assert_eq!((e.kind, e.reason, e.pod_id), (event_kind::DROP, Counter::DropPodQuota as u32, env.pod(a).id));
+    assert_eq!((v4(&e.src), e.sport, v4(&e.dst), e.dport), (POD_A, 5001, REMOTE1, 53), "the pod's packet, not the ICMP answer");
+    logger.flush();
+    let lines = cap.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].starts_with("WARN") && lines[0].contains("drop_pod_quota"), "{lines:?}");
+}

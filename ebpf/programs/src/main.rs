@@ -27,15 +27,27 @@ mod programs {
     use crate::{
         packet::{EtherType, ether_type},
         sg, snat,
-        verdict::{Verdict, dropped, pod_id, report_drop_bare, report_drop_v4, tc_verdict, xdp_verdict},
+        verdict::{Verdict, pack, report_drop_bare, report_v4, reports, tc_verdict, unpack, xdp_verdict},
     };
 
     /// TC ingress of a pod's host-side veth: everything the pod sends.
     #[classifier]
     pub fn pod_ingress(ctx: TcContext) -> i32 {
         match ether_type(&ctx) {
-            Ok(EtherType::Ipv4) => pod_ingress_v4(ctx.skb.skb),
-            Ok(EtherType::Ipv6) => pod_ingress_v6(ctx.skb.skb),
+            Ok(EtherType::Ipv4) => {
+                let v = pod_ingress_v4(ctx.skb.skb);
+                if reports(v) {
+                    report_v4_tc(ctx.skb.skb, v);
+                }
+                tc_verdict(&ctx, unpack(v))
+            }
+            Ok(EtherType::Ipv6) => {
+                let v = pod_ingress_v6(ctx.skb.skb);
+                if reports(v) {
+                    report_v6(v);
+                }
+                tc_verdict(&ctx, unpack(v))
+            }
             Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
             Ok(EtherType::Other) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
             Err(c) => {
@@ -46,31 +58,30 @@ mod programs {
     }
 
     // The families run in their own BPF functions: their stack frames then do not add up, which
-    // leaves room for the frame of the rule lookup's bpf_loop callback (512 bytes in all).
+    // leaves room for the frame of the rule lookup's bpf_loop callback (512 bytes in all). They
+    // hand the verdict back packed (`verdict::pack`), so that drops are reported and logged from
+    // the entry point, where the log code's frames fit.
     #[inline(never)]
-    fn pod_ingress_v4(skb: *mut __sk_buff) -> i32 {
-        let ctx = TcContext::new(skb);
-        let v = snat::egress::pod_v4(&ctx);
-        if let Some(c) = dropped(&v) {
-            // SAFETY: reading the skb's ifindex field.
-            report_drop_v4(&ctx, c, pod_id(unsafe { (*skb).ifindex }));
-        }
-        tc_verdict(&ctx, v)
+    fn pod_ingress_v4(skb: *mut __sk_buff) -> u64 {
+        pack(snat::egress::pod_v4(&TcContext::new(skb)))
     }
 
     #[inline(never)]
-    fn pod_ingress_v6(skb: *mut __sk_buff) -> i32 {
-        let ctx = TcContext::new(skb);
-        let v = sg::pod_egress_v6(&ctx);
-        report_v6(&v);
-        tc_verdict(&ctx, v)
+    fn pod_ingress_v6(skb: *mut __sk_buff) -> u64 {
+        pack(sg::pod_egress_v6(&TcContext::new(skb)))
     }
 
     /// TC egress of a pod's host-side veth: everything delivered to the pod.
     #[classifier]
     pub fn pod_egress(ctx: TcContext) -> i32 {
         match ether_type(&ctx) {
-            Ok(EtherType::Ipv6) => pod_egress_v6(ctx.skb.skb),
+            Ok(EtherType::Ipv6) => {
+                let v = pod_egress_v6(ctx.skb.skb);
+                if reports(v) {
+                    report_v6(v);
+                }
+                tc_verdict(&ctx, unpack(v))
+            }
             // IPv4 toward the pod was already reverse-translated at the uplink.
             Ok(_) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
             Err(c) => {
@@ -81,19 +92,28 @@ mod programs {
     }
 
     #[inline(never)]
-    fn pod_egress_v6(skb: *mut __sk_buff) -> i32 {
-        let ctx = TcContext::new(skb);
-        let v = sg::pod_ingress_v6(&ctx);
-        report_v6(&v);
-        tc_verdict(&ctx, v)
+    fn pod_egress_v6(skb: *mut __sk_buff) -> u64 {
+        pack(sg::pod_ingress_v6(&TcContext::new(skb)))
     }
 
     /// XDP on the uplink: reverse NAT of IPv4 replies, early drop of denied IPv6.
     #[xdp]
     pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         match ether_type(&ctx) {
-            Ok(EtherType::Ipv4) => uplink_xdp_v4(ctx.ctx),
-            Ok(EtherType::Ipv6) => uplink_xdp_v6(ctx.ctx),
+            Ok(EtherType::Ipv4) => {
+                let v = uplink_xdp_v4(ctx.ctx);
+                if reports(v) {
+                    report_v4_xdp(ctx.ctx, v);
+                }
+                xdp_verdict(&ctx, unpack(v))
+            }
+            Ok(EtherType::Ipv6) => {
+                let v = uplink_xdp_v6(ctx.ctx);
+                if reports(v) {
+                    report_v6(v);
+                }
+                xdp_verdict(&ctx, unpack(v))
+            }
             Ok(_) => xdp_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
             Err(c) => {
                 report_drop_bare(c, 0, 0, true);
@@ -103,30 +123,37 @@ mod programs {
     }
 
     #[inline(never)]
-    fn uplink_xdp_v4(md: *mut xdp_md) -> u32 {
-        let ctx = XdpContext::new(md);
-        let v = snat::reverse::uplink_v4_xdp(&ctx);
-        if let Some(c) = dropped(&v) {
-            report_drop_v4(&ctx, c, 0);
-        }
-        xdp_verdict(&ctx, v)
+    fn uplink_xdp_v4(md: *mut xdp_md) -> u64 {
+        pack(snat::reverse::uplink_v4_xdp(&XdpContext::new(md)))
     }
 
     #[inline(never)]
-    fn uplink_xdp_v6(md: *mut xdp_md) -> u32 {
-        let ctx = XdpContext::new(md);
-        let v = sg::uplink_v6_xdp(&ctx);
-        report_v6(&v);
-        xdp_verdict(&ctx, v)
+    fn uplink_xdp_v6(md: *mut xdp_md) -> u64 {
+        pack(sg::uplink_v6_xdp(&XdpContext::new(md)))
+    }
+
+    // Reporting runs in functions of its own, called from the entry points after the family
+    // function returned: their frames (and the log code's) then never stack on the family's.
+
+    #[inline(never)]
+    fn report_v4_tc(skb: *mut __sk_buff, v: u64) {
+        // SAFETY: reading the skb's ifindex field.
+        let ifindex = unsafe { (*skb).ifindex };
+        report_v4(&TcContext::new(skb), &unpack(v), Some(ifindex));
+    }
+
+    #[inline(never)]
+    fn report_v4_xdp(md: *mut xdp_md, v: u64) {
+        report_v4(&XdpContext::new(md), &unpack(v), None);
     }
 
     /// The security-group code reports its denials itself (with the rule and 5-tuple it
     /// parsed); errors out of it get a bare event here. Both may log.
-    #[inline(always)]
-    fn report_v6(v: &Result<Verdict, Counter>) {
-        match v {
-            Err(c) => report_drop_bare(*c, 6, 0, true),
-            Ok(Verdict::Drop(c)) => report_drop_bare(*c, 6, 0, false),
+    #[inline(never)]
+    fn report_v6(v: u64) {
+        match unpack(v) {
+            Err(c) => report_drop_bare(c, 6, 0, true),
+            Ok(Verdict::Drop(c)) => report_drop_bare(c, 6, 0, false),
             _ => {}
         }
     }
@@ -135,9 +162,7 @@ mod programs {
     #[classifier]
     pub fn uplink_tc(ctx: TcContext) -> i32 {
         let v = try_uplink_tc(&ctx);
-        if let Some(c) = dropped(&v) {
-            report_drop_v4(&ctx, c, 0);
-        }
+        report_v4(&ctx, &v, None);
         tc_verdict(&ctx, v)
     }
 

@@ -19,6 +19,46 @@ pub enum Verdict {
     /// The packet was redirected with `bpf_redirect` (TC) or must be (XDP: ifindex).
     Redirect(Counter, u32),
     Drop(Counter),
+    /// The packet was dropped for the first counter and answered with an ICMP error to the
+    /// sender, redirected to `ifindex`. Its drop event was written before the answer replaced it.
+    Answered(Counter, u32),
+}
+
+/// A verdict packed into one register, the way a family function (`pod_ingress_v4` ...) hands it
+/// back to its program's entry point. The entry point reports and logs drops: a log call stacked
+/// on the family function's 400-byte frame would exceed Linux 6.1's 512 bytes (it rounds every
+/// frame, the log code's memcpy included, up to 32).
+/// Layout: bits 0-7 the counter, 8-15 the kind, 32-63 the ifindex of a redirect.
+#[inline(always)]
+pub fn pack(v: Result<Verdict, Counter>) -> u64 {
+    let (kind, c, ifindex) = match v {
+        Ok(Verdict::Pass(c)) => (0u64, c, 0u32),
+        Ok(Verdict::Redirect(c, i)) => (1, c, i),
+        Ok(Verdict::Drop(c)) => (2, c, 0),
+        Err(c) => (3, c, 0),
+        Ok(Verdict::Answered(c, i)) => (4, c, i),
+    };
+    (c as u64) | (kind << 8) | ((ifindex as u64) << 32)
+}
+
+/// Whether a packed verdict owes the operator a report (a drop, or a drop answered with ICMP).
+#[inline(always)]
+pub fn reports(x: u64) -> bool {
+    (x >> 8) & 0xff >= 2
+}
+
+#[inline(always)]
+pub fn unpack(x: u64) -> Result<Verdict, Counter> {
+    // SAFETY: the low byte came from a `Counter` in `pack` (all discriminants are below 64).
+    let c = unsafe { core::mem::transmute::<u32, Counter>((x & 0xff) as u32) };
+    let ifindex = (x >> 32) as u32;
+    match (x >> 8) & 0xff {
+        0 => Ok(Verdict::Pass(c)),
+        1 => Ok(Verdict::Redirect(c, ifindex)),
+        2 => Ok(Verdict::Drop(c)),
+        4 => Ok(Verdict::Answered(c, ifindex)),
+        _ => Err(c),
+    }
 }
 
 #[inline(always)]
@@ -123,10 +163,20 @@ pub fn pod_id(ifindex: u32) -> u32 {
     unsafe { PODS.get(ifindex) }.map_or(0, |p| p.id)
 }
 
-/// Everything a dropped packet owes the operator: the event for `podgate monitor` and, when
-/// asked for, a log line. Called on drop paths only, so passing packets pay nothing.
+/// Everything a dropped IPv4 packet owes the operator, from a program's entry point: the event
+/// for `podgate monitor` (unless written already: `Answered`) and, when asked for, a log line.
+/// Passing packets pay one comparison.
 #[inline(always)]
-pub fn report_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
+pub fn report_v4<C: Packet>(ctx: &C, v: &Result<Verdict, Counter>, ifindex: Option<u32>) {
+    match v {
+        Ok(Verdict::Drop(c)) | Err(c) => report_drop_v4(ctx, *c, ifindex.map_or(0, pod_id)),
+        Ok(Verdict::Answered(c, _)) => report_drop_bare(*c, 4, 0, false),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn report_drop_v4<C: Packet>(ctx: &C, reason: Counter, pod_id: u32) {
     emit_drop_v4(ctx, reason, pod_id);
     if node_flags() & node_flags::BPF_LOG != 0 {
         let (src, dst) = match ptr_at::<[u8; 20]>(ctx, ETH_HLEN) {
@@ -208,14 +258,6 @@ pub fn log_punt(rc: u32, src: u32, dst: u32) {
     aya_log_ebpf::debug!(&(), "fib lookup failed (rc {}): {} -> {} punted to the stack", rc, src, dst);
 }
 
-/// The counter of a packet that is dropped, if it is.
-#[inline(always)]
-pub fn dropped(v: &Result<Verdict, Counter>) -> Option<Counter> {
-    match v {
-        Ok(Verdict::Drop(c)) | Err(c) => Some(*c),
-        _ => None,
-    }
-}
 
 #[inline(always)]
 pub fn tc_verdict(_ctx: &TcContext, v: Result<Verdict, Counter>) -> i32 {
@@ -235,6 +277,11 @@ pub fn tc_verdict(_ctx: &TcContext, v: Result<Verdict, Counter>) -> i32 {
             count(c);
             TC_ACT_REDIRECT
         }
+        Ok(Verdict::Answered(why, _)) => {
+            count(why);
+            count(Counter::IcmpUnreachSent);
+            TC_ACT_REDIRECT
+        }
         Ok(Verdict::Drop(c)) | Err(c) => {
             count(c);
             TC_ACT_SHOT
@@ -251,6 +298,12 @@ pub fn xdp_verdict(_ctx: &XdpContext, v: Result<Verdict, Counter>) -> u32 {
         }
         Ok(Verdict::Redirect(c, ifindex)) => {
             count(c);
+            // SAFETY: plain helper call.
+            unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
+        }
+        Ok(Verdict::Answered(why, ifindex)) => {
+            count(why);
+            count(Counter::IcmpUnreachSent);
             // SAFETY: plain helper call.
             unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as u32 }
         }

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
     packet::ptr_at,
-    verdict::{Verdict, count, emit_new_flow4, report_drop_v4},
+    verdict::{Verdict, count, emit_drop_v4, emit_new_flow4},
 };
 
 /// Random candidates tried before a new mapping gives up (each one an atomic claim). With a
@@ -205,14 +205,12 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
         let rc = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, node.uplink_ifindex, &mut mtu, 0, 0) };
         if rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64 {
             let mtu = if mtu > 0xffff { 0xffff } else { mtu as u16 };
-            // Reported before the frame becomes the ICMP error.
+            // The event goes out before the frame becomes the ICMP error. (Should the answer
+            // fail, the drop is reported once more by the entry point.)
             // SAFETY: map value pointer, valid for the program run.
-            report_drop_v4(ctx, Counter::DropFragNeeded, unsafe { (*pod).id });
+            emit_drop_v4(ctx, Counter::DropFragNeeded, unsafe { (*pod).id });
             return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_FRAG_NEEDED, mtu) {
-                Ok(back) => {
-                    count(Counter::DropFragNeeded);
-                    Verdict::Redirect(Counter::IcmpUnreachSent, back)
-                }
+                Ok(back) => Verdict::Answered(Counter::DropFragNeeded, back),
                 Err(_) => Verdict::Drop(Counter::DropFragNeeded),
             });
         }
@@ -273,12 +271,9 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
                 // SAFETY: map value pointer, valid for the program run.
-                report_drop_v4(ctx, why, unsafe { (*pod).id });
+                emit_drop_v4(ctx, why, unsafe { (*pod).id });
                 return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
-                    Ok(back) => {
-                        count(why);
-                        Verdict::Redirect(Counter::IcmpUnreachSent, back)
-                    }
+                    Ok(back) => Verdict::Answered(why, back),
                     Err(_) => Verdict::Drop(why),
                 });
             }

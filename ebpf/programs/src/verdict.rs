@@ -92,6 +92,14 @@ fn event(kind: u32, reason: Counter, pod_id: u32, family: u8) -> Option<aya_ebpf
     Some(entry)
 }
 
+/// `emit_drop_v4` for the SNAT egress paths, as a function of its own (see `emit_new_flow4`).
+#[inline(never)]
+pub fn emit_drop_tc(skb: *mut aya_ebpf::bindings::__sk_buff, reason: u32, pod_id: u32) {
+    // SAFETY: `reason` came from a `Counter` in the caller.
+    let reason = unsafe { core::mem::transmute::<u32, Counter>(reason) };
+    emit_drop_v4(&TcContext::new(skb), reason, pod_id);
+}
+
 /// Reports a dropped IPv4 packet (or one that never parsed as such) to `podgate monitor`. The
 /// header is read again here rather than carried out of every path, so each path can stay a
 /// plain `Err(counter)`.
@@ -132,7 +140,9 @@ pub fn emit_drop_bare(reason: Counter, family: u8, pod_id: u32) {
 }
 
 /// Reports a new SNAT flow (`node_flags::FLOW_EVENTS`): the pod's 5-tuple and the node's port.
-#[inline(always)]
+/// A function of its own, returning nothing: the paths with and without the event meet again
+/// right after the call.
+#[inline(never)]
 pub fn emit_new_flow4(pod_id: u32, f: &Flow4, ext_port: u16) {
     let Some(mut entry) = event(event_kind::NEW_FLOW, Counter::SnatNewFlow, pod_id, 4) else {
         return;

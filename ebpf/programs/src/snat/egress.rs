@@ -23,7 +23,7 @@ use super::{
 use crate::{
     maps::{CT4, NAT4_CLAIM, NAT4_MAP, NODE, PODS, PODS_V4},
     packet::ptr_at,
-    verdict::{Verdict, count, emit_drop_v4, emit_new_flow4},
+    verdict::{Verdict, count, emit_drop_tc, emit_new_flow4},
 };
 
 /// Random candidates tried before a new mapping gives up (each one an atomic claim). With a
@@ -208,7 +208,7 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             // The event goes out before the frame becomes the ICMP error. (Should the answer
             // fail, the drop is reported once more by the entry point.)
             // SAFETY: map value pointer, valid for the program run.
-            emit_drop_v4(ctx, Counter::DropFragNeeded, unsafe { (*pod).id });
+            emit_drop_tc(ctx.skb.skb, Counter::DropFragNeeded as u32, unsafe { (*pod).id });
             return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_FRAG_NEEDED, mtu) {
                 Ok(back) => Verdict::Answered(Counter::DropFragNeeded, back),
                 Err(_) => Verdict::Drop(Counter::DropFragNeeded),
@@ -271,7 +271,7 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
                 // SAFETY: map value pointer, valid for the program run.
-                emit_drop_v4(ctx, why, unsafe { (*pod).id });
+                emit_drop_tc(ctx.skb.skb, why as u32, unsafe { (*pod).id });
                 return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
                     Ok(back) => Verdict::Answered(why, back),
                     Err(_) => Verdict::Drop(why),

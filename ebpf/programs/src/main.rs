@@ -27,27 +27,15 @@ mod programs {
     use crate::{
         packet::{EtherType, ether_type},
         sg, snat,
-        verdict::{Verdict, pack, report_drop_bare, report_v4, reports, tc_verdict, unpack, xdp_verdict},
+        verdict::{Verdict, emit_drop_bare, emit_drop_tc, pack, report_drop_bare, report_v4, reports, tc_verdict, unpack, xdp_verdict},
     };
 
     /// TC ingress of a pod's host-side veth: everything the pod sends.
     #[classifier]
     pub fn pod_ingress(ctx: TcContext) -> i32 {
         match ether_type(&ctx) {
-            Ok(EtherType::Ipv4) => {
-                let v = pod_ingress_v4(ctx.skb.skb);
-                if reports(v) {
-                    report_v4_tc(ctx.skb.skb, v);
-                }
-                tc_verdict(&ctx, unpack(v))
-            }
-            Ok(EtherType::Ipv6) => {
-                let v = pod_ingress_v6(ctx.skb.skb);
-                if reports(v) {
-                    report_v6(v);
-                }
-                tc_verdict(&ctx, unpack(v))
-            }
+            Ok(EtherType::Ipv4) => pod_ingress_v4(ctx.skb.skb),
+            Ok(EtherType::Ipv6) => pod_ingress_v6(ctx.skb.skb),
             Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
             Ok(EtherType::Other) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
             Err(c) => {
@@ -61,14 +49,28 @@ mod programs {
     // leaves room for the frame of the rule lookup's bpf_loop callback (512 bytes in all). They
     // hand the verdict back packed (`verdict::pack`), so that drops are reported and logged from
     // the entry point, where the log code's frames fit.
+    //
+    // The pod's own traffic (pod_ingress) gets drop events but no log lines: Linux 6.1's
+    // verifier cannot afford the log code behind every exit of the SNAT path (it runs out of its
+    // 1M instructions), and the 512-byte stack leaves no room for it inside the family frames.
     #[inline(never)]
-    fn pod_ingress_v4(skb: *mut __sk_buff) -> u64 {
-        pack(snat::egress::pod_v4(&TcContext::new(skb)))
+    fn pod_ingress_v4(skb: *mut __sk_buff) -> i32 {
+        let ctx = TcContext::new(skb);
+        let v = snat::egress::pod_v4(&ctx);
+        if let Ok(Verdict::Drop(c)) | Err(c) = v {
+            emit_drop_tc(skb, c as u32);
+        }
+        tc_verdict(&ctx, v)
     }
 
     #[inline(never)]
-    fn pod_ingress_v6(skb: *mut __sk_buff) -> u64 {
-        pack(sg::pod_egress_v6(&TcContext::new(skb)))
+    fn pod_ingress_v6(skb: *mut __sk_buff) -> i32 {
+        let ctx = TcContext::new(skb);
+        let v = sg::pod_egress_v6(&ctx);
+        if let Err(c) = v {
+            emit_drop_bare(c, 6, 0);
+        }
+        tc_verdict(&ctx, v)
     }
 
     /// TC egress of a pod's host-side veth: everything delivered to the pod.
@@ -134,13 +136,6 @@ mod programs {
 
     // Reporting runs in functions of its own, called from the entry points after the family
     // function returned: their frames (and the log code's) then never stack on the family's.
-
-    #[inline(never)]
-    fn report_v4_tc(skb: *mut __sk_buff, v: u64) {
-        // SAFETY: reading the skb's ifindex field.
-        let ifindex = unsafe { (*skb).ifindex };
-        report_v4(&TcContext::new(skb), &unpack(v), Some(ifindex));
-    }
 
     #[inline(never)]
     fn report_v4_xdp(md: *mut xdp_md, v: u64) {

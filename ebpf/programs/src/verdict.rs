@@ -92,12 +92,15 @@ fn event(kind: u32, reason: Counter, pod_id: u32, family: u8) -> Option<aya_ebpf
     Some(entry)
 }
 
-/// `emit_drop_v4` for the SNAT egress paths, as a function of its own (see `emit_new_flow4`).
+/// `emit_drop_v4` for the pod's IPv4 (pod_ingress), as a function of its own (see
+/// `emit_new_flow4`); the pod is the one behind the veth.
 #[inline(never)]
-pub fn emit_drop_tc(skb: *mut aya_ebpf::bindings::__sk_buff, reason: u32, pod_id: u32) {
+pub fn emit_drop_tc(skb: *mut aya_ebpf::bindings::__sk_buff, reason: u32) {
     // SAFETY: `reason` came from a `Counter` in the caller.
     let reason = unsafe { core::mem::transmute::<u32, Counter>(reason) };
-    emit_drop_v4(&TcContext::new(skb), reason, pod_id);
+    // SAFETY: reading the skb's ifindex field.
+    let pod = pod_id(unsafe { (*skb).ifindex });
+    emit_drop_v4(&TcContext::new(skb), reason, pod);
 }
 
 /// Reports a dropped IPv4 packet (or one that never parsed as such) to `podgate monitor`. The
@@ -258,16 +261,6 @@ fn actionable(reason: u32) -> bool {
 fn v4(a: [u8; 4]) -> [u8; 16] {
     [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
 }
-
-/// One operator log line (debug) for a translated packet handed to the stack because the FIB
-/// lookup of the fast path failed with `rc` (a `BPF_FIB_LKUP_RET_*`).
-#[inline(never)]
-pub fn log_punt(rc: u32, src: u32, dst: u32) {
-    let src = core::net::Ipv4Addr::from_bits(src);
-    let dst = core::net::Ipv4Addr::from_bits(dst);
-    aya_log_ebpf::debug!(&(), "fib lookup failed (rc {}): {} -> {} punted to the stack", rc, src, dst);
-}
-
 
 #[inline(always)]
 pub fn tc_verdict(_ctx: &TcContext, v: Result<Verdict, Counter>) -> i32 {

@@ -207,8 +207,7 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             let mtu = if mtu > 0xffff { 0xffff } else { mtu as u16 };
             // The event goes out before the frame becomes the ICMP error. (Should the answer
             // fail, the drop is reported once more by the entry point.)
-            // SAFETY: map value pointer, valid for the program run.
-            emit_drop_tc(ctx.skb.skb, Counter::DropFragNeeded as u32, unsafe { (*pod).id });
+            emit_drop_tc(ctx.skb.skb, Counter::DropFragNeeded as u32);
             return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_FRAG_NEEDED, mtu) {
                 Ok(back) => Verdict::Answered(Counter::DropFragNeeded, back),
                 Err(_) => Verdict::Drop(Counter::DropFragNeeded),
@@ -270,8 +269,7 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             Ok(ext) => ext,
             Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
-                // SAFETY: map value pointer, valid for the program run.
-                emit_drop_tc(ctx.skb.skb, why as u32, unsafe { (*pod).id });
+                emit_drop_tc(ctx.skb.skb, why as u32);
                 return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
                     Ok(back) => Verdict::Answered(why, back),
                     Err(_) => Verdict::Drop(why),

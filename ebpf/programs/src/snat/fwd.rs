@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     packet::ptr_at_mut,
-    verdict::{Verdict, count, log_punt},
+    verdict::{Verdict, count},
 };
 
 const AF_INET: u8 = 2;
@@ -46,11 +46,6 @@ pub fn forward<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4, src: [u8; 4], dst: 
     // toward a new next hop), let the kernel resolve it.
     let no_neigh = rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64;
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && !no_neigh {
-        // Configured for the fast path, yet the FIB has no usable answer (no route, blackhole,
-        // forwarding off): worth a line when an operator asked for eBPF logs.
-        if node.flags & node_flags::BPF_LOG != 0 {
-            log_punt(rc as u32, u32::from_be_bytes(src), u32::from_be_bytes(dst));
-        }
         return Ok(Verdict::Pass(done));
     }
     // TTL and protocol share a 16-bit word of the header checksum.

@@ -120,6 +120,19 @@ impl Harness {
         Ok(RunOutput { verdict: r.return_value, packet: out })
     }
 
+    /// Takes every event waiting in the `events` ring buffer.
+    pub fn events(&mut self) -> Vec<podgate_common::Event> {
+        let map = self.ebpf.map_mut("events").expect("events map");
+        let mut rb = aya::maps::RingBuf::try_from(map).expect("events is a ring buffer");
+        let mut out = Vec::new();
+        while let Some(item) = rb.next() {
+            assert_eq!(item.len(), std::mem::size_of::<podgate_common::Event>());
+            // SAFETY: the programs write whole `Event`s.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const podgate_common::Event) });
+        }
+        out
+    }
+
     /// Times `repeat` runs of a program over one packet in the kernel; returns ns per run.
     pub fn bench(&mut self, prog: &str, packet: &[u8], ifindex: u32, repeat: u32) -> Result<f64> {
         let mut out = vec![0u8; packet.len() + 256];

@@ -121,6 +121,9 @@ pub struct RawNode {
     pub pod_quota: Option<u32>,
     pub udp_port_parity: Option<bool>,
     pub max_groups_per_pod: Option<u32>,
+    /// "refuse" (default) or "coexist": what to do about another tool's tc/XDP programs on the
+    /// interfaces podgate attaches to.
+    pub foreign_programs: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +146,11 @@ pub struct RawDaemon {
     pub socket: Option<String>,
     /// Hold inbound fragments that arrive before their first fragment (default true).
     pub frag_punt: Option<bool>,
+    /// New-flow events for `podgate monitor` (default off: one ring-buffer write per new flow).
+    pub flow_events: Option<bool>,
+    /// eBPF-side log lines (aya-log) forwarded into the daemon's log: "off" (default), "error",
+    /// "warn", "info", "debug" or "trace".
+    pub bpf_log: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -174,6 +182,39 @@ pub enum XdpMode {
 pub enum TcAttach {
     Auto,
     Netlink,
+}
+
+/// What to do about another tool's programs on a hook podgate uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForeignPrograms {
+    /// Start nothing and name the other program.
+    Refuse,
+    /// Attach beside it (tc) or fall back to the TC reverse path (XDP); never replace it.
+    Coexist,
+}
+
+impl FromStr for ForeignPrograms {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "refuse" => Ok(Self::Refuse),
+            "coexist" => Ok(Self::Coexist),
+            _ => Err("expected \"refuse\" or \"coexist\"".into()),
+        }
+    }
+}
+
+/// The most verbose eBPF log level forwarded; `None` is off.
+pub fn parse_bpf_log(s: &str) -> Result<Option<tracing::Level>, String> {
+    Ok(Some(match s {
+        "off" => return Ok(None),
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "info" => tracing::Level::INFO,
+        "debug" => tracing::Level::DEBUG,
+        "trace" => tracing::Level::TRACE,
+        _ => return Err("expected \"off\", \"error\", \"warn\", \"info\", \"debug\" or \"trace\"".into()),
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +251,9 @@ pub struct NodeSettings {
     pub timeouts: Timeouts,
     pub gc_interval_secs: u64,
     pub metrics: Option<std::net::SocketAddr>,
+    pub foreign_programs: ForeignPrograms,
+    pub flow_events: bool,
+    pub bpf_log: Option<tracing::Level>,
     /// `[daemon] socket`; `None`: derived from the pin root.
     pub socket: Option<PathBuf>,
     /// `daemon.frag_punt`: the daemon holds orphan fragments (`frag_punt` module).
@@ -467,6 +511,11 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
             invalid("daemon.metrics", s, "expected ADDR:PORT (e.g. \"127.0.0.1:9542\") or \"off\"")
         })?),
     };
+    let foreign_s = n.foreign_programs.as_deref().unwrap_or("refuse");
+    let foreign_programs = ForeignPrograms::from_str(foreign_s)
+        .map_err(|why| invalid("node.foreign_programs", foreign_s, why))?;
+    let bpf_log_s = d.bpf_log.as_deref().unwrap_or("off");
+    let bpf_log = parse_bpf_log(bpf_log_s).map_err(|why| invalid("daemon.bpf_log", bpf_log_s, why))?;
     let socket = d
         .socket
         .as_deref()
@@ -486,6 +535,9 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         metrics,
         socket,
         frag_punt: d.frag_punt.unwrap_or(true),
+        foreign_programs,
+        flow_events: d.flow_events.unwrap_or(false),
+        bpf_log,
         uplink: n.uplink.clone(),
         ipv4,
         pod_prefix,
@@ -733,6 +785,23 @@ veth_v4 = "v4a"
         let c = Config::parse(&readme[start..end]).unwrap_or_else(|e| panic!("README example: {e}"));
         assert_eq!(c.pods[0].security_groups, vec!["web".to_string()]);
         assert!(c.node.metrics.is_some());
+    }
+
+    #[test]
+    fn foreign_programs_flow_events_and_bpf_log() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.node.foreign_programs, ForeignPrograms::Refuse, "refuse is the default");
+        assert!(!c.node.flow_events && c.node.bpf_log.is_none(), "both cost something: off by default");
+        let text = GOOD.replace("uplink = \"eni\"", "uplink = \"eni\"\nforeign_programs = \"coexist\"");
+        let text = format!("{text}\n[daemon]\nflow_events = true\nbpf_log = \"warn\"\n");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.node.foreign_programs, ForeignPrograms::Coexist);
+        assert!(c.node.flow_events);
+        assert_eq!(c.node.bpf_log, Some(tracing::Level::WARN));
+        let e = err(&GOOD.replace("uplink = \"eni\"", "uplink = \"eni\"\nforeign_programs = \"replace\""));
+        assert!(e.contains("node.foreign_programs") && e.contains("replace"), "{e}");
+        let e = err(&format!("{GOOD}\n[daemon]\nbpf_log = \"loud\"\n"));
+        assert!(e.contains("daemon.bpf_log") && e.contains("loud"), "{e}");
     }
 
     #[test]

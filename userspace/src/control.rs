@@ -26,6 +26,7 @@ use std::{
 };
 
 use ipnet::{Ipv4Net, Ipv6Net};
+use podgate_common::node_flags;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use thiserror::Error;
@@ -33,6 +34,7 @@ use thiserror::Error;
 use crate::{
     config::{ConfigError, DEFAULT_PIN_ROOT, DEFAULT_SOCKET, NodeSettings, RawPod, validate_pod},
     dataplane::{self, DataplaneError},
+    foreign::{self, Hook},
     nat,
     pins::Pins,
     sg::SecurityGroups,
@@ -266,6 +268,11 @@ pub struct Status {
     pub mappings: usize,
     pub flows: usize,
     pub links: Vec<String>,
+    /// "xdp" or "tc": where replies are reverse-translated (tc when another tool holds XDP).
+    pub reverse_path: Option<&'static str>,
+    pub flags: Vec<&'static str>,
+    /// Other tools' programs on the hooks podgate is attached to.
+    pub foreign_programs: Vec<String>,
     /// "daemon" or "pins".
     pub answered_by: &'static str,
     pub daemon: Option<DaemonStatus>,
@@ -403,6 +410,9 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
         mappings: 0,
         flows: 0,
         links: Vec::new(),
+        reverse_path: None,
+        flags: Vec::new(),
+        foreign_programs: Vec::new(),
         answered_by: if ctx.daemon.is_some() { "daemon" } else { "pins" },
         daemon: ctx.daemon.map(|d| DaemonStatus {
             info: d.info.clone(),
@@ -424,6 +434,53 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
             .iter()
             .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
             .collect();
+        for (bit, name) in [
+            (node_flags::FIB_REDIRECT, "fib_redirect"),
+            (node_flags::FILTER_EIF, "filter_endpoint_independent"),
+            (node_flags::FLOW_EVENTS, "flow_events"),
+            (node_flags::TC_NETLINK, "tc_netlink"),
+            (node_flags::UDP_NO_PARITY, "udp_no_parity"),
+            (node_flags::BPF_LOG, "bpf_log"),
+            (node_flags::FRAG_PUNT, "frag_punt"),
+            (node_flags::FOREIGN_COEXIST, "foreign_coexist"),
+        ] {
+            if n.flags & bit != 0 {
+                s.flags.push(name);
+            }
+        }
+        let mut hooks = Vec::new();
+        for l in &s.links {
+            let Some((ifname, prog)) = Pins::parse_link_name(l) else { continue };
+            let prog = prog.trim_end_matches(crate::pins::NETLINK_SUFFIX).to_string();
+            let hook = match prog.as_str() {
+                dataplane::UPLINK_XDP => {
+                    s.reverse_path = Some("xdp");
+                    Hook::Xdp
+                }
+                dataplane::UPLINK_TC => {
+                    s.reverse_path = Some("tc");
+                    Hook::TcIngress
+                }
+                dataplane::POD_EGRESS => Hook::TcEgress,
+                _ => Hook::TcIngress,
+            };
+            hooks.push((ifname, hook));
+        }
+        // The uplink's XDP slot too: another tool holding it is why the reverse path can be tc.
+        if let Some(uplink) = crate::netif::name_of(n.uplink_ifindex) {
+            for hook in [Hook::Xdp, Hook::TcIngress] {
+                if !hooks.contains(&(uplink.clone(), hook)) {
+                    hooks.push((uplink.clone(), hook));
+                }
+            }
+        }
+        let ours = foreign::own_ids(pins);
+        for (ifname, hook) in &hooks {
+            // A veth deleted with its pod leaves only a stale pin: nothing to scan.
+            if let Ok(found) = foreign::scan(ifname, *hook, &ours) {
+                s.foreign_programs.extend(found.iter().map(ToString::to_string));
+            }
+        }
     }
     to_value(s)
 }

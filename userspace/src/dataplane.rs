@@ -27,7 +27,8 @@ use podgate_common::{
 use thiserror::Error;
 
 use crate::{
-    config::{Filtering, Forwarding, NodeSettings, PodSpec, ReversePath, TcAttach, XdpMode as CfgXdpMode},
+    config::{Filtering, ForeignPrograms, Forwarding, NodeSettings, PodSpec, ReversePath, TcAttach, XdpMode as CfgXdpMode},
+    foreign::{self, Foreign, ForeignError, Hook},
     netif::{self, NetifError},
     pins::{PinError, Pins},
 };
@@ -46,6 +47,8 @@ pub enum DataplaneError {
     Pins(#[from] PinError),
     #[error(transparent)]
     Netif(#[from] NetifError),
+    #[error(transparent)]
+    Foreign(#[from] ForeignError),
     #[error(
         "pinned state in {root} has map ABI version {found}, this podgate uses {ours}; \
          migration between these versions is not implemented: stop the old dataplane with \
@@ -132,14 +135,15 @@ pub fn all_map_names() -> Vec<&'static str> {
 }
 
 /// Loads the embedded object, adopting existing pins, and pins maps and programs. Returns the
-/// names of the maps that were adopted (not created).
-pub fn install(pins: &Pins) -> Result<Vec<String>, DataplaneError> {
-    install_sized(pins, &[])
+/// names of the maps that were adopted (not created). `bpf_log_level` (aya-log numbering, 0 =
+/// off) is fixed at load: a log point above it returns before formatting anything.
+pub fn install(pins: &Pins, bpf_log_level: u8) -> Result<Vec<String>, DataplaneError> {
+    install_sized(pins, &[], bpf_log_level)
 }
 
 /// Like [`install`], creating the maps in `sizes` (`(name, max_entries)`) with those sizes. A map
 /// adopted from its pin keeps the size it was created with (see [`size_mismatches`]).
-pub fn install_sized(pins: &Pins, sizes: &[(&str, u32)]) -> Result<Vec<String>, DataplaneError> {
+pub fn install_sized(pins: &Pins, sizes: &[(&str, u32)], bpf_log_level: u8) -> Result<Vec<String>, DataplaneError> {
     pins.prepare()?;
     check_abi(pins)?;
     let names = all_map_names();
@@ -150,6 +154,7 @@ pub fn install_sized(pins: &Pins, sizes: &[(&str, u32)]) -> Result<Vec<String>, 
         .collect();
     let paths: Vec<(&str, PathBuf)> = names.iter().map(|n| (*n, pins.map(n))).collect();
     let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &bpf_log_level, false);
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
@@ -283,6 +288,15 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
     if !node.udp_port_parity {
         flags |= node_flags::UDP_NO_PARITY;
     }
+    if node.flow_events {
+        flags |= node_flags::FLOW_EVENTS;
+    }
+    if node.bpf_log.is_some() {
+        flags |= node_flags::BPF_LOG;
+    }
+    if node.foreign_programs == ForeignPrograms::Coexist {
+        flags |= node_flags::FOREIGN_COEXIST;
+    }
     NodeConfig {
         abi_version: ABI_VERSION,
         flags,
@@ -310,6 +324,17 @@ pub fn write_node(pins: &Pins, node: &NodeSettings) -> Result<NodeConfig, Datapl
     Ok(cfg)
 }
 
+/// Sets or clears one bit of the node entry's flags.
+pub fn set_node_flag(pins: &Pins, flag: u32, on: bool) -> Result<(), DataplaneError> {
+    let mut cfg = read_node(pins)?;
+    if on {
+        cfg.flags |= flag;
+    } else {
+        cfg.flags &= !flag;
+    }
+    node_map(pins)?.set(0, cfg, 0).map_err(map_err(map_names::NODE))
+}
+
 /// With `node.ipv4` not configured, the SNAT address follows the uplink: when its first IPv4
 /// changed (DHCP, a re-attached ENI), the node entry is rewritten and the new address is
 /// returned with the old one. Mappings hold only ports, so they carry over; connections already
@@ -333,17 +358,34 @@ pub fn follow_uplink_ipv4(pins: &Pins, node: &NodeSettings) -> Result<Option<(Ip
 /// run is updated in place with BPF_LINK_UPDATE, so traffic never sees the interface without a
 /// program; otherwise a new tcx link is created and pinned. Kernels before 6.6 have no tcx: there
 /// the program goes on a clsact qdisc through netlink instead (see `attach_tc_netlink`).
+///
+/// Another tool's programs on the hook are never touched: with `foreign_programs = "refuse"`
+/// their presence is an error before anything is attached; with `"coexist"` podgate goes in front
+/// of them (see `foreign::netlink_priority`) and its passes continue down the chain.
 pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Result<(), DataplaneError> {
+    let hook = if dir == TcAttachType::Egress { Hook::TcEgress } else { Hook::TcIngress };
+    let others = check_hooks(pins, &[(ifname, hook)])?;
     let mut p = SchedClassifier::from_pin(pins.prog(prog)).map_err(prog_err(prog))?;
     let link_path = pins.link(ifname, prog);
     let forced = read_node(pins)?.flags & node_flags::TC_NETLINK != 0;
+    if !others.is_empty() {
+        tracing::info!(
+            interface = ifname,
+            %hook,
+            others = %others.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            "podgate attaches {prog} in front of another tool's programs (foreign_programs = \"coexist\"): \
+             anti-spoofing, NAT and security groups must see every packet before anything else can \
+             pass or redirect it; packets podgate passes go on to them, the ones it translates and \
+             redirects or drops do not"
+        );
+    }
     if forced || pins.netlink_link(ifname, prog).exists() {
         if link_path.exists() {
             // Switching from tcx to netlink: the old link goes once the filter is in.
-            attach_tc_netlink(pins, &mut p, ifname, prog, dir)?;
+            attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others)?;
             return detach_pin(&link_path);
         }
-        return attach_tc_netlink(pins, &mut p, ifname, prog, dir);
+        return attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others);
     }
     let id = if link_path.exists() {
         p.attach_to_link(relink(&link_path)?).map_err(prog_err(prog))?
@@ -351,7 +393,7 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         netif::ifindex(ifname)?;
         match p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first())) {
             Ok(id) => id,
-            Err(e) if tcx_unsupported(&e) => return attach_tc_netlink(pins, &mut p, ifname, prog, dir),
+            Err(e) if tcx_unsupported(&e) => return attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others),
             Err(e) => return Err(prog_err(prog)(e)),
         }
     };
@@ -384,6 +426,7 @@ fn attach_tc_netlink(
     ifname: &str,
     prog: &str,
     dir: TcAttachType,
+    others: &[Foreign],
 ) -> Result<(), DataplaneError> {
     let tc_err = |source: aya::programs::tc::TcError| DataplaneError::Program {
         name: prog.into(),
@@ -395,23 +438,42 @@ fn attach_tc_netlink(
     {
         return Err(tc_err(e));
     }
-    remove_netlink_filter(ifname, prog, dir)?;
+    let pin = pins.netlink_link(ifname, prog);
+    remove_netlink_filter(&pin, ifname, dir)?;
+    let opts = NlOptions { priority: foreign::netlink_priority(others), ..NlOptions::default() };
     let id = p
-        .attach_with_options(ifname, dir, TcAttachOptions::Netlink(NlOptions::default()))
+        .attach_with_options(ifname, dir, TcAttachOptions::Netlink(opts))
         .map_err(prog_err(prog))?;
     // Dropping the link would detach the filter: it must outlive this process.
     std::mem::forget(p.take_link(id).map_err(prog_err(prog))?);
-    repin(pins.netlink_link(ifname, prog), |path| p.pin(path))
+    repin(pin, |path| p.pin(path))
 }
 
-fn remove_netlink_filter(ifname: &str, prog: &str, dir: TcAttachType) -> Result<(), DataplaneError> {
-    match aya::programs::tc::qdisc_detach_program(ifname, dir, prog) {
-        Ok(()) => Ok(()),
-        Err(aya::programs::tc::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+/// Removes podgate's filter recorded by the netlink pin `pin` (the program it runs): found by
+/// program id, so a filter of another tool is never touched, whatever its name.
+fn remove_netlink_filter(pin: &Path, ifname: &str, dir: TcAttachType) -> Result<(), DataplaneError> {
+    let Ok(info) = aya::programs::ProgramInfo::from_pin(pin) else {
+        return Ok(());
+    };
+    let Ok(ifindex) = netif::ifindex(ifname) else {
         // The interface is gone, and its filters with it.
-        Err(_) if netif::ifindex(ifname).is_err() => Ok(()),
-        Err(source) => Err(DataplaneError::Program { name: prog.into(), source: source.into() }),
+        return Ok(());
+    };
+    let ingress = dir == TcAttachType::Ingress;
+    let filters = foreign::filters_running(ifindex, ingress, info.id()).map_err(|source| DataplaneError::Io {
+        path: pin.to_owned(),
+        source,
+    })?;
+    for (priority, handle) in filters {
+        let link = aya::programs::tc::SchedClassifierLink::attached(ifname, dir, priority, aya::programs::tc::TcHandle::from(handle), None)
+            .map_err(|source| DataplaneError::Io { path: pin.to_owned(), source })?;
+        match aya::programs::links::Link::detach(link) {
+            Ok(()) => {}
+            Err(_) if netif::ifindex(ifname).is_err() => {}
+            Err(source) => return Err(DataplaneError::Program { name: pin.display().to_string(), source }),
+        }
     }
+    Ok(())
 }
 
 /// Detaches whatever a pin under `links/` stands for: a bpf link (tcx, XDP) or a netlink filter.
@@ -421,7 +483,7 @@ fn detach_pin(path: &Path) -> Result<(), DataplaneError> {
         && let Some(prog) = prog.strip_suffix(crate::pins::NETLINK_SUFFIX)
     {
         let dir = if prog == POD_EGRESS { TcAttachType::Egress } else { TcAttachType::Ingress };
-        remove_netlink_filter(&ifname, prog, dir)?;
+        remove_netlink_filter(path, &ifname, dir)?;
         return std::fs::remove_file(path).map_err(|source| DataplaneError::Io { path: path.to_owned(), source });
     }
     // Dropping the last fd of an unpinned link detaches it.
@@ -431,6 +493,11 @@ fn detach_pin(path: &Path) -> Result<(), DataplaneError> {
 
 /// The XDP counterpart of `attach_tc`.
 pub fn attach_xdp(pins: &Pins, ifname: &str, prog: &str, mode: CfgXdpMode) -> Result<(), DataplaneError> {
+    let others = check_hooks(pins, &[(ifname, Hook::Xdp)])?;
+    if !others.is_empty() {
+        // One program per XDP slot without a dispatcher: attaching would replace theirs.
+        return Err(ForeignError::Refused(others).into());
+    }
     let mut p = Xdp::from_pin(pins.prog(prog), XdpAttachType::Interface).map_err(prog_err(prog))?;
     let link_path = pins.link(ifname, prog);
     let id = if link_path.exists() {
@@ -506,18 +573,92 @@ pub fn list_links(pins: &Pins) -> Result<Vec<PathBuf>, DataplaneError> {
     Ok(v)
 }
 
-/// Attaches the uplink program chosen by the configuration, and removes the other one.
-pub fn attach_uplink(pins: &Pins, node: &NodeSettings) -> Result<(), DataplaneError> {
-    match node.reverse_path {
+/// Attaches the uplink program chosen by the configuration, and removes the other one. Returns
+/// the reverse path in use: TC when another tool holds the uplink's XDP slot and
+/// `foreign_programs = "coexist"` (only one XDP program fits without a dispatcher, and podgate
+/// does not replace theirs).
+pub fn attach_uplink(pins: &Pins, node: &NodeSettings) -> Result<ReversePath, DataplaneError> {
+    let mut path = node.reverse_path;
+    if path == ReversePath::Xdp && !pins.link(&node.uplink, UPLINK_XDP).exists() {
+        let others = check_hooks(pins, &[(&node.uplink, Hook::Xdp)])?;
+        if !others.is_empty() {
+            tracing::warn!(
+                uplink = %node.uplink,
+                others = %others.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+                "the uplink's XDP slot holds another tool's program, which podgate leaves in place \
+                 (foreign_programs = \"coexist\"): reverse NAT runs on TC ingress instead of XDP"
+            );
+            path = ReversePath::Tc;
+        }
+    }
+    match path {
         ReversePath::Xdp => {
             remove_link(pins, &node.uplink, UPLINK_TC)?;
-            attach_xdp(pins, &node.uplink, UPLINK_XDP, node.xdp_mode)
+            attach_xdp(pins, &node.uplink, UPLINK_XDP, node.xdp_mode)?;
         }
         ReversePath::Tc => {
             remove_link(pins, &node.uplink, UPLINK_XDP)?;
-            attach_tc(pins, &node.uplink, UPLINK_TC, TcAttachType::Ingress)
+            attach_tc(pins, &node.uplink, UPLINK_TC, TcAttachType::Ingress)?;
         }
     }
+    Ok(path)
+}
+
+/// The hooks of `node` and `pods` podgate attaches to.
+pub fn hooks_for<'a>(node: &'a NodeSettings, pods: &'a [PodSpec]) -> Vec<(&'a str, Hook)> {
+    let mut v = vec![(
+        node.uplink.as_str(),
+        if node.reverse_path == ReversePath::Xdp { Hook::Xdp } else { Hook::TcIngress },
+    )];
+    for p in pods {
+        v.push((p.veth.as_str(), Hook::TcIngress));
+        v.push((p.veth.as_str(), Hook::TcEgress));
+        if let Some(v4) = &p.veth_v4 {
+            v.push((v4.as_str(), Hook::TcIngress));
+        }
+    }
+    v
+}
+
+/// Other tools' programs on `hooks`. With `mode` refuse, any is an error naming all of them.
+/// `tc_netlink`: podgate's TC programs go on clsact filters, which the kernel runs only after the
+/// whole tcx chain has said "next": behind another tool's tcx program podgate could be skipped,
+/// so that is refused in either mode.
+pub fn scan_foreign(
+    pins: &Pins,
+    hooks: &[(&str, Hook)],
+    mode: ForeignPrograms,
+    tc_netlink: bool,
+) -> Result<Vec<Foreign>, DataplaneError> {
+    let ours = foreign::own_ids(pins);
+    let mut found = Vec::new();
+    for (ifname, hook) in hooks {
+        for f in foreign::scan(ifname, *hook, &ours)? {
+            if !found.contains(&f) {
+                found.push(f);
+            }
+        }
+    }
+    if mode == ForeignPrograms::Refuse && !found.is_empty() {
+        return Err(ForeignError::Refused(found).into());
+    }
+    let ahead: Vec<Foreign> = found.iter().filter(|f| f.attach == foreign::Attach::Tcx).cloned().collect();
+    if tc_netlink && !ahead.is_empty() {
+        return Err(ForeignError::WouldRunBehind(ahead).into());
+    }
+    Ok(found)
+}
+
+/// `scan_foreign` in the mode recorded in the node entry (so `pod add` and the CNI plugin follow
+/// the daemon's configuration).
+fn check_hooks(pins: &Pins, hooks: &[(&str, Hook)]) -> Result<Vec<Foreign>, DataplaneError> {
+    let flags = read_node(pins)?.flags;
+    let mode = if flags & node_flags::FOREIGN_COEXIST != 0 {
+        ForeignPrograms::Coexist
+    } else {
+        ForeignPrograms::Refuse
+    };
+    scan_foreign(pins, hooks, mode, flags & node_flags::TC_NETLINK != 0)
 }
 
 fn remove_link(pins: &Pins, ifname: &str, prog: &str) -> Result<(), DataplaneError> {
@@ -567,6 +708,12 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
         Some(v) => netif::ifindex(v)?,
         None => ifindex,
     };
+    // Refused before any map entry is written; `attach_tc` logs the order when coexisting.
+    let mut hooks = vec![(spec.veth.as_str(), Hook::TcIngress), (spec.veth.as_str(), Hook::TcEgress)];
+    if let Some(v4) = &spec.veth_v4 {
+        hooks.push((v4.as_str(), Hook::TcIngress));
+    }
+    check_hooks(pins, &hooks)?;
     let existing = list_pods(pins)?;
     let mut id = None;
     let mut mappings = 0;

@@ -1,11 +1,13 @@
 //! podgate's userspace: configuration, loading and pinning, map access, garbage collection.
 //! The `podgate` binary (src/main.rs and src/cli/) is a thin layer over this library.
 
+pub mod bpf_log;
 pub mod cni;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod frag_punt;
+pub mod foreign;
 pub mod metrics;
 pub mod nat;
 pub mod netif;

@@ -68,9 +68,16 @@ fn main() -> ExitCode {
         return cli::cni::main();
     }
     let cli = Cli::parse();
+    // eBPF log lines are filtered by `bpf_log` in the kernel already; the general filter would
+    // otherwise hide the debug level asked for there.
+    let filter = if cli.log.contains("podgate::bpf") {
+        cli.log.clone()
+    } else {
+        format!("{},podgate::bpf=trace", cli.log)
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
+            tracing_subscriber::EnvFilter::try_new(&filter)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)

@@ -24,6 +24,18 @@ pub fn ifindex(name: &str) -> Result<u32, NetifError> {
     Ok(idx)
 }
 
+/// The name of interface `ifindex` in this network namespace.
+pub fn name_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 /// The first IPv4 address configured on `name`.
 pub fn first_ipv4(name: &str) -> Result<Ipv4Addr, NetifError> {
     ifindex(name)?;

@@ -47,6 +47,13 @@ pub mod node_flags {
     /// UDP mappings need not keep the internal port's parity (`udp_port_parity = false`, RFC 7857
     /// §8). TCP and ICMP never keep it. Set when off, so that a zero `flags` keeps RFC 4787 REQ-4.
     pub const UDP_NO_PARITY: u32 = 1 << 4;
+    /// Operator log points (aya-log) in the programs; off, each costs one branch.
+    pub const BPF_LOG: u32 = 1 << 5;
+    /// Another tool's tc/XDP programs on podgate's hooks are left in place and podgate attaches
+    /// beside them (default: refuse to start). Kept in the node entry so that `pod add` and the
+    /// CNI plugin, which run without the config file, follow the daemon; the TC programs then end
+    /// a pass with TC_ACT_UNSPEC (TCX_NEXT) so that the next program in the chain still runs.
+    pub const FOREIGN_COEXIST: u32 = 1 << 7;
 }
 
 /// The single entry of the `node` array: what the programs need to know about this node.
@@ -142,7 +149,9 @@ pub struct Event {
     /// 4 or 6.
     pub family: u8,
     pub proto: u8,
-    pub _pad: u16,
+    /// The node's external port of a new SNAT flow (`NEW_FLOW`, family 4); 0 otherwise. Takes
+    /// what was padding, so the layout is unchanged.
+    pub ext_port: u16,
     pub sport: u16,
     pub dport: u16,
     /// IPv4 addresses use the first four bytes.

@@ -27,7 +27,7 @@ mod programs {
     use crate::{
         packet::{EtherType, ether_type},
         sg, snat,
-        verdict::{Verdict, tc_verdict, xdp_verdict},
+        verdict::{Verdict, emit_drop_bare, emit_drop_tc, pack, report_drop_bare, report_v4, reports, tc_verdict, unpack, xdp_verdict},
     };
 
     /// TC ingress of a pod's host-side veth: everything the pod sends.
@@ -38,68 +38,127 @@ mod programs {
             Ok(EtherType::Ipv6) => pod_ingress_v6(ctx.skb.skb),
             Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
             Ok(EtherType::Other) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => tc_verdict(&ctx, Err(c)),
+            Err(c) => {
+                report_drop_bare(c, 0, 0, true);
+                tc_verdict(&ctx, Err(c))
+            }
         }
     }
 
     // The families run in their own BPF functions: their stack frames then do not add up, which
-    // leaves room for the frame of the rule lookup's bpf_loop callback (512 bytes in all).
+    // leaves room for the frame of the rule lookup's bpf_loop callback (512 bytes in all). They
+    // hand the verdict back packed (`verdict::pack`), so that drops are reported and logged from
+    // the entry point, where the log code's frames fit.
+    //
+    // The pod's own traffic (pod_ingress) gets drop events but no log lines: Linux 6.1's
+    // verifier cannot afford the log code behind every exit of the SNAT path (it runs out of its
+    // 1M instructions), and the 512-byte stack leaves no room for it inside the family frames.
     #[inline(never)]
     fn pod_ingress_v4(skb: *mut __sk_buff) -> i32 {
         let ctx = TcContext::new(skb);
-        tc_verdict(&ctx, snat::egress::pod_v4(&ctx))
+        let v = snat::egress::pod_v4(&ctx);
+        if let Ok(Verdict::Drop(c)) | Err(c) = v {
+            emit_drop_tc(skb, c as u32);
+        }
+        tc_verdict(&ctx, v)
     }
 
     #[inline(never)]
     fn pod_ingress_v6(skb: *mut __sk_buff) -> i32 {
         let ctx = TcContext::new(skb);
-        tc_verdict(&ctx, sg::pod_egress_v6(&ctx))
+        let v = sg::pod_egress_v6(&ctx);
+        if let Err(c) = v {
+            emit_drop_bare(c, 6, 0);
+        }
+        tc_verdict(&ctx, v)
     }
 
     /// TC egress of a pod's host-side veth: everything delivered to the pod.
     #[classifier]
     pub fn pod_egress(ctx: TcContext) -> i32 {
         match ether_type(&ctx) {
-            Ok(EtherType::Ipv6) => pod_egress_v6(ctx.skb.skb),
+            Ok(EtherType::Ipv6) => {
+                let v = pod_egress_v6(ctx.skb.skb);
+                if reports(v) {
+                    report_v6(v);
+                }
+                tc_verdict(&ctx, unpack(v))
+            }
             // IPv4 toward the pod was already reverse-translated at the uplink.
             Ok(_) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => tc_verdict(&ctx, Err(c)),
+            Err(c) => {
+                report_drop_bare(c, 0, 0, true);
+                tc_verdict(&ctx, Err(c))
+            }
         }
     }
 
     #[inline(never)]
-    fn pod_egress_v6(skb: *mut __sk_buff) -> i32 {
-        let ctx = TcContext::new(skb);
-        tc_verdict(&ctx, sg::pod_ingress_v6(&ctx))
+    fn pod_egress_v6(skb: *mut __sk_buff) -> u64 {
+        pack(sg::pod_ingress_v6(&TcContext::new(skb)))
     }
 
     /// XDP on the uplink: reverse NAT of IPv4 replies, early drop of denied IPv6.
     #[xdp]
     pub fn uplink_xdp(ctx: XdpContext) -> u32 {
         match ether_type(&ctx) {
-            Ok(EtherType::Ipv4) => uplink_xdp_v4(ctx.ctx),
-            Ok(EtherType::Ipv6) => uplink_xdp_v6(ctx.ctx),
+            Ok(EtherType::Ipv4) => {
+                let v = uplink_xdp_v4(ctx.ctx);
+                if reports(v) {
+                    report_v4_xdp(ctx.ctx, v);
+                }
+                xdp_verdict(&ctx, unpack(v))
+            }
+            Ok(EtherType::Ipv6) => {
+                let v = uplink_xdp_v6(ctx.ctx);
+                if reports(v) {
+                    report_v6(v);
+                }
+                xdp_verdict(&ctx, unpack(v))
+            }
             Ok(_) => xdp_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => xdp_verdict(&ctx, Err(c)),
+            Err(c) => {
+                report_drop_bare(c, 0, 0, true);
+                xdp_verdict(&ctx, Err(c))
+            }
         }
     }
 
     #[inline(never)]
-    fn uplink_xdp_v4(md: *mut xdp_md) -> u32 {
-        let ctx = XdpContext::new(md);
-        xdp_verdict(&ctx, snat::reverse::uplink_v4_xdp(&ctx))
+    fn uplink_xdp_v4(md: *mut xdp_md) -> u64 {
+        pack(snat::reverse::uplink_v4_xdp(&XdpContext::new(md)))
     }
 
     #[inline(never)]
-    fn uplink_xdp_v6(md: *mut xdp_md) -> u32 {
-        let ctx = XdpContext::new(md);
-        xdp_verdict(&ctx, sg::uplink_v6_xdp(&ctx))
+    fn uplink_xdp_v6(md: *mut xdp_md) -> u64 {
+        pack(sg::uplink_v6_xdp(&XdpContext::new(md)))
+    }
+
+    // Reporting runs in functions of its own, called from the entry points after the family
+    // function returned: their frames (and the log code's) then never stack on the family's.
+
+    #[inline(never)]
+    fn report_v4_xdp(md: *mut xdp_md, v: u64) {
+        report_v4(&XdpContext::new(md), &unpack(v), None);
+    }
+
+    /// The security-group code reports its denials itself (with the rule and 5-tuple it
+    /// parsed); errors out of it get a bare event here. Both may log.
+    #[inline(never)]
+    fn report_v6(v: u64) {
+        match unpack(v) {
+            Err(c) => report_drop_bare(c, 6, 0, true),
+            Ok(Verdict::Drop(c)) => report_drop_bare(c, 6, 0, false),
+            _ => {}
+        }
     }
 
     /// TC ingress on the uplink: the same reverse path where XDP is not wanted.
     #[classifier]
     pub fn uplink_tc(ctx: TcContext) -> i32 {
-        tc_verdict(&ctx, try_uplink_tc(&ctx))
+        let v = try_uplink_tc(&ctx);
+        report_v4(&ctx, &v, None);
+        tc_verdict(&ctx, v)
     }
 
     fn try_uplink_tc(ctx: &TcContext) -> Result<Verdict, Counter> {

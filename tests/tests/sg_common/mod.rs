@@ -4,7 +4,7 @@
 
 use std::net::Ipv6Addr;
 
-use aya::maps::{Array, HashMap, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, PerCpuArray};
 use etherparse::{
     EtherType, Ethernet2Header, IpNumber, Ipv6FlowLabel, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, TcpHeader,
@@ -128,14 +128,7 @@ impl Fx {
     }
 
     pub fn events(&mut self) -> Vec<Event> {
-        let mut rb = RingBuf::try_from(self.h.ebpf.map_mut("events").unwrap()).unwrap();
-        let mut out = Vec::new();
-        while let Some(item) = rb.next() {
-            assert_eq!(item.len(), std::mem::size_of::<Event>());
-            // SAFETY: the programs write whole `Event`s.
-            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) });
-        }
-        out
+        self.h.events()
     }
 
     /// Non-zero counters, for failure messages.

@@ -23,6 +23,12 @@ pub struct Args {
     /// Stop after this many seconds.
     #[arg(long)]
     seconds: Option<u64>,
+    /// Only drop events.
+    #[arg(long, conflicts_with = "flows")]
+    drops: bool,
+    /// Only new-flow events (the daemon emits them with `--flow-events` / daemon.flow_events).
+    #[arg(long)]
+    flows: bool,
 }
 
 #[derive(Serialize)]
@@ -34,6 +40,9 @@ struct Line {
     proto: String,
     src: String,
     dst: String,
+    /// The node's external port of a new SNAT flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ext_port: Option<u16>,
 }
 
 pub fn run(a: Args, pins: &Pins) -> Result<()> {
@@ -49,6 +58,9 @@ pub fn run(a: Args, pins: &Pins) -> Result<()> {
             // SAFETY: the programs write whole `Event`s; read unaligned from the ring.
             let ev: Event = unsafe { std::ptr::read_unaligned(item.as_ptr() as *const Event) };
             drop(item);
+            if (a.drops && ev.kind != event_kind::DROP) || (a.flows && ev.kind != event_kind::NEW_FLOW) {
+                continue;
+            }
             print_event(&ev, a.json)?;
             seen += 1;
             if a.count.is_some_and(|c| seen >= c) {
@@ -92,19 +104,21 @@ fn print_event(e: &Event, json: bool) -> Result<()> {
         proto: proto_name(e.proto),
         src: format!("{}:{}", addr(e.family, &e.src), e.sport),
         dst: format!("{}:{}", addr(e.family, &e.dst), e.dport),
+        ext_port: (e.kind == event_kind::NEW_FLOW && e.family == 4).then_some(e.ext_port),
     };
     if json {
         println!("{}", serde_json::to_string(&line)?);
     } else {
         println!(
-            "{:<8} {:<24} pod={} {} {} -> {}{}",
+            "{:<8} {:<24} pod={} {} {} -> {}{}{}",
             line.kind,
             line.reason,
             line.pod_id,
             line.proto,
             line.src,
             line.dst,
-            line.rule.map(|r| format!(" rule={r}")).unwrap_or_default()
+            line.rule.map(|r| format!(" rule={r}")).unwrap_or_default(),
+            line.ext_port.map(|p| format!(" ext_port={p}")).unwrap_or_default()
         );
     }
     Ok(())

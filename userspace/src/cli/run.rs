@@ -8,8 +8,10 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use std::str::FromStr as _;
+
 use podgate::{
-    config::Config,
+    config::{Config, ForeignPrograms, parse_bpf_log},
     control::{self, ControlSocket, Daemon, DaemonConfig, DaemonInfo},
     dataplane,
     metrics::{self, DaemonMetrics},
@@ -23,10 +25,28 @@ pub struct Args {
     /// The podgate.toml to apply.
     #[arg(long, short)]
     config: PathBuf,
+    /// Another tool's tc/XDP programs on podgate's interfaces: "refuse" to start, or "coexist"
+    /// beside them (overrides node.foreign_programs).
+    #[arg(long, value_parser = ForeignPrograms::from_str)]
+    foreign_programs: Option<ForeignPrograms>,
+    /// Emit new-flow events for `podgate monitor` (overrides daemon.flow_events).
+    #[arg(long)]
+    flow_events: bool,
+    /// Forward eBPF log lines at this level and above into the daemon's log: off, error, warn,
+    /// info, debug, trace (overrides daemon.bpf_log).
+    #[arg(long, value_name = "LEVEL", value_parser = |s: &str| parse_bpf_log(s).map(|_| s.to_string()))]
+    bpf_log: Option<String>,
 }
 
 pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Result<()> {
-    let cfg = Config::load(&a.config)?;
+    let mut cfg = Config::load(&a.config)?;
+    if let Some(f) = a.foreign_programs {
+        cfg.node.foreign_programs = f;
+    }
+    cfg.node.flow_events |= a.flow_events;
+    if let Some(level) = a.bpf_log {
+        cfg.node.bpf_log = parse_bpf_log(&level).map_err(anyhow::Error::msg)?;
+    }
     let explicit_root = cfg.node.pin_root != PathBuf::from(podgate::config::DEFAULT_PIN_ROOT);
     let root = if explicit_root { cfg.node.pin_root.clone() } else { cli_pin_root };
     let pins = Pins::new(root);
@@ -71,6 +91,14 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
         }
         None => None,
     };
+    // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
+    // with coexist, `attach_*` say where podgate goes beside each of them.
+    let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
+    let tc_netlink = cfg.node.tc_attach == podgate::config::TcAttach::Netlink;
+    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs, tc_netlink)?;
+    for f in &others {
+        info!(other = %f, "another tool's program on a hook podgate uses: left in place (foreign_programs = \"coexist\")");
+    }
     let fresh = !pins.exists();
     if let Err(e) = bring_up(&pins, &cfg) {
         // A first start that fails leaves nothing behind; a restart keeps the previous state,
@@ -118,7 +146,7 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     for (name, have, want) in dataplane::size_mismatches(pins, &sizes) {
         warn!(map = %name, pinned = have, configured = want, "map keeps its pinned size; `podgate reset` applies [limits]");
     }
-    let adopted = dataplane::install_sized(pins, &sizes).context("installing the dataplane")?;
+    let adopted = dataplane::install_sized(pins, &sizes, podgate::bpf_log::aya_level(cfg.node.bpf_log)).context("installing the dataplane")?;
     if adopted.is_empty() {
         info!(root = %pins.root().display(), "created new pinned maps");
     } else {
@@ -131,8 +159,8 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         prefix = %cfg.node.pod_prefix,
         "node configured"
     );
-    dataplane::attach_uplink(pins, &cfg.node)?;
-    info!(uplink = %cfg.node.uplink, path = ?cfg.node.reverse_path, "uplink attached");
+    let path = dataplane::attach_uplink(pins, &cfg.node)?;
+    info!(uplink = %cfg.node.uplink, ?path, "uplink attached");
     // On a restart the config's pods keep their pinned group ids while they are re-registered:
     // a record without groups would let the pod send anything until the groups are applied.
     let pinned_groups = podgate::sg_maps::group_ids(pins)?;
@@ -180,6 +208,20 @@ async fn daemon_loop(
     if cfg.node.frag_punt {
         tokio::spawn(podgate::frag_punt::run(pins.clone(), metrics.clone()));
     }
+    let mut bpf_log = match cfg.node.bpf_log {
+        Some(level) => {
+            let logger = podgate::bpf_log::open(pins).context("forwarding eBPF logs (daemon.bpf_log)")?;
+            info!(%level, "forwarding eBPF log lines (target podgate::bpf)");
+            // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for
+            // as long as the logger lives, and the AsyncFd owns the logger.
+            let fd = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| anyhow::anyhow!("polling the eBPF log buffer: {e}"))?;
+            Some(fd)
+        }
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut pressure = false;
@@ -248,8 +290,19 @@ async fn daemon_loop(
                 // a pass finds room.
                 next = Duration::from_secs(if pressure { 1 } else { cfg.node.gc_interval_secs });
             }
+            r = async { bpf_log.as_mut().expect("guarded").readable_mut().await }, if bpf_log.is_some() => {
+                let mut guard = r?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+    }
+    if bpf_log.is_some() {
+        // Nobody reads the log buffer once this daemon is gone: stop the programs writing it.
+        if let Err(e) = dataplane::set_node_flag(pins, podgate_common::node_flags::BPF_LOG, false) {
+            warn!("turning eBPF logging off: {e:#}");
         }
     }
     info!("exiting; programs stay attached and maps pinned (`podgate reset` removes them)");

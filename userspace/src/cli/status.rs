@@ -41,5 +41,14 @@ pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
     println!("mappings:    {}", s["mappings"]);
     println!("flows:       {}", s["flows"]);
     println!("attached:    {}", if links.is_empty() { "nothing".into() } else { links.replace(',', ", ") });
+    println!("reverse NAT: {}", s["reverse_path"].as_str().unwrap_or("not attached"));
+    let flags = cell(&s["flags"]);
+    println!("flags:       {}", if flags.is_empty() { "none".into() } else { flags.replace(',', ", ") });
+    if let Some(f) = s["foreign_programs"].as_array().filter(|f| !f.is_empty()) {
+        println!("beside podgate (other tools' programs, left in place):");
+        for p in f {
+            println!("  {}", p.as_str().unwrap_or_default());
+        }
+    }
     Ok(())
 }

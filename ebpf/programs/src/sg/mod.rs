@@ -10,7 +10,7 @@ pub mod policy;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use podgate_common::{
-    Pod, event_kind,
+    Pod, event_kind, node_flags,
     sg::{
         Ct6, DIR_EGRESS, DIR_INGRESS, Flow6, FragKey6, FragVal6, NO_RULE, PROTO_ICMPV6,
         ct6_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error, is_linklocal_or_unspecified,
@@ -197,6 +197,9 @@ fn judge<C: Load>(
             if CT6.insert(f, ct, 0).is_err() {
                 return deny(Counter::DropMapFull, pod.id, h, up.proto, &l4, rule);
             }
+            if NODE.get(0).is_some_and(|n| n.flags & node_flags::FLOW_EVENTS != 0) {
+                event6(event_kind::NEW_FLOW, Counter::Sg6Allowed, pod.id, h, up.proto, &l4, rule);
+            }
         }
     }
     pass(Counter::Sg6Allowed)
@@ -265,22 +268,29 @@ fn record_first_fragment(frag: &Frag, h: &Header, dir: u8, proto: u8, l4: &L4, a
     }
 }
 
-/// Counts the drop and reports it. The event is written straight into the ring buffer: an
-/// `Event` on the stack would not leave room for the rule lookup's callback frame (512 bytes for
-/// the whole call chain, rounded per frame on 6.1).
+/// Counts the drop and reports it.
 #[inline(always)]
 fn deny(reason: Counter, pod_id: u32, h: &Header, proto: u8, l4: &L4, rule: u32) -> Result<Verdict, Counter> {
+    event6(event_kind::DROP, reason, pod_id, h, proto, l4, rule);
+    Ok(Verdict::Drop(reason))
+}
+
+/// Writes an event straight into the ring buffer: an `Event` on the stack would not leave room
+/// for the rule lookup's callback frame (512 bytes for the whole call chain, rounded per frame
+/// on 6.1). A full ring loses the event, never the verdict.
+#[inline(always)]
+fn event6(kind: u32, reason: Counter, pod_id: u32, h: &Header, proto: u8, l4: &L4, rule: u32) {
     if let Some(mut entry) = EVENTS.reserve(0) {
         let e = entry.as_mut_ptr();
         // SAFETY: `e` points at a reserved, writable `Event`; every field is plain data.
         unsafe {
-            (*e).kind = event_kind::DROP;
+            (*e).kind = kind;
             (*e).reason = reason as u32;
             (*e).pod_id = pod_id;
             (*e).rule = rule;
             (*e).family = 6;
             (*e).proto = proto;
-            (*e)._pad = 0;
+            (*e).ext_port = 0;
             (*e).sport = l4.sport;
             (*e).dport = l4.dport;
             (*e).src = h.src;
@@ -288,5 +298,4 @@ fn deny(reason: Counter, pod_id: u32, h: &Header, proto: u8, l4: &L4, rule: u32)
         }
         entry.submit(0);
     }
-    Ok(Verdict::Drop(reason))
 }

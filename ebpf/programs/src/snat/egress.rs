@@ -23,7 +23,7 @@ use super::{
 use crate::{
     maps::{CT4, NAT4_CLAIM, NAT4_MAP, NAT4_PRESSURE, NODE, PODS, PODS_V4},
     packet::ptr_at,
-    verdict::{Verdict, count},
+    verdict::{Verdict, count, emit_drop_tc, emit_new_flow4},
 };
 
 /// Random candidates tried before a new mapping gives up (each one an atomic claim). With a
@@ -224,11 +224,11 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
         let rc = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, node.uplink_ifindex, &mut mtu, 0, 0) };
         if rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64 {
             let mtu = if mtu > 0xffff { 0xffff } else { mtu as u16 };
+            // The event goes out before the frame becomes the ICMP error. (Should the answer
+            // fail, the drop is reported once more by the entry point.)
+            emit_drop_tc(ctx.skb.skb, Counter::DropFragNeeded as u32);
             return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_FRAG_NEEDED, mtu) {
-                Ok(back) => {
-                    count(Counter::DropFragNeeded);
-                    Verdict::Redirect(Counter::IcmpUnreachSent, back)
-                }
+                Ok(back) => Verdict::Answered(Counter::DropFragNeeded, back),
                 Err(_) => Verdict::Drop(Counter::DropFragNeeded),
             });
         }
@@ -290,11 +290,9 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             Ok(ext) => ext,
             Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota | Counter::DropMapFull)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
+                emit_drop_tc(ctx.skb.skb, why as u32);
                 return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
-                    Ok(back) => {
-                        count(why);
-                        Verdict::Redirect(Counter::IcmpUnreachSent, back)
-                    }
+                    Ok(back) => Verdict::Answered(why, back),
                     Err(_) => Verdict::Drop(why),
                 });
             }
@@ -407,6 +405,10 @@ fn new_flow(
     };
     CT4.insert(flow, &ct, 0).map_err(|_| Counter::DropMapFull)?;
     count(Counter::SnatNewFlow);
+    if node.flags & node_flags::FLOW_EVENTS != 0 {
+        // SAFETY: map value pointer, valid for the program run.
+        emit_new_flow4(unsafe { (*pod).id }, flow, ext);
+    }
     Ok(ext)
 }
 

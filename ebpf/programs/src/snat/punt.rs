@@ -23,27 +23,53 @@ use crate::{
     verdict::{Verdict, count},
 };
 
-/// Copies packet bytes out with the program type's load-bytes helper, which also reads what TC
-/// has not pulled into the linear area.
+/// Copies the first `m + 1` bytes of the packet (`m` < `FRAG_PUNT_ETH + FRAG_PUNT_MAX`) with
+/// the program type's load-bytes helper, which also reads what TC has not pulled into the
+/// linear area.
 pub trait LoadBytes {
-    fn load_bytes(&self, off: u32, to: *mut u8, len: u32) -> i64;
+    fn load_frame(&self, to: *mut u8, m: u64) -> i64;
 }
 
 impl LoadBytes for TcContext {
     #[inline(always)]
-    fn load_bytes(&self, off: u32, to: *mut u8, len: u32) -> i64 {
-        // SAFETY: plain helper call; the caller bounds `len` by the destination's size.
-        unsafe { bpf_skb_load_bytes(self.skb.skb as *const c_void, off, to as *mut c_void, len) }
+    fn load_frame(&self, to: *mut u8, m: u64) -> i64 {
+        skb_load_frame(self.skb.skb as *mut c_void, to, m)
     }
 }
 
 impl LoadBytes for XdpContext {
     #[inline(always)]
-    fn load_bytes(&self, off: u32, to: *mut u8, len: u32) -> i64 {
-        // SAFETY: as above.
-        unsafe { bpf_xdp_load_bytes(self.ctx, off, to as *mut c_void, len) }
+    fn load_frame(&self, to: *mut u8, m: u64) -> i64 {
+        xdp_load_frame(self.ctx as *mut c_void, to, m)
     }
 }
+
+// The helpers want a length the verifier sees within [1, room]. Inlined, the compiler spilled
+// the checked length and reloaded an unchecked copy for the call, which Linux 6.1's verifier
+// refused ("R4 unbounded memory access"); and a check on `m` turns into one on `m + 1`, whose
+// wrap-around leaves a lower bound of 0. So: a BPF function of its own, a length that cannot
+// wrap (a zero-extended 32-bit value plus one is at least 1), and a stack round trip so that the
+// upper-bound check applies to the very value passed to the helper.
+macro_rules! load_frame_fn {
+    ($name:ident, $helper:path, $ctx:ty) => {
+        #[inline(never)]
+        fn $name(ctx: *mut c_void, to: *mut u8, m: u64) -> i64 {
+            let mut slot: u64 = (m as u32) as u64 + 1;
+            // SAFETY: a local of this frame.
+            let len = unsafe {
+                core::ptr::write_volatile(&mut slot, slot);
+                core::ptr::read_volatile(&slot)
+            };
+            if len > (FRAG_PUNT_ETH + FRAG_PUNT_MAX) as u64 {
+                return -1;
+            }
+            // SAFETY: `len` is 1..=FRAG_PUNT_ETH + FRAG_PUNT_MAX, the room at `to`.
+            unsafe { $helper(ctx as $ctx, 0, to as *mut c_void, len as u32) }
+        }
+    };
+}
+load_frame_fn!(skb_load_frame, bpf_skb_load_bytes, *const c_void);
+load_frame_fn!(xdp_load_frame, bpf_xdp_load_bytes, *mut aya_ebpf::bindings::xdp_md);
 
 /// A non-first fragment whose first fragment has not been seen: punted to the daemon when it
 /// runs (flag and liveness deadline), else dropped as an orphan as before.
@@ -65,9 +91,8 @@ pub fn orphan<C: LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4, k: &FragKey4) 
         return Ok(Verdict::Drop(Counter::DropFragOrphan));
     };
     let buf = FRAG4_PUNT_BUF.get_ptr_mut(0).ok_or(Counter::DropInternalError)?;
-    // The helpers want a length the verifier sees within [1, room]. The compiler narrows the
-    // arithmetic (a 16-bit mask that costs the verifier the lower bound), so the length takes a
-    // round trip through map memory and comes back as `m + 1` with `m` checked on its own.
+    // `m` takes a round trip through map memory so that the compiler cannot carry what it knows
+    // of `len` into `load_frame` and fold away the bounds the verifier needs to see there.
     // SAFETY: per-CPU scratch value, ours until the program ends.
     let m = unsafe {
         core::ptr::write_volatile(&mut (*buf).hdr.len, (len - 1) as u32);
@@ -76,9 +101,10 @@ pub fn orphan<C: LoadBytes>(ctx: &C, node: &NodeConfig, ip: &Ip4, k: &FragKey4) 
     if m as usize >= FRAG_PUNT_ETH + FRAG_PUNT_MAX {
         return Err(Counter::DropInternalError);
     }
+    // From here on the length the verifier has bounds for, for the ring buffer's size too.
     let len = m + 1;
-    // SAFETY: `len` is 1..=FRAG_PUNT_ETH + FRAG_PUNT_MAX, within `data`.
-    let rc = unsafe { ctx.load_bytes(0, (*buf).data.as_mut_ptr(), len) };
+    // SAFETY: as above.
+    let rc = ctx.load_frame(unsafe { (*buf).data.as_mut_ptr() }, m as u64);
     if rc != 0 {
         return Err(Counter::DropMalformed);
     }

@@ -307,3 +307,23 @@ fn a_node_first_fragment_never_takes_over_a_pods_datagram() {
         assert_eq!(env.counter(Counter::FragPassed), 0);
     }
 }
+
+/// Found by `cargo xtask fuzz` (1M runs): a first fragment for the node too short to hold an
+/// ICMP header (4 bytes of payload) left a pass entry, i.e. state from a packet that does not
+/// parse. It still goes to the stack (the kernel decides), without an entry.
+#[test]
+fn a_tiny_first_fragment_for_the_node_leaves_no_state() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = env_with_punt();
+        let ping = echo_request(REMOTE1, NODE_IP, 0x0778, 1);
+        let (mut h, p) = etherparse::Ipv4Header::from_slice(&ping[14..]).unwrap();
+        h.identification = 0x3300;
+        h.more_fragments = true;
+        h.dont_fragment = false;
+        let tiny = raw_frame(h, &p[..4]);
+        let (pass, out) = run(&mut env, path, &tiny);
+        assert!(pass, "{path:?}: the kernel decides about the node's own packets");
+        assert_eq!(out, tiny, "{path:?}");
+        assert!(env.frag(node_key(0x3300, ICMP)).is_none(), "{path:?}: a tiny first fragment created a frag4 entry");
+    }
+}

@@ -125,7 +125,10 @@ fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
 /// as for a pod's datagram.
 #[inline(always)]
 fn for_node(node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
-    if ip.is_first_fragment() {
+    // A first fragment too short to hold even an ICMP/UDP header (RFC 1858's tiny fragment) is
+    // left to the kernel without state: a packet that does not parse creates no entry.
+    let l4_bytes = (ip.tot_len as usize).saturating_sub(ip.l4 - ip.l3);
+    if ip.is_first_fragment() && l4_bytes >= 8 {
         let k = frag_key_in(ip);
         let now = now_ns();
         // SAFETY: map value pointer, read once.

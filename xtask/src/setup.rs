@@ -36,6 +36,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "procps",
     "containernetworking-plugins",
+    // Hostile-input lab tests craft frames (VLAN stacks, forged NDP, floods) with scapy.
+    "python3-scapy",
+    "tcpdump",
     // cargo xtask vm-test: QEMU, the initramfs' shell, and cpio to check the archive format.
     "qemu-system-x86",
     "busybox-static",

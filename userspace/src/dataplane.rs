@@ -119,6 +119,8 @@ pub fn all_map_names() -> Vec<&'static str> {
         map_names::PODS_V4,
         map_names::PODS_V6,
         map_names::POD_NAMES,
+        map_names::POD_USAGE,
+        map_names::POD_FREED,
         map_names::STATS,
         map_names::EVENTS,
         nat::NAT4_MAP,

@@ -28,6 +28,8 @@ pub mod map_names {
     pub const STATS: &str = "stats";
     pub const EVENTS: &str = "events";
     pub const POD_NAMES: &str = "pod_names";
+    pub const POD_USAGE: &str = "pod_usage";
+    pub const POD_FREED: &str = "pod_freed";
 }
 
 /// `NodeConfig::flags` bits.
@@ -136,6 +138,35 @@ impl Default for PodName {
     }
 }
 
+/// What one pod holds, counted once per pod (keyed by `Pod::id`, not per veth), as two monotonic
+/// tallies with one writer each, so that no read-modify-write of the kernel and of userspace can
+/// race: `pod_usage` counts what the programs created (atomic adds only), `pod_freed` what the
+/// daemon deleted (GC, pod removal, flush; written only by userspace). What a pod holds now is
+/// `pod_usage - pod_freed`, field by field ([`PodUsage::held`]); both are pinned, so the count
+/// survives a daemon restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodUsage {
+    /// `nat4_map` entries (IPv4 NAT mappings).
+    pub mappings: u64,
+    /// `ct4` entries (IPv4 flows).
+    pub flows4: u64,
+    /// `ct6` entries (IPv6 flows).
+    pub flows6: u64,
+}
+
+impl PodUsage {
+    /// Created minus freed, field by field; a freed tally ahead of the created one (a count lost
+    /// before this scheme, or a race in a test) reads as zero rather than wrapping.
+    pub const fn held(created: &PodUsage, freed: &PodUsage) -> PodUsage {
+        PodUsage {
+            mappings: created.mappings.saturating_sub(freed.mappings),
+            flows4: created.flows4.saturating_sub(freed.flows4),
+            flows6: created.flows6.saturating_sub(freed.flows6),
+        }
+    }
+}
+
 /// A ring-buffer event for `podgate monitor`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -171,6 +202,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::Pod {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::PodName {}
+    unsafe impl aya::Pod for super::PodUsage {}
 }
 
 /// Compile-time layout checks: a silent size change would corrupt every pinned map.
@@ -178,4 +210,5 @@ const _: () = {
     assert!(core::mem::size_of::<NodeConfig>() == 64);
     assert!(core::mem::size_of::<Pod>() == 108);
     assert!(core::mem::size_of::<Event>() == 56);
+    assert!(core::mem::size_of::<PodUsage>() == 24);
 };

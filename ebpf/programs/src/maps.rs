@@ -30,6 +30,14 @@ pub static PODS_V6: HashMap<[u8; 16], u32, 4096> = HashMap::new();
 #[btf_map(name = "pod_names")]
 pub static POD_NAMES: HashMap<u32, podgate_common::PodName, 4096> = HashMap::new();
 
+/// Pod id → what the programs created for it (atomic adds only; `podgate_common::PodUsage`).
+#[btf_map(name = "pod_usage")]
+pub static POD_USAGE: HashMap<u32, podgate_common::PodUsage, 4096> = HashMap::new();
+
+/// Pod id → what the daemon deleted for it; written by userspace only.
+#[btf_map(name = "pod_freed")]
+pub static POD_FREED: HashMap<u32, podgate_common::PodUsage, 4096> = HashMap::new();
+
 #[btf_map(name = "stats")]
 pub static STATS: PerCpuArray<u64, { COUNTER_SLOTS as usize }> = PerCpuArray::new();
 

@@ -70,9 +70,13 @@ pub enum Request {
         #[serde(default)]
         all: bool,
     },
+    /// One GC pass at now + `advance_secs`. It deletes what expires (with `advance_secs`, live
+    /// state idle for less than its timeout too) unless `dry_run`, which only reports.
     Gc {
         #[serde(default)]
         advance_secs: u64,
+        #[serde(default)]
+        dry_run: bool,
     },
 }
 
@@ -119,7 +123,11 @@ impl Request {
     pub fn mutates(&self) -> bool {
         matches!(
             self,
-            Request::PodAdd(_) | Request::PodDel { .. } | Request::SgApply { .. } | Request::CtFlush { .. } | Request::Gc { .. }
+            Request::PodAdd(_)
+                | Request::PodDel { .. }
+                | Request::SgApply { .. }
+                | Request::CtFlush { .. }
+                | Request::Gc { dry_run: false, .. }
         )
     }
 
@@ -383,14 +391,22 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
                 .collect();
             to_value(rows)
         }
-        Request::Gc { advance_secs } => {
+        Request::Gc { advance_secs, dry_run } => {
             let node = dataplane::read_node(pins)?;
-            let now = nat::boottime_ns() + advance_secs * 1_000_000_000;
-            let r = nat::gc(pins, &node.timeouts, now)?;
-            let r6 = sg_maps::gc(pins, &node.timeouts, now)?;
+            let now = nat::boottime_ns() + advance_secs.saturating_mul(1_000_000_000);
             // IPv4 counters stay at the top level; the IPv6 pass is nested under "ipv6".
-            let mut out = to_value(r)?;
-            out["ipv6"] = to_value(r6)?;
+            let mut out = if *dry_run {
+                let mut out = to_value(nat::gc_preview(pins, &node.timeouts, now)?)?;
+                out["ipv6"] = to_value(sg_maps::gc_preview(pins, &node.timeouts, now)?)?;
+                out
+            } else {
+                let mut out = to_value(nat::gc(pins, &node.timeouts, now)?)?;
+                out["ipv6"] = to_value(sg_maps::gc(pins, &node.timeouts, now)?)?;
+                out
+            };
+            out["dry_run"] = json!(dry_run);
+            out["deleted"] = json!(!dry_run);
+            out["advance_secs"] = json!(advance_secs);
             Ok(out)
         }
     }
@@ -916,13 +932,17 @@ mod tests {
         assert_eq!(s, Request::Stats { all: false });
         assert!(serde_json::from_str::<Request>(r#"{"verb":"pod_del","name":"a","bogus":1}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"verb":"launch"}"#).is_err());
+        // Clients that predate `dry_run` keep their meaning: a real pass.
+        let g: Request = serde_json::from_str(r#"{"verb":"gc","advance_secs":5}"#).unwrap();
+        assert_eq!(g, Request::Gc { advance_secs: 5, dry_run: false });
     }
 
     #[test]
     fn mutations_and_daemon_only_requests() {
         assert!(!Request::PodList.mutates());
         assert!(Request::PodDel { name: "a".into() }.mutates());
-        assert!(Request::Gc { advance_secs: 0 }.mutates());
+        assert!(Request::Gc { advance_secs: 0, dry_run: false }.mutates());
+        assert!(!Request::Gc { advance_secs: 600, dry_run: true }.mutates());
         let mut p = PodAdd {
             name: "a".into(),
             ipv6: String::new(),

@@ -52,7 +52,8 @@ enum Verb {
     /// Configuration files.
     #[command(subcommand)]
     Config(cli::config::ConfigVerb),
-    /// One garbage-collection pass over conntrack and NAT state (the daemon runs these itself).
+    /// One garbage-collection pass: deletes expired conntrack and NAT state (the daemon runs
+    /// these itself); --dry-run only reports what would expire.
     Gc(cli::gc::Args),
     /// Detach all programs; with --purge also delete every pinned map (all state).
     Reset(cli::reset::Args),

@@ -172,6 +172,43 @@ impl GcReport {
     }
 }
 
+/// What [`gc`] at `now` would expire, read without changing anything (`podgate gc --dry-run`).
+/// It applies the same rules as the pass (`podgate_common::nat::ct_expired`, `mapping_expired`,
+/// `frag_expired`); eviction repair is not previewed (it only ever puts entries back).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct GcPreview {
+    pub flows_seen: usize,
+    pub flows_would_expire: usize,
+    pub mappings_seen: usize,
+    pub mappings_would_expire: usize,
+    pub frags_would_expire: usize,
+}
+
+pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcPreview, DataplaneError> {
+    use std::collections::HashMap as Map;
+    let mut r = GcPreview::default();
+    let ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
+    let mut live_flows: Map<Endpoint4, u32> = Map::new();
+    for (k, v) in ct.iter().filter_map(Result::ok) {
+        r.flows_seen += 1;
+        if nat_rules::ct_expired(&k, &v, now, t) {
+            r.flows_would_expire += 1;
+        } else {
+            let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
+            *live_flows.entry(ep).or_default() += 1;
+        }
+    }
+    let maps: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
+    for (k, v) in maps.iter().filter_map(Result::ok) {
+        r.mappings_seen += 1;
+        let live = live_flows.get(&k).copied().unwrap_or(0);
+        r.mappings_would_expire += usize::from(nat_rules::mapping_expired(&k, &v, live, now, t));
+    }
+    let frags: HashMap<MapData, FragKey4, FragVal4> = open_hash(pins, nat_maps::FRAG4)?;
+    r.frags_would_expire = frags.iter().filter_map(Result::ok).filter(|(_, v)| nat_rules::frag_expired(v, now)).count();
+    Ok(r)
+}
+
 /// One garbage-collection pass at time `now` (CLOCK_BOOTTIME ns), in the order the shared crate
 /// documents (`podgate_common::nat::mapping_expired`): expired flows first, with the port claims
 /// only they used; then mappings that no live flow holds and that sat idle for their protocol's

@@ -196,6 +196,35 @@ pub fn ct6_timeout_ns(flow: &Flow6, ct: &Ct6, t: &Timeouts) -> u64 {
     secs as u64 * 1_000_000_000
 }
 
+/// Whether the GC expires this flow at `now`: the one rule of [`gc`] and [`gc_preview`].
+pub fn ct6_expired(flow: &Flow6, ct: &Ct6, now: u64, t: &Timeouts) -> bool {
+    now > ct.last_seen_ns && now - ct.last_seen_ns > ct6_timeout_ns(flow, ct, t)
+}
+
+fn frag6_expired(v: &FragVal6, now: u64) -> bool {
+    now > v.seen_ns && now - v.seen_ns > FRAG_TIMEOUT_NS
+}
+
+/// What [`gc`] at `now` would remove, read without changing anything (`podgate gc --dry-run`).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Gc6Preview {
+    pub flows_seen: usize,
+    pub flows_would_expire: usize,
+    pub frags_would_expire: usize,
+}
+
+pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Preview, DataplaneError> {
+    let mut r = Gc6Preview::default();
+    let ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
+    for (k, v) in ct.iter().filter_map(Result::ok) {
+        r.flows_seen += 1;
+        r.flows_would_expire += usize::from(ct6_expired(&k, &v, now, t));
+    }
+    let fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
+    r.frags_would_expire = fr.iter().filter_map(Result::ok).filter(|(_, v)| frag6_expired(v, now)).count();
+    Ok(r)
+}
+
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Gc6Report {
     pub flows_seen: usize,
@@ -211,7 +240,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Report, DataplaneErr
         .iter()
         .filter_map(Result::ok)
         .inspect(|_| r.flows_seen += 1)
-        .filter(|(k, v)| now > v.last_seen_ns && now - v.last_seen_ns > ct6_timeout_ns(k, v, t))
+        .filter(|(k, v)| ct6_expired(k, v, now, t))
         .map(|(k, _)| k)
         .collect();
     for k in &dead {
@@ -222,7 +251,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Report, DataplaneErr
     let stale: Vec<FragKey6> = fr
         .iter()
         .filter_map(Result::ok)
-        .filter(|(_, v)| now > v.seen_ns && now - v.seen_ns > FRAG_TIMEOUT_NS)
+        .filter(|(_, v)| frag6_expired(v, now))
         .map(|(k, _)| k)
         .collect();
     for k in &stale {

@@ -331,6 +331,63 @@ fn run(cmd: &mut Command) -> Result<String> {
 }
 
 /// Runs `ip -n <ns> -batch -` over `lines`: one process per namespace, stops at the first error.
+/// The uplink veth, made from inside the node namespace with its peer put straight into `inet`.
+fn uplink_node_cmds(inet: &str) -> Vec<String> {
+    vec![
+        format!("link add {UPLINK} type veth peer name {INTERNET_LINK} netns {inet}"),
+        format!("link set {UPLINK} up"),
+        format!("addr add {NODE_V4}/24 dev {UPLINK}"),
+        format!("addr add {NODE_V6}/64 dev {UPLINK} nodad"),
+        format!("route add default via {INTERNET_V4} dev {UPLINK}"),
+        format!("route add default via {INTERNET_V6} dev {UPLINK}"),
+    ]
+}
+
+/// The internet namespace's end of the uplink.
+fn uplink_inet_cmds() -> Vec<String> {
+    vec![
+        format!("link set {INTERNET_LINK} up"),
+        format!("addr add {INTERNET_V4}/24 dev {INTERNET_LINK}"),
+        format!("addr add {INTERNET_V6}/64 dev {INTERNET_LINK} nodad"),
+        format!("route add {POD_PREFIX} via {NODE_V6} dev {INTERNET_LINK}"),
+    ]
+}
+
+/// A pod's two veth pairs, node side (run in the node namespace).
+fn pod_node_cmds(p: &Pod) -> Vec<String> {
+    let i = p.index;
+    vec![
+        format!("link add {} type veth peer name eth0 netns {}", p.veth, p.ns),
+        format!(
+            "link add {} address {} type veth peer name v4if0 address {} netns {}",
+            p.veth_v4,
+            mac(i, 1),
+            mac(i, 2),
+            p.ns
+        ),
+        format!("link set {} up", p.veth),
+        format!("link set {} up", p.veth_v4),
+        format!("addr add {POD_GW_V6}/64 dev {} nodad", p.veth),
+        format!("route add {}/128 dev {}", p.ipv6, p.veth),
+        format!("route add {}/32 dev {}", p.ipv4, p.veth_v4),
+    ]
+}
+
+/// The pod namespace's side of its veths.
+fn pod_ns_cmds(p: &Pod) -> Vec<String> {
+    vec![
+        "link set eth0 up".to_string(),
+        "link set v4if0 up".to_string(),
+        format!("addr add {}/128 dev eth0 nodad", p.ipv6),
+        format!("route add default via {POD_GW_V6} dev eth0"),
+        format!("addr add {}/32 dev v4if0", p.ipv4),
+        format!("route add {POD_GW_V4} dev v4if0 scope link"),
+        format!("route add default via {POD_GW_V4} dev v4if0"),
+        // As the VPC CNI does: the gateway is the host veth, resolved statically.
+        format!("neigh add {POD_GW_V4} lladdr {} dev v4if0 nud permanent", mac(p.index, 1)),
+    ]
+}
+
 fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
     let mut child = Command::new("ip")
         .args(["-n", ns, "-batch", "-"])
@@ -490,51 +547,21 @@ impl Lab {
 
         // Links are created from inside the node namespace with the peer placed directly in
         // its namespace, so no interface ever exists in the root namespace, even briefly.
-        let mut node_cmds = vec![
-            "link set lo up".to_string(),
-            format!("link add {UPLINK} type veth peer name {INTERNET_LINK} netns {inet}"),
-            format!("link set {UPLINK} up"),
-            format!("addr add {NODE_V4}/24 dev {UPLINK}"),
-            format!("addr add {NODE_V6}/64 dev {UPLINK} nodad"),
-            format!("route add default via {INTERNET_V4} dev {UPLINK}"),
-            format!("route add default via {INTERNET_V6} dev {UPLINK}"),
-        ];
+        let mut node_cmds = vec!["link set lo up".to_string()];
+        node_cmds.extend(uplink_node_cmds(&inet));
         for p in &self.pods {
-            let i = p.index;
-            node_cmds.extend([
-                format!(
-                    "link add {} type veth peer name eth0 netns {}",
-                    p.veth, p.ns
-                ),
-                format!(
-                    "link add {} address {} type veth peer name v4if0 address {} netns {}",
-                    p.veth_v4,
-                    mac(i, 1),
-                    mac(i, 2),
-                    p.ns
-                ),
-                format!("link set {} up", p.veth),
-                format!("link set {} up", p.veth_v4),
-                format!("addr add {POD_GW_V6}/64 dev {} nodad", p.veth),
-                format!("route add {}/128 dev {}", p.ipv6, p.veth),
-                format!("route add {}/32 dev {}", p.ipv4, p.veth_v4),
-            ]);
+            node_cmds.extend(pod_node_cmds(p));
         }
         ip_batch(&node, &node_cmds)?;
-        ip_batch(
-            &inet,
-            &[
-                "link set lo up".to_string(),
-                format!("link set {INTERNET_LINK} up"),
-                format!("addr add {INTERNET_V4}/24 dev {INTERNET_LINK}"),
-                format!("addr add {INTERNET_V6}/64 dev {INTERNET_LINK} nodad"),
-                format!("route add {POD_PREFIX} via {NODE_V6} dev {INTERNET_LINK}"),
-                format!("link add {FAR_LINK} type veth peer name {FAR_LINK} netns {far}"),
-                format!("link set {FAR_LINK} up"),
-                format!("addr add {FAR_GW_V4}/24 dev {FAR_LINK}"),
-                format!("addr add {FAR_GW_V6}/64 dev {FAR_LINK} nodad"),
-            ],
-        )?;
+        let mut inet_cmds = vec!["link set lo up".to_string()];
+        inet_cmds.extend(uplink_inet_cmds());
+        inet_cmds.extend([
+            format!("link add {FAR_LINK} type veth peer name {FAR_LINK} netns {far}"),
+            format!("link set {FAR_LINK} up"),
+            format!("addr add {FAR_GW_V4}/24 dev {FAR_LINK}"),
+            format!("addr add {FAR_GW_V6}/64 dev {FAR_LINK} nodad"),
+        ]);
+        ip_batch(&inet, &inet_cmds)?;
         ip_batch(
             &far,
             &[
@@ -583,24 +610,9 @@ impl Lab {
             run(&mut ns_command(&node, &["nft", "-f", &path.to_string_lossy()]))?;
         }
         for p in &self.pods {
-            ip_batch(
-                &p.ns,
-                &[
-                    "link set lo up".to_string(),
-                    "link set eth0 up".to_string(),
-                    "link set v4if0 up".to_string(),
-                    format!("addr add {}/128 dev eth0 nodad", p.ipv6),
-                    format!("route add default via {POD_GW_V6} dev eth0"),
-                    format!("addr add {}/32 dev v4if0", p.ipv4),
-                    format!("route add {POD_GW_V4} dev v4if0 scope link"),
-                    format!("route add default via {POD_GW_V4} dev v4if0"),
-                    // As the VPC CNI does: the gateway is the host veth, resolved statically.
-                    format!(
-                        "neigh add {POD_GW_V4} lladdr {} dev v4if0 nud permanent",
-                        mac(p.index, 1)
-                    ),
-                ],
-            )?;
+            let mut cmds = vec!["link set lo up".to_string()];
+            cmds.extend(pod_ns_cmds(p));
+            ip_batch(&p.ns, &cmds)?;
         }
 
         let dir = state::dir(&name);
@@ -739,6 +751,24 @@ impl Lab {
             &m,
         ]))?;
         Ok(())
+    }
+
+    /// Deletes the node's uplink and creates it again with the same name and addresses (an ENI
+    /// replaced, a lab rebuilt): the new interface has a new ifindex and nothing attached.
+    pub fn recreate_uplink(&self) -> Result<()> {
+        ip_batch(&self.node_ns(), &[format!("link del {UPLINK}")])?;
+        ip_batch(&self.node_ns(), &uplink_node_cmds(&self.internet_ns()))?;
+        ip_batch(&self.internet_ns(), &uplink_inet_cmds())
+    }
+
+    /// Deletes pod `i`'s two veth pairs and creates them again with the same names, addresses
+    /// and MACs (a pod's veth replaced while podgate was down).
+    pub fn recreate_pod_veths(&self, i: usize) -> Result<()> {
+        let p = &self.pods[i];
+        ip_batch(&self.node_ns(), &[format!("link del {}", p.veth), format!("link del {}", p.veth_v4)])?;
+        ip_batch(&self.node_ns(), &pod_node_cmds(p))?;
+        // The permanent gateway neighbour went with v4if0.
+        ip_batch(&p.ns, &pod_ns_cmds(p))
     }
 
     pub fn pods(&self) -> &[Pod] {

@@ -389,14 +389,27 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         }
         return attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others);
     }
-    let id = if link_path.exists() {
-        p.attach_to_link(relink(&link_path)?).map_err(prog_err(prog))?
-    } else {
-        netif::ifindex(ifname)?;
-        match p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first())) {
-            Ok(id) => id,
-            Err(e) if tcx_unsupported(&e) => return attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others),
+    let updated = if link_path.exists() {
+        match p.attach_to_link(relink(&link_path)?) {
+            Ok(id) => Some(id),
+            Err(e) if link_severed(&e) => {
+                log_severed(ifname, prog);
+                None
+            }
             Err(e) => return Err(prog_err(prog)(e)),
+        }
+    } else {
+        None
+    };
+    let id = match updated {
+        Some(id) => id,
+        None => {
+            netif::ifindex(ifname)?;
+            match p.attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::first())) {
+                Ok(id) => id,
+                Err(e) if tcx_unsupported(&e) => return attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others),
+                Err(e) => return Err(prog_err(prog)(e)),
+            }
         }
     };
     pin_link(p.take_link(id).map_err(prog_err(prog))?, link_path)
@@ -502,20 +515,50 @@ pub fn attach_xdp(pins: &Pins, ifname: &str, prog: &str, mode: CfgXdpMode) -> Re
     }
     let mut p = Xdp::from_pin(pins.prog(prog), XdpAttachType::Interface).map_err(prog_err(prog))?;
     let link_path = pins.link(ifname, prog);
-    let id = if link_path.exists() {
-        p.attach_to_link(relink(&link_path)?).map_err(prog_err(prog))?
-    } else {
-        netif::ifindex(ifname)?;
-        match mode {
-            CfgXdpMode::Native => p.attach(ifname, XdpMode::Driver),
-            CfgXdpMode::Generic => p.attach(ifname, XdpMode::Skb),
-            CfgXdpMode::Auto => p
-                .attach(ifname, XdpMode::Driver)
-                .or_else(|_| p.attach(ifname, XdpMode::Skb)),
+    let updated = if link_path.exists() {
+        match p.attach_to_link(relink(&link_path)?) {
+            Ok(id) => Some(id),
+            Err(e) if link_severed(&e) => {
+                log_severed(ifname, prog);
+                None
+            }
+            Err(e) => return Err(prog_err(prog)(e)),
         }
-        .map_err(prog_err(prog))?
+    } else {
+        None
+    };
+    let id = match updated {
+        Some(id) => id,
+        None => {
+            netif::ifindex(ifname)?;
+            match mode {
+                CfgXdpMode::Native => p.attach(ifname, XdpMode::Driver),
+                CfgXdpMode::Generic => p.attach(ifname, XdpMode::Skb),
+                CfgXdpMode::Auto => p
+                    .attach(ifname, XdpMode::Driver)
+                    .or_else(|_| p.attach(ifname, XdpMode::Skb)),
+            }
+            .map_err(prog_err(prog))?
+        }
     };
     pin_link(p.take_link(id).map_err(prog_err(prog))?, link_path)
+}
+
+/// BPF_LINK_UPDATE on a link whose interface was deleted: the kernel severed it (ENOLINK). An
+/// interface of the same name created since is another device, with nothing attached.
+fn link_severed(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. })
+        if io_error.raw_os_error() == Some(libc::ENOLINK))
+}
+
+/// The severed link was already unpinned by `relink`; its fd closes with the failed update.
+fn log_severed(ifname: &str, prog: &str) {
+    tracing::warn!(
+        interface = ifname,
+        program = prog,
+        "pinned link severed: {ifname} was deleted (and perhaps created again) while podgate was \
+         down; the stale link was unpinned and {prog} is attached afresh to {ifname}"
+    );
 }
 
 /// The link pinned at `path`, unpinned and typed for `attach_to_link` (which re-points it).
@@ -788,6 +831,20 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
         attach_tc(pins, v4if, POD_INGRESS, TcAttachType::Ingress)?;
     }
     Ok(pod)
+}
+
+/// Pods whose host interfaces are gone (deleted, or deleted and created again under the same
+/// name, which gives a new ifindex): they are removed as on `pod del` (their flows and mappings
+/// flushed, their stale links unpinned), because every entry they have points at an interface
+/// that no longer exists. The caller registers again those it still knows (the config's pods).
+pub fn remove_vanished_pods(pins: &Pins) -> Result<Vec<PodEntry>, DataplaneError> {
+    let mut gone = Vec::new();
+    for e in list_pods(pins)? {
+        if e.ifindexes.iter().any(|&i| netif::name_of(i).is_none()) {
+            gone.push(remove_pod(pins, &e.name)?);
+        }
+    }
+    Ok(gone)
 }
 
 /// Unregisters a pod: programs off its veths, then its map entries and its NAT/conntrack state.

@@ -213,3 +213,110 @@ fn nat_maps_full_refuse_new_flows_then_recover() {
     assert_eq!(answered(&n.py(&p1, &["udp-many", "47000", "10", &inet()])), 10, "no recovery after GC");
     assert!(n.daemon.as_mut().unwrap().exited().is_none());
 }
+
+/// The state a dry run must leave alone: (proto, pod address, pod port, external port) of every
+/// mapping and (proto, pod port, remote, external port) of every flow.
+fn nat_state(n: &Node) -> (Vec<String>, Vec<String>) {
+    let rows = |cmd: &str, keys: &[&str]| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&n.cli(&[cmd, "list", "--json"])).unwrap();
+        let mut r: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| keys.iter().map(|k| r[*k].to_string()).collect::<Vec<_>>().join(" "))
+            .collect();
+        r.sort();
+        r
+    };
+    (
+        rows("nat", &["proto", "pod_addr", "pod_port", "ext_port"]),
+        rows("ct", &["proto", "pod_addr", "pod_port", "remote_addr", "remote_port", "ext_port"]),
+    )
+}
+
+#[test]
+fn gc_dry_run_changes_nothing_through_the_daemon_or_the_pins() {
+    let mut n = Node::up("gcdry", 1, "", "");
+    let p0 = n.lab.pod_ns(0).to_string();
+    assert_eq!(answered(&n.py(&p0, &["udp-many", "42000", "6", &inet()])), 6);
+    let before = nat_state(&n);
+    assert!(before.0.len() >= 6 && before.1.len() >= 6, "no state to preview: {before:?}");
+    // A day ahead every one of them would expire; the preview says so and deletes nothing.
+    let preview = |n: &Node| -> serde_json::Value {
+        serde_json::from_str(&n.cli(&["gc", "--dry-run", "--advance", "86400"])).unwrap()
+    };
+    let v = preview(&n);
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["deleted"], false, "{v}");
+    assert!(v["mappings_would_expire"].as_u64() >= Some(6), "{v}");
+    assert!(v["flows_would_expire"].as_u64() >= Some(6), "{v}");
+    assert_eq!(nat_state(&n), before, "a dry run through the daemon changed the state");
+    assert!(n.py(&p0, &["udp", "42000", "2", "0", &inet()]).contains("reply"), "mapping broken by the preview");
+    // `--advance` alone would delete live state: refused, nothing changed.
+    let root = n.lab.pin_root();
+    let o = n
+        .lab
+        .exec_in(&n.lab.node_ns(), &[PODGATE, "--pin-root", root.to_str().unwrap(), "gc", "--advance", "86400"])
+        .unwrap();
+    assert!(!o.status.success(), "gc --advance without --dry-run/--delete-live was accepted");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--dry-run"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(nat_state(&n), before, "a refused gc --advance changed the state");
+
+    // The same through the pinned maps, with the daemon stopped.
+    let before = nat_state(&n);
+    n.daemon.take().unwrap().stop();
+    let v = preview(&n);
+    assert!(v["mappings_would_expire"].as_u64() >= Some(6), "{v}");
+    assert_eq!(nat_state(&n), before, "a dry run on the pins changed the state");
+    // The explicit deleting form still expires them (the lab's long-timer tests rely on it).
+    let v: serde_json::Value =
+        serde_json::from_str(&n.cli(&["gc", "--advance", "86400", "--delete-live"])).unwrap();
+    assert_eq!(v["deleted"], true, "{v}");
+    assert!(nat_state(&n).0.is_empty(), "--delete-live left mappings");
+}
+
+/// Mappings (`nat list`) of one pod address.
+fn mappings_of(n: &Node, ipv4: &str) -> usize {
+    let v: serde_json::Value = serde_json::from_str(&n.cli(&["nat", "list", "--json"])).unwrap();
+    v.as_array().unwrap().iter().filter(|r| r["pod_addr"] == ipv4).count()
+}
+
+#[test]
+fn interfaces_recreated_while_the_daemon_was_down_are_attached_afresh() {
+    let mut n = Node::up("recreate", 2, "", "");
+    let (p0, p1) = (n.lab.pod_ns(0).to_string(), n.lab.pod_ns(1).to_string());
+    let (a0, a1) = (n.lab.pod(0).ipv4.to_string(), n.lab.pod(1).ipv4.to_string());
+    assert!(n.py(&p0, &["udp", "42000", "2", "0", &inet()]).contains("reply"));
+    assert!(n.py(&p1, &["udp", "42000", "2", "0", &inet()]).contains("reply"));
+    assert!(mappings_of(&n, &a0) >= 1 && mappings_of(&n, &a1) >= 1);
+
+    // A pod's veths replaced while podgate is down: its pinned links are severed.
+    n.stop_daemon();
+    n.lab.recreate_pod_veths(0).expect("recreate pod 0's veths");
+    n.start_daemon().unwrap_or_else(|log| panic!("podgate did not start after pod 0's veths were recreated:\n{log}"));
+    let log = n.log("podgate.log");
+    let veth = &n.lab.pod(0).veth;
+    assert!(
+        log.contains("pinned link severed") && log.contains(&format!("attached afresh to {veth}")),
+        "the log does not say what was re-attached:\n{log}"
+    );
+    assert!(log.contains("host interfaces are gone"), "the log does not name the flushed pod:\n{log}");
+    // Pod 0's state pointed at the old interfaces: flushed. Pod 1 kept its mapping.
+    assert_eq!(mappings_of(&n, &a0), 0, "mappings of the pod whose veths vanished were kept");
+    assert!(mappings_of(&n, &a1) >= 1, "another pod's mappings were flushed");
+    assert!(n.py(&p0, &["udp", "42000", "2", "0", &inet()]).contains("reply"), "pod 0 broken after re-attach");
+    assert!(n.py(&p1, &["udp", "42000", "2", "0", &inet()]).contains("reply"), "pod 1 broken after re-attach");
+    let six = n.lab.exec_in(&p0, &["ping", "-6", "-c", "1", "-W", "2", &podgate_lab::INTERNET_V6.to_string()]).unwrap();
+    assert!(six.status.success(), "pod 0's IPv6 broken after re-attach: {}", String::from_utf8_lossy(&six.stdout));
+
+    // The uplink replaced: the XDP link is severed.
+    n.stop_daemon();
+    n.lab.recreate_uplink().expect("recreate the uplink");
+    n.start_daemon().unwrap_or_else(|log| panic!("podgate did not start after the uplink was recreated:\n{log}"));
+    let log = n.log("podgate.log");
+    assert!(log.contains("attached afresh to eni"), "the log does not say the uplink was re-attached:\n{log}");
+    let link = n.lab.exec_in(&n.lab.node_ns(), &["ip", "-d", "link", "show", "eni"]).unwrap();
+    assert!(String::from_utf8_lossy(&link.stdout).contains("prog/xdp"), "no XDP program on the new uplink");
+    assert!(n.py(&p0, &["udp", "42001", "2", "0", &inet()]).contains("reply"), "SNAT broken after the uplink came back");
+    assert!(n.py(&p1, &["udp", "42001", "2", "0", &inet()]).contains("reply"), "SNAT broken after the uplink came back");
+}

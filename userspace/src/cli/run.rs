@@ -159,6 +159,22 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         prefix = %cfg.node.pod_prefix,
         "node configured"
     );
+    // Before the uplink and pods are attached: a pod's interface replaced while podgate was down
+    // leaves entries keyed by an ifindex that is gone and flows that point at it.
+    let configured: std::collections::HashSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
+    for e in dataplane::remove_vanished_pods(pins)? {
+        let again = if configured.contains(e.name.as_str()) {
+            "registered again from the config with its new interfaces"
+        } else {
+            "not in the config: register it again (pod add, or the CNI's ADD)"
+        };
+        warn!(
+            pod = %e.name,
+            ipv4 = %std::net::Ipv4Addr::from(e.pod.ipv4),
+            "pod's host interfaces are gone (deleted or replaced while podgate was down): its flows \
+             and mappings were flushed as on pod removal; {again}"
+        );
+    }
     let path = dataplane::attach_uplink(pins, &cfg.node)?;
     info!(uplink = %cfg.node.uplink, ?path, "uplink attached");
     // On a restart the config's pods keep their pinned group ids while they are re-registered:
@@ -180,7 +196,6 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         false,
     )?;
     info!(groups = r.groups, rule_entries = r.rule_entries, generation = r.generation, "security groups applied");
-    let configured: std::collections::HashSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
     for e in dataplane::list_pods(pins)? {
         if !configured.contains(e.name.as_str()) {
             info!(pod = %e.name, "keeping pod registered at runtime (not in the config file)");

@@ -211,6 +211,35 @@ impl Node {
         Node { lab, py, daemon: Some(daemon) }
     }
 
+    /// Stops the daemon (SIGTERM: the dataplane stays attached).
+    pub fn stop_daemon(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.stop();
+        }
+    }
+
+    /// Starts the daemon again with the same config; `Err(log)` when it exits instead of
+    /// reaching "podgate: running" within 30 s.
+    pub fn start_daemon(&mut self) -> Result<(), String> {
+        self.stop_daemon();
+        let path = self.lab.state_dir().join("conformance.toml");
+        let ran = |n: &Node| n.log("podgate.log").matches("podgate: running").count();
+        let before = ran(self);
+        let mut d = self
+            .lab
+            .spawn_logged(&self.lab.node_ns(), &[PODGATE, "run", "--config", path.to_str().unwrap()], "podgate.log")
+            .expect("start podgate");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ran(self) == before {
+            if d.exited().is_some() || Instant::now() >= deadline {
+                return Err(self.log("podgate.log"));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.daemon = Some(d);
+        Ok(())
+    }
+
     /// Runs the probe script in `ns`; its stdout.
     pub fn py(&self, ns: &str, args: &[&str]) -> String {
         let mut argv = vec!["python3", self.py.to_str().unwrap()];
@@ -254,7 +283,7 @@ impl Node {
     }
 
     pub fn gc_advance(&self, secs: u64) -> String {
-        self.cli(&["gc", "--advance", &secs.to_string()])
+        self.cli(&["gc", "--advance", &secs.to_string(), "--delete-live"])
     }
 
     /// Flows (`ct list --json`) of one pod source port.

@@ -121,6 +121,16 @@ fn endpoint(i: u32) -> podgate_common::nat::Endpoint4 {
     ep(if i % 2 == 0 { POD_A } else { POD_B }, 1024 + (i / 2) as u16, UDP)
 }
 
+/// The GC clock for passes after [`age`]: an aged entry (seen at CLOCK_BOOTTIME 1 ns) must be
+/// older than the UDP timeout, which it is not on a machine booted less than that ago (the
+/// vm-test guests run this a few seconds after boot; their GC at `boottime_ns()` expired
+/// nothing). Live entries were refreshed more than a second after boot, so at this clock they
+/// are still inside their timeout.
+fn gc_clock() -> u64 {
+    let udp = u64::from(Timeouts::default().udp) * 1_000_000_000;
+    nat::boottime_ns().max(1 + udp + 1_000_000_000)
+}
+
 /// Ages flow `i` (and its mapping, if any) so that the next GC pass expires it: the flow ended.
 fn age(env: &mut Env, i: u32) {
     let e = endpoint(i);
@@ -177,7 +187,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     // Updating an entry of a full LRU map (the aging above) evicts too: look again.
     let mapped: HashSet<_> = env.mappings().into_iter().map(|(k, _)| k).collect();
     let evicted: Vec<u32> = (0..FLOWS).filter(|&i| !mapped.contains(&endpoint(i))).collect();
-    let r = nat::gc(&view.pins, &Timeouts::default(), nat::boottime_ns()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), gc_clock()).unwrap();
     let restore = evicted.iter().filter(|&&i| i % 3 == 0).count();
     let lost = evicted.iter().filter(|&&i| i % 3 != 0).count();
     assert_eq!(r.flows_expired, ended.len(), "{r:?}");
@@ -192,7 +202,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     assert_no_port_leak(&env);
 
     // A second pass finds nothing more.
-    let r = nat::gc(&view.pins, &Timeouts::default(), nat::boottime_ns()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), gc_clock()).unwrap();
     assert_eq!(r.evictions(), 0, "{r:?}");
 
     // Flow and mapping both evicted (claims left behind, owned by nobody): the GC removes the
@@ -208,7 +218,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     for &i in &live[..10] {
         m.remove(&endpoint(i)).unwrap();
     }
-    let r = nat::gc(&view.pins, &Timeouts::default(), nat::boottime_ns()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), gc_clock()).unwrap();
     assert_eq!((r.evicted_mappings_lost, r.orphan_claims_removed), (10, 10), "{r:?}");
     assert_no_port_leak(&env);
     assert_eq!(env.mappings().len(), live.len() - 10);

@@ -63,7 +63,7 @@ pub const POD_IPV4_CIDR: &str = "169.254.172.0/22";
 pub const POD_GW_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 172, 1);
 /// The pods' IPv6 gateway, configured on every host-side pod veth.
 pub const POD_GW_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
-pub const SNAT_PORTS: &str = "32768-65535";
+pub const SNAT_PORTS: &str = "49152-65535";
 pub const HTTP_PORT: u16 = 80;
 pub const UDP_ECHO_PORT: u16 = 7;
 pub const IPERF_PORT: u16 = 5201;

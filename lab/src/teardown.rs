@@ -81,6 +81,18 @@ pub fn down(name: &str) -> Result<DownReport> {
             Err(e) => errors.push(format!("removing {}: {e}", pins.display())),
         }
     }
+    // podgate's record of the ports it reserved in the node namespace (gone with the namespace):
+    // /run/podgate/<pin root, / as ->.reserved-ports, as `podgate::reserved_ports::record_path`.
+    let flat: String = pin_root(name)
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '-' })
+        .collect();
+    let record = std::path::Path::new("/run/podgate").join(format!("{flat}.reserved-ports"));
+    if record.exists() && fs::remove_file(&record).is_ok() {
+        report.removed.push(format!("record {}", record.display()));
+    }
     let dir = state::dir(name);
     if dir.exists() {
         match fs::remove_dir_all(&dir) {

@@ -141,7 +141,7 @@ fn lab_the_written_config_follows_the_contract() {
     assert_eq!(node["ipv4"].as_str(), Some("198.51.100.2"));
     assert_eq!(node["pod_prefix"].as_str(), Some("2001:db8:0:1::/80"));
     assert_eq!(node["pod_ipv4_cidr"].as_str(), Some("169.254.172.0/22"));
-    assert_eq!(node["snat_ports"].as_str(), Some("32768-65535"));
+    assert_eq!(node["snat_ports"].as_str(), Some(podgate_lab::SNAT_PORTS));
     assert_eq!(
         node["pin_root"].as_str(),
         Some(lab.pin_root().to_str().unwrap())

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/podgate";
 pub const DEFAULT_POD_IPV4_CIDR: &str = "169.254.172.0/22";
-pub const DEFAULT_SNAT_PORTS: &str = "32768-65535";
+pub const DEFAULT_SNAT_PORTS: &str = "49152-65535";
 pub const DEFAULT_POD_QUOTA: u32 = 16384;
 pub const MAX_GROUPS_LIMIT: u32 = 16;
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9542";
@@ -677,7 +677,7 @@ veth_v4 = "v4a"
     #[test]
     fn good_config_and_defaults() {
         let c = Config::parse(GOOD).unwrap();
-        assert_eq!(c.node.port_min, 32768);
+        assert_eq!(c.node.port_min, 49152);
         assert_eq!(c.node.port_max, 65535);
         assert_eq!(c.node.pod_ipv4_cidr.to_string(), "169.254.172.0/22");
         assert_eq!(c.node.pin_root, PathBuf::from(DEFAULT_PIN_ROOT));

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod nat;
 pub mod netif;
 pub mod pins;
+pub mod reserved_ports;
 pub mod sg_maps;
 
 pub mod sg;

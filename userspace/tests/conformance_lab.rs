@@ -162,7 +162,7 @@ fn tcp_with_default_config() {
         let a = n.py(&p0, &["http", "42010", &format!("{INTERNET_V4}:80")]);
         let ext = a.split_whitespace().nth(2).unwrap().to_string();
         let mut said = vec![];
-        for port in [ext.as_str(), "40001"] {
+        for port in [ext.as_str(), "50001"] {
             let out = n.py(&n.lab.far_ns(), &["syn", &format!("{NODE_V4}:{port}"), "7"]);
             let secs: f64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
             assert!(!out.starts_with("connected"), "unsolicited SYN to :{port} was accepted: {out}");

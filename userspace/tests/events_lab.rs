@@ -44,7 +44,7 @@ fn monitor_shows_a_new_flow_and_a_drop_from_real_traffic() {
     let p = lab.http(0, Family::V4);
     assert!(p.ok, "{p:?}");
     // Unsolicited: nothing maps this port; one SYN (and its retries) within a second.
-    let url = format!("http://{NODE_V4}:40000/");
+    let url = format!("http://{NODE_V4}:50000/");
     let _ = lab.exec_in_for(&lab.internet_ns(), &["curl", "-s", "--max-time", "1", &url], Duration::from_secs(5));
 
     let pod_v4 = lab.pod(0).ipv4.to_string();
@@ -59,7 +59,7 @@ fn monitor_shows_a_new_flow_and_a_drop_from_real_traffic() {
                 && e["dst"] == format!("{INTERNET_V4}:80")
         });
         let drop = lines.iter().find(|e| {
-            e["kind"] == "drop" && e["reason"] == "drop_no_mapping" && e["dst"] == format!("{NODE_V4}:40000")
+            e["kind"] == "drop" && e["reason"] == "drop_no_mapping" && e["dst"] == format!("{NODE_V4}:50000")
         });
         if let (Some(f), Some(d)) = (flow, drop) {
             break (f.clone(), d.clone());

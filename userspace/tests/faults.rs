@@ -320,3 +320,31 @@ fn interfaces_recreated_while_the_daemon_was_down_are_attached_afresh() {
     assert!(n.py(&p0, &["udp", "42001", "2", "0", &inet()]).contains("reply"), "SNAT broken after the uplink came back");
     assert!(n.py(&p1, &["udp", "42001", "2", "0", &inet()]).contains("reply"), "SNAT broken after the uplink came back");
 }
+
+fn reserved_ports(n: &Node) -> String {
+    let o = n.lab.exec_in(&n.lab.node_ns(), &["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[test]
+fn node_sockets_never_get_a_port_a_pod_mapping_holds() {
+    // The node namespace keeps the stock ip_local_port_range (32768-60999); podgate runs with
+    // the default snat_ports. (Merging with the operator's entries: reserved_ports unit tests.)
+    let mut n = Node::up("ports", 1, "", "");
+    let ns = n.lab.node_ns();
+    let o = n.lab.exec_in(&ns, &["sysctl", "-n", "net.ipv4.ip_local_port_range"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().collect::<Vec<_>>(), ["32768", "60999"]);
+    let reserved = reserved_ports(&n);
+    assert!(reserved.contains("49152-65535"), "podgate's range not reserved: {reserved:?}");
+    // A pod holds 600 mappings toward the remote, then the node opens 600 sockets to it.
+    let p0 = n.lab.pod_ns(0).to_string();
+    assert_eq!(answered(&n.py(&p0, &["udp-many", "20000", "600", &inet()])), 600);
+    let out = n.py(&ns, &["udp-ephemeral", "600", &inet()]);
+    assert_eq!(answered(&out), 600, "node sockets lost their replies (to the pod?): {out}");
+    // `reset --purge` gives back exactly what podgate added.
+    n.stop_daemon();
+    let root = n.lab.pin_root();
+    let o = n.lab.exec_in(&ns, &[PODGATE, "--pin-root", root.to_str().unwrap(), "reset", "--purge"]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(reserved_ports(&n), "", "the reservation was not given back");
+}

@@ -91,6 +91,17 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
         }
         None => None,
     };
+    // The node's own sockets must never be handed a port a pod's mapping may hold: podgate's
+    // range goes into this namespace's ip_local_reserved_ports before anything translates.
+    let record = podgate::reserved_ports::record_path(pins.root());
+    let plan = podgate::reserved_ports::reserve((cfg.node.port_min, cfg.node.port_max), &record)
+        .context("reserving node.snat_ports for podgate (net.ipv4.ip_local_reserved_ports)")?;
+    info!(
+        reserved = %podgate::reserved_ports::format_list(&plan.reserved),
+        added = %podgate::reserved_ports::format_list(&plan.added),
+        node_ephemeral_ports_left = plan.node_left,
+        "podgate's external ports are reserved from the node's automatic port choice"
+    );
     // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
     // with coexist, `attach_*` say where podgate goes beside each of them.
     let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
@@ -104,6 +115,9 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
         // A first start that fails leaves nothing behind; a restart keeps the previous state,
         // which is still forwarding.
         if fresh {
+            if let Err(r) = podgate::reserved_ports::release(&record) {
+                warn!("giving back the reserved ports failed: {r:#}");
+            }
             match dataplane::reset(&pins, true) {
                 Ok(_) => return Err(e.context("nothing was left attached or pinned")),
                 Err(r) => warn!("rolling back failed too: {r:#}"),

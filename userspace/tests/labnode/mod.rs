@@ -101,6 +101,42 @@ elif cmd == "udp-flood":
     for s in socks:
         s.close()
     print("answered", ok, flush=True)
+elif cmd == "udp-ephemeral":
+    # udp-ephemeral COUNT DST: COUNT sockets on ports the kernel picks, all open at once, one
+    # datagram each; prints how many got their own answer (the echo names the port it saw) and
+    # the ports that did not.
+    import resource, select
+    count, d = int(sys.argv[2]), sys.argv[3]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count + 64, count + 64))
+    socks = {}
+    for i in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", 0))
+        s.setblocking(False)
+        socks[s] = s.getsockname()[1]
+    # The echo server is one thread that logs every datagram: under load it drops some, so a
+    # socket still unanswered asks again (5 rounds). A reply taken by a pod's mapping is lost
+    # every time.
+    pending, ok = set(socks), 0
+    for round in range(5):
+        for s in list(pending):
+            s.sendto(b"node", hp(d))
+            time.sleep(0.002)
+        end = time.time() + 1.0
+        while pending and time.time() < end:
+            r, _, _ = select.select(list(pending)[:1000], [], [], 0.1)
+            for s in r:
+                try:
+                    data = s.recvfrom(2048)[0].decode(errors="replace").split()
+                except OSError:
+                    continue
+                if len(data) >= 3 and data[2] == str(socks[s]) and s in pending:
+                    ok += 1
+                    pending.discard(s)
+    print("answered", ok, flush=True)
+    print("lost", ",".join(str(socks[s]) for s in pending), flush=True)
+    for s in socks:
+        s.close()
 elif cmd == "send":
     # send SPORT DST DATA
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -347,4 +347,17 @@ fn node_sockets_never_get_a_port_a_pod_mapping_holds() {
     let o = n.lab.exec_in(&ns, &[PODGATE, "--pin-root", root.to_str().unwrap(), "reset", "--purge"]).unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(reserved_ports(&n), "", "the reservation was not given back");
+    // A range that would leave the node (nearly) no automatic ports: refused, naming both
+    // ranges and the fix, and nothing reserved.
+    let path = n.lab.state_dir().join("conformance.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let wide = cfg.replace(&format!("snat_ports = \"{}\"", podgate_lab::SNAT_PORTS), "snat_ports = \"32768-65535\"");
+    assert_ne!(wide, cfg, "no snat_ports line in the lab config");
+    std::fs::write(&path, wide).unwrap();
+    let log = n.start_daemon().expect_err("podgate started with a range covering the node's whole ephemeral range");
+    assert!(
+        log.contains("32768-65535") && log.contains("32768-60999") && log.contains("ip_local_port_range"),
+        "the refusal does not name both ranges and the fix:\n{log}"
+    );
+    assert_eq!(reserved_ports(&n), "", "a refused start left a reservation");
 }

@@ -91,8 +91,17 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
         }
         None => None,
     };
+    // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
+    // with coexist, `attach_*` say where podgate goes beside each of them.
+    let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
+    let tc_netlink = cfg.node.tc_attach == podgate::config::TcAttach::Netlink;
+    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs, tc_netlink)?;
+    for f in &others {
+        info!(other = %f, "another tool's program on a hook podgate uses: left in place (foreign_programs = \"coexist\")");
+    }
     // The node's own sockets must never be handed a port a pod's mapping may hold: podgate's
-    // range goes into this namespace's ip_local_reserved_ports before anything translates.
+    // range goes into this namespace's ip_local_reserved_ports before anything translates
+    // (after every check that can refuse the start, so a refusal leaves no reservation behind).
     let record = podgate::reserved_ports::record_path(pins.root());
     let plan = podgate::reserved_ports::reserve((cfg.node.port_min, cfg.node.port_max), &record)
         .context("reserving node.snat_ports for podgate (net.ipv4.ip_local_reserved_ports)")?;
@@ -102,14 +111,6 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
         node_ephemeral_ports_left = plan.node_left,
         "podgate's external ports are reserved from the node's automatic port choice"
     );
-    // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
-    // with coexist, `attach_*` say where podgate goes beside each of them.
-    let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
-    let tc_netlink = cfg.node.tc_attach == podgate::config::TcAttach::Netlink;
-    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs, tc_netlink)?;
-    for f in &others {
-        info!(other = %f, "another tool's program on a hook podgate uses: left in place (foreign_programs = \"coexist\")");
-    }
     let fresh = !pins.exists();
     if let Err(e) = bring_up(&pins, &cfg) {
         // A first start that fails leaves nothing behind; a restart keeps the previous state,

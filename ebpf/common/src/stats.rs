@@ -96,6 +96,9 @@ counters! {
     // packet unfiltered), or any other EtherType.
     DropVlanTagged = 58 => "drop_vlan_tagged",
     DropEtherType = 59 => "drop_ethertype",
+    // A pod's IPv4 packet whose TTL ends at the NAT (answered with 11/0 from the gateway unless
+    // it is a later fragment or an ICMP error).
+    DropTtlExpired = 60 => "drop_ttl_expired",
 }
 
 /// Size of the `stats` array.

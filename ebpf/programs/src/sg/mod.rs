@@ -9,8 +9,11 @@
 mod parse;
 pub mod policy;
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    bindings::{__sk_buff, xdp_md},
+    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, __sk_buff, bpf_fib_lookup, xdp_md},
+    helpers::bpf_fib_lookup as fib_lookup,
     programs::{TcContext, XdpContext},
 };
 use podgate_common::{
@@ -18,7 +21,7 @@ use podgate_common::{
     sg::{
         Ct6, DIR_EGRESS, DIR_INGRESS, Flow6, FragKey6, FragVal6, NO_RULE, PROTO_ICMPV6,
         ct6_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error, is_linklocal_or_unspecified,
-        match_key, ndp_link_bits, ndp_type_on_link,
+        match_key, ndp_link_bits, ndp_peer_lookup_needed, ndp_type_on_link,
     },
     stats::Counter,
 };
@@ -233,7 +236,8 @@ pub fn ndp_candidate(ctx: &impl Packet) -> bool {
 pub fn ndp_bits_tc(skb: *mut __sk_buff, egress: bool) -> u32 {
     let ctx = TcContext::new(skb);
     // SAFETY: reading the skb's ifindex field; the pod as in uplink_v6_xdp.
-    let Some(pod) = (unsafe { PODS.get((*skb).ifindex) }) else {
+    let ifindex = unsafe { (*skb).ifindex };
+    let Some(pod) = (unsafe { PODS.get(ifindex) }) else {
         return 0;
     };
     let Ok(ip) = ptr_at::<[u8; 40]>(&ctx, ETH_HLEN) else {
@@ -241,8 +245,35 @@ pub fn ndp_bits_tc(skb: *mut __sk_buff, egress: bool) -> u32 {
     };
     // SAFETY: bounds checked by ptr_at; the 16-byte ranges lie inside the 40 bytes.
     let (hl, src, dst) = unsafe { ((*ip)[7], &*((ip as *const u8).add(8) as *const [u8; 16]), &*((ip as *const u8).add(24) as *const [u8; 16])) };
-    ndp_link_bits(hl, src, dst, &pod.ipv6, egress)
+    let bits = ndp_link_bits(hl, src, dst, &pod.ipv6, egress, false);
+    if bits != 0 || !ndp_peer_lookup_needed(hl, src, dst, egress) {
+        return bits;
+    }
+    let peer = if egress { dst } else { src };
+    ndp_link_bits(hl, src, dst, &pod.ipv6, egress, node_address(skb, ifindex, peer))
 }
+
+/// Whether `a` is one of the node's own addresses: the FIB has a local (not forwarded) route
+/// for it.
+#[inline(always)]
+fn node_address(skb: *mut __sk_buff, ifindex: u32, a: &[u8; 16]) -> bool {
+    // SAFETY: a plain C struct; all-zero is a valid request.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET6;
+    p.ifindex = ifindex;
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+        i += 1;
+    }
+    p.__bindgen_anon_4.ipv6_dst = w;
+    // SAFETY: p lives on the stack for the call; the size is the struct's.
+    let rc = unsafe { fib_lookup(skb as *mut c_void, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+}
+
+const AF_INET6: u8 = 10;
 
 /// `ndp_bits_tc` for the uplink, where everything is on its way to a pod: the pod is the one the
 /// destination names (`uplink_v6_xdp` looks it up by that address), so its own address is `dst`.
@@ -254,7 +285,7 @@ pub fn ndp_bits_xdp(md: *mut xdp_md) -> u32 {
     };
     // SAFETY: the 16-byte ranges lie inside the 40 bytes.
     let (src, dst) = unsafe { (&*(ip.as_ptr().add(8) as *const [u8; 16]), &*(ip.as_ptr().add(24) as *const [u8; 16])) };
-    ndp_link_bits(ip[7], src, dst, dst, false)
+    ndp_link_bits(ip[7], src, dst, dst, false, false)
 }
 
 #[inline(always)]

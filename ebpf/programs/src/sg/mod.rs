@@ -12,7 +12,7 @@ pub mod policy;
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_NOT_FWDED, __sk_buff, bpf_fib_lookup, xdp_md},
+    bindings::{BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NOT_FWDED, __sk_buff, bpf_fib_lookup, xdp_md},
     helpers::bpf_fib_lookup as fib_lookup,
     programs::{TcContext, XdpContext},
 };
@@ -254,7 +254,8 @@ pub fn ndp_bits_tc(skb: *mut __sk_buff, egress: bool) -> u32 {
 }
 
 /// Whether `a` is one of the node's own addresses: the FIB has a local (not forwarded) route
-/// for it.
+/// for it. An interface that does not forward IPv6 counts too: from it nothing can be routed on,
+/// and toward it only the node itself sends.
 #[inline(always)]
 fn node_address(skb: *mut __sk_buff, ifindex: u32, a: &[u8; 16]) -> bool {
     // SAFETY: a plain C struct; all-zero is a valid request.
@@ -270,7 +271,7 @@ fn node_address(skb: *mut __sk_buff, ifindex: u32, a: &[u8; 16]) -> bool {
     p.__bindgen_anon_4.ipv6_dst = w;
     // SAFETY: p lives on the stack for the call; the size is the struct's.
     let rc = unsafe { fib_lookup(skb as *mut c_void, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64
+    rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 || rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64
 }
 
 const AF_INET6: u8 = 10;

@@ -218,11 +218,9 @@ fn judge<C: Load>(
     pass(Counter::Sg6Allowed)
 }
 
-/// The `ndp_link_bits` of what a pod veth carries (`egress`: the pod sent it), or 0 when the
-/// packet is not ICMPv6 (directly, or behind a hop-by-hop header as MLD is). Called by the entry
-/// point before the IPv6 function: there its frame does not add to the IPv6 path's, which has no
-/// room left (Linux 6.1: 512 bytes for the chain through the rule lookup's callback). The gate is
-/// one byte and two compares for all other packets.
+/// Whether the packet may be NDP or MLD: ICMPv6 right after the IPv6 header, or behind a
+/// hop-by-hop header as MLD is (NDP/MLD behind other headers meet the rules). One byte and two
+/// compares for all other packets, ahead of `ndp_bits_tc`/`ndp_bits_xdp`.
 #[inline(always)]
 pub fn ndp_candidate(ctx: &impl Packet) -> bool {
     match ptr_at::<u8>(ctx, ETH_HLEN + 6) {
@@ -232,6 +230,10 @@ pub fn ndp_candidate(ctx: &impl Packet) -> bool {
     }
 }
 
+/// The `ndp_link_bits` of what a pod veth carries (`egress`: the pod sent it), with a FIB lookup
+/// for the node's own addresses when they can matter. Called by the entry point before the IPv6
+/// function: there its frame does not add to the IPv6 path's, which has no room left (Linux 6.1:
+/// 512 bytes for the chain through the rule lookup's callback).
 #[inline(never)]
 pub fn ndp_bits_tc(skb: *mut __sk_buff, egress: bool) -> u32 {
     let ctx = TcContext::new(skb);

@@ -1,5 +1,7 @@
 //! Random and mutated packets through the real programs (BPF_PROG_TEST_RUN), checking:
 //! - only the expected verdicts (TC: OK/SHOT/REDIRECT; XDP: PASS/DROP/TX/REDIRECT);
+//! - layer-2 garbage (VLAN tag stacks, unknown EtherTypes, runt and truncated tags; see
+//!   `l2_garbage`) is dropped by both pod hooks, never passed, and creates no state anywhere;
 //! - no map entry created by a packet that fails parsing: one the host classifies as malformed
 //!   (see `malformed`) or one the programs counted as `drop_malformed` leaves the number of
 //!   entries of nat4_map, nat4_claim, ct4 and frag4 unchanged;
@@ -186,7 +188,53 @@ fn fix_checksums(f: &mut [u8]) {
     }
 }
 
+/// Layer-2 garbage around a fixture: VLAN tag stacks (802.1Q, 802.1ad, pre-standard QinQ; VID 0
+/// and others), unknown EtherTypes, runt and truncated tags.
+fn l2_garbage(rng: &mut Rng, f: Vec<u8>) -> Vec<u8> {
+    let tpids = [0x8100u16, 0x88a8, 0x9100];
+    match rng.below(4) {
+        0 | 1 => {
+            let mut v = f[..12].to_vec();
+            for _ in 0..1 + rng.below(3) {
+                v.extend_from_slice(&rng.pick(&tpids).to_be_bytes());
+                let tci: u16 = if rng.chance(60) { 0 } else { rng.next() as u16 };
+                v.extend_from_slice(&tci.to_be_bytes());
+            }
+            v.extend_from_slice(&f[12..]);
+            if rng.chance(20) {
+                // Cut inside the tags or the inner header.
+                let n = 14 + rng.below(v.len() - 13);
+                v.truncate(n);
+            }
+            v
+        }
+        2 => {
+            let mut v = f;
+            let any = rng.next() as u16;
+            let et = rng.pick(&[0x88ccu16, 0x8863, 0x8864, 0x8847, 0x88e5, 0x0000, 0x05dc, 0x888e, 0xffff, any]);
+            v[12..14].copy_from_slice(&et.to_be_bytes());
+            v
+        }
+        _ => {
+            // A runt: an Ethernet header, perhaps a tag type, and a few bytes of a tag.
+            let mut v = f[..12].to_vec();
+            v.extend_from_slice(&rng.pick(&tpids).to_be_bytes());
+            let n = rng.below(4);
+            v.extend(rng.bytes(n));
+            v
+        }
+    }
+}
+
+/// What the pod veths admit: untagged IPv4, IPv6 and ARP.
+fn admitted_on_pod_veth(f: &[u8]) -> bool {
+    f.len() >= 14 && matches!(u16::from_be_bytes([f[12], f[13]]), 0x0800 | 0x86dd | 0x0806)
+}
+
 fn mutate(rng: &mut Rng, mut f: Vec<u8>) -> Vec<u8> {
+    if rng.chance(10) {
+        return l2_garbage(rng, f);
+    }
     match rng.below(10) {
         // Unchanged fixture.
         0 => {}
@@ -436,6 +484,7 @@ struct Tally {
     passed: usize,
     translated: usize,
     malformed: usize,
+    l2_garbage: usize,
     verdicts: Map<u32, usize>,
 }
 
@@ -484,7 +533,7 @@ fn fuzz(prog: Prog, n: usize, seed: u64) -> Tally {
         let input = mutate(&mut rng, b);
         let bad = malformed(&input);
         let input_valid = checksums_valid(&input).is_ok();
-        let before = if bad { Some(state_sizes(&env)) } else { None };
+        let before = if bad || !admitted_on_pod_veth(&input) { Some(state_sizes(&env)) } else { None };
         let dm = env.counter(Counter::DropMalformed);
         let news = (env.counter(Counter::SnatNewFlow), env.counter(Counter::SnatNewMapping));
         let (a, up) = (env.pod_a, env.uplink);
@@ -503,7 +552,16 @@ fn fuzz(prog: Prog, n: usize, seed: u64) -> Tally {
         t.runs += 1;
         *t.verdicts.entry(out.verdict).or_default() += 1;
         assert!(expected_verdict(prog, out.verdict), "{} packet {i} (seed {seed}): verdict {} for {input:02x?}", prog.name(), out.verdict);
-        if let Some(before) = before {
+        if !admitted_on_pod_veth(&input) {
+            t.l2_garbage += 1;
+            if matches!(prog, Prog::PodIngress | Prog::PodEgress) {
+                assert_eq!(out.verdict, TC_ACT_SHOT, "{} packet {i} (seed {seed}): a tagged or unknown frame was not dropped {input:02x?}", prog.name());
+            }
+            let after = state_sizes(&env);
+            let before = before.unwrap_or(after);
+            assert_eq!(before, after, "{} packet {i} (seed {seed}): layer-2 garbage created state {input:02x?}", prog.name());
+        }
+        if let (true, Some(before)) = (bad, before) {
             t.malformed += 1;
             let after = state_sizes(&env);
             assert_eq!(before, after, "{} packet {i} (seed {seed}): malformed packet created state {input:02x?}", prog.name());
@@ -534,6 +592,7 @@ fn run(prog: Prog) {
     // The generator must reach the interesting paths, or the run proves little.
     assert_eq!(t.runs, count(), "{} ran {} packets, not {}", prog.name(), t.runs, count());
     assert!(t.malformed > 0, "no malformed packet generated");
+    assert!(t.l2_garbage * 50 > t.runs, "{}: only {} layer-2 garbage frames in {} runs", prog.name(), t.l2_garbage, t.runs);
     if prog != Prog::PodEgress {
         // About 5% of uplink inputs are translated replies/errors (the rest are mutants the
         // programs rightly refuse or leave to the stack); 2% is the floor for a useful run.

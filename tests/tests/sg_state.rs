@@ -88,18 +88,20 @@ fn related_icmpv6_error() {
     fx.check(false, &icmp(POD, REMOTE, 1, 4, [0; 4], &other[14..]), false, Counter::DropSg6Egress, "unreachable for no flow");
 }
 
-/// NDP and MLD pass in both directions whatever the rules (here: a pod denying all ingress).
+/// NDP and MLD valid on the pod's link (NDP with hop limit 255, MLD with 1, link-scoped
+/// addresses) pass in both directions whatever the rules (here: a pod denying all ingress).
 #[test]
 fn ndp_and_mld_always_pass() {
     let mut fx = Fx::new("[security_groups.closed]\n", &["closed"]);
     let ll = "fe80::a";
     let router = "fe80::1";
     for (t, what) in [(135u8, "NS"), (136, "NA"), (133, "RS"), (134, "RA"), (137, "redirect"), (130, "MLD query"), (131, "MLD report"), (132, "MLD done"), (143, "MLDv2 report")] {
-        fx.check(true, &icmp(router, ll, t, 0, [0; 4], &[0; 24]), true, Counter::Sg6NdpPass, &format!("{what} in"));
-        fx.check(false, &icmp(ll, "ff02::1:ff00:1", t, 0, [0; 4], &[0; 24]), true, Counter::Sg6NdpPass, &format!("{what} out"));
+        let hl = if (133..=137).contains(&t) { 255 } else { 1 };
+        fx.check(true, &hop_limit(icmp(router, ll, t, 0, [0; 4], &[0; 24]), hl), true, Counter::Sg6NdpPass, &format!("{what} in"));
+        fx.check(false, &hop_limit(icmp(ll, "ff02::1:ff00:1", t, 0, [0; 4], &[0; 24]), hl), true, Counter::Sg6NdpPass, &format!("{what} out"));
     }
     // DAD: from the unspecified address.
-    fx.check(false, &icmp("::", "ff02::1:ff00:a", 135, 0, [0; 4], &[0; 24]), true, Counter::Sg6NdpPass, "DAD NS");
+    fx.check(false, &hop_limit(icmp("::", "ff02::1:ff00:a", 135, 0, [0; 4], &[0; 24]), 255), true, Counter::Sg6NdpPass, "DAD NS");
     // Other ICMPv6 is still filtered, and no state was created by NDP.
     fx.check(true, &echo_request(router, ll, 1), false, Counter::DropSg6Ingress, "echo is not NDP");
     assert!(fx.ct().is_empty());
@@ -186,7 +188,7 @@ fn uplink_early_drop() {
     fx.check_xdp(&tcp(REMOTE, OTHER_POD, 1, 22, true), true, "no such pod");
     assert_eq!(fx.counter(Counter::NotOurs), before + 2);
     // NDP passes; extension-header evasions are dropped here too.
-    fx.check_xdp(&icmp("fe80::1", POD, 135, 0, [0; 4], &[0; 24]), true, "NS");
+    fx.check_xdp(&hop_limit(icmp("fe80::1", POD, 135, 0, [0; 4], &[0; 24]), 255), true, "NS");
     let hidden = with_ext(REMOTE, POD, &[Ext::HopByHop], 6, &tcp_segment(REMOTE, POD, 50000, 22));
     fx.check_xdp(&hidden, false, "tcp/22 behind hop-by-hop");
 }

@@ -453,13 +453,13 @@ fn fib_fast_path_redirects_both_ways() {
     assert_eq!(&o.packet[6..12], &Env::mac("pga"));
     assert_eq!(env.counter(Counter::FibRedirect), 2);
     let _ = up;
-    // TTL 1 is left to the stack, which answers with Time Exceeded.
+    // TTL 1 ends here: the pod hears 11/0 from its gateway (RFC 5508 REQ-10; tests/tests/ttl.rs).
     let mut f = udp(POD_A, 5600, REMOTE1, 53, b"ttl");
     f[22] = 1;
     let (mut h, rest) = etherparse::Ipv4Header::from_slice(&f[14..]).unwrap();
     h.time_to_live = 1;
     let out = env.egress(a, &raw_frame(h, rest));
-    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
     // Too big for the uplink's MTU with DF: the pod gets 3/4 with the MTU, from the node, before
     // any translation (RFC 4787 REQ-13).
     env.set_mtu("pgup", 1280);

@@ -145,10 +145,138 @@ pub fn find_range(
     None
 }
 
-/// ICMPv6 types that always pass: MLD (130-132, 143) and NDP (133-137).
+/// ICMPv6 types of neighbour discovery (RFC 4861: RS, RA, NS, NA, redirect).
 #[inline(always)]
-pub const fn is_ndp_or_mld(icmp_type: u8) -> bool {
-    matches!(icmp_type, 130..=137 | 143)
+pub const fn is_ndp(icmp_type: u8) -> bool {
+    matches!(icmp_type, 133..=137)
+}
+
+/// ICMPv6 types of multicast listener discovery (RFC 2710 query/report/done, RFC 3810 v2 report).
+#[inline(always)]
+pub const fn is_mld(icmp_type: u8) -> bool {
+    matches!(icmp_type, 130..=132 | 143)
+}
+
+/// Whether an NDP or MLD message is one that is valid on the pod's link, and so may bypass the
+/// security groups. Anything else with these types (a "Neighbour Solicitation" to a global
+/// address is just a way to carry bytes past an egress deny) is ordinary ICMPv6 for the rules.
+///
+/// `egress`: the pod sent it; otherwise it is delivered to the pod. `peer_is_node`: the address
+/// on the node's side of the link (the destination when the pod sends, the source when it
+/// receives) is one of the node's own (the programs ask the FIB: a local route).
+/// - NDP carries hop limit 255 (RFC 4861 §6-8: a receiver discards anything else, so nothing
+///   that crossed a router is NDP); MLD carries hop limit 1 and a link-local source, or `::`
+///   for a report before the interface has one (RFC 2710 §3, RFC 3810 §5.2.13).
+/// - The source is link-local, `::` (DAD, RFC 4862 §5.4), from the pod the pod's own address
+///   (NS for NUD, the NA answering the node), toward the pod one of the node's own addresses
+///   (Linux solicits from the address on the veth when it has one).
+/// - The destination is link-local unicast (the gateway fe80::1, or the pod's link-local), a
+///   solicited-node group ff02::1:ffXX:XXXX, all-nodes ff02::1, all-routers ff02::2, MLDv2
+///   routers ff02::16, toward the pod the pod's own address (the node's NUD probe), from the pod
+///   one of the node's own addresses (NUD of an on-link gateway with a global address).
+///
+/// A message that passes here cannot leave the link: the node does not forward packets with a
+/// link-local source or link-scoped destination, delivers its own addresses' packets locally,
+/// and drops hop-limit-1 packets it would forward. Toward the pod, hop limit 255 (or 1) means
+/// the node itself sent it: anything forwarded to the veth lost a hop.
+pub fn ndp_on_link(icmp_type: u8, hop_limit: u8, src: &[u8; 16], dst: &[u8; 16], pod: &[u8; 16], egress: bool, peer_is_node: bool) -> bool {
+    ndp_type_on_link(icmp_type, ndp_link_bits(hop_limit, src, dst, pod, egress, peer_is_node))
+}
+
+/// [`ndp_link_bits`]: the addresses and hop limit would make an NDP message valid on the link.
+pub const NDP_ON_LINK: u32 = 1;
+/// [`ndp_link_bits`]: ... an MLD message.
+pub const MLD_ON_LINK: u32 = 2;
+
+/// The part of [`ndp_on_link`] that depends on the IP header only, as `NDP_ON_LINK | MLD_ON_LINK`
+/// bits: the programs compute it at the entry point, in a BPF function of its own, because the
+/// IPv6 path's frame has no room for it (see `ndp_bits_tc` in the programs).
+#[inline(always)]
+pub fn ndp_link_bits(hop_limit: u8, src: &[u8; 16], dst: &[u8; 16], pod: &[u8; 16], egress: bool, peer_is_node: bool) -> u32 {
+    if hop_limit != 255 && hop_limit != 1 {
+        return 0;
+    }
+    // Only a unicast, non-link-local address can be the node's in this sense.
+    let peer_is_node = peer_is_node && ndp_peer_lookup_needed(hop_limit, src, dst, egress);
+    if !(is_link_destination(dst) || (!egress && same(dst, pod)) || (egress && peer_is_node)) {
+        return 0;
+    }
+    let link_src = is_linklocal(src) || all_zero(src);
+    if hop_limit == 1 {
+        return if link_src { MLD_ON_LINK } else { 0 };
+    }
+    if link_src || (egress && same(src, pod)) || (!egress && peer_is_node) { NDP_ON_LINK } else { 0 }
+}
+
+/// Whether [`ndp_link_bits`] could change with `peer_is_node`: the hop limit is NDP's or MLD's
+/// and the node-side address is a unicast one outside the link-local range. Only then do the
+/// programs pay for a FIB lookup.
+#[inline(always)]
+pub fn ndp_peer_lookup_needed(hop_limit: u8, src: &[u8; 16], dst: &[u8; 16], egress: bool) -> bool {
+    let peer = if egress { dst } else { src };
+    (hop_limit == 255 || hop_limit == 1) && peer[0] != 0xff && !is_linklocal(peer) && !all_zero(peer)
+}
+
+/// Whether `icmp_type` is NDP or MLD and `bits` (from [`ndp_link_bits`]) say it is valid on the link.
+#[inline(always)]
+pub const fn ndp_type_on_link(icmp_type: u8, bits: u32) -> bool {
+    (is_ndp(icmp_type) && bits & NDP_ON_LINK != 0) || (is_mld(icmp_type) && bits & MLD_ON_LINK != 0)
+}
+
+// Byte loops with an early exit rather than array comparisons: compiled for BPF, these compare
+// and branch one byte at a time instead of loading all 16 bytes into registers first, which
+// spilled them to a stack that the IPv6 path does not have to spare.
+
+#[inline(always)]
+fn is_linklocal(a: &[u8; 16]) -> bool {
+    a[0] == 0xfe && (a[1] & 0xc0) == 0x80
+}
+
+#[inline(always)]
+fn all_zero(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Link-local unicast (fe80::/10), or one of the link-scoped groups NDP and MLD use.
+#[inline(always)]
+pub fn is_link_destination(a: &[u8; 16]) -> bool {
+    if is_linklocal(a) {
+        return true;
+    }
+    // ff02::/16 with zeros up to the last 32 bits (ff02::1, ::2, ::16) or 24 (solicited-node).
+    if a[0] != 0xff || a[1] != 0x02 {
+        return false;
+    }
+    let mut i = 2;
+    while i < 11 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    if a[11] == 0x01 {
+        return a[12] == 0xff;
+    }
+    a[11] == 0 && a[12] == 0 && a[13] == 0 && a[14] == 0 && matches!(a[15], 0x01 | 0x02 | 0x16)
 }
 
 /// ICMPv6 error messages (destination unreachable, packet too big, time exceeded, parameter
@@ -352,6 +480,98 @@ mod tests {
         assert!(in_prefix80(&a, &p));
         a[9] = 2;
         assert!(!in_prefix80(&a, &p));
+    }
+
+    fn v6(s: &str) -> [u8; 16] {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn ndp_valid_on_link_only() {
+        let pod = v6("2001:db8:0:1::a");
+        let (ll, gw, any) = (v6("fe80::a"), v6("fe80::1"), v6("::"));
+        let sn = v6("ff02::1:ff00:1");
+        // The pod resolving its gateway, DAD, NUD, router solicitation, answers to the node.
+        assert!(ndp_on_link(135, 255, &ll, &sn, &pod, true, false));
+        assert!(ndp_on_link(135, 255, &pod, &sn, &pod, true, false));
+        assert!(ndp_on_link(135, 255, &ll, &gw, &pod, true, false));
+        assert!(ndp_on_link(135, 255, &any, &v6("ff02::1:ff00:a"), &pod, true, false));
+        assert!(ndp_on_link(133, 255, &ll, &v6("ff02::2"), &pod, true, false));
+        assert!(ndp_on_link(136, 255, &pod, &gw, &pod, true, false));
+        assert!(ndp_on_link(136, 255, &ll, &v6("ff02::1"), &pod, true, false));
+        // The node toward the pod: NS to its solicited-node group or, for NUD, its address.
+        assert!(ndp_on_link(135, 255, &gw, &v6("ff02::1:ff00:a"), &pod, false, false));
+        assert!(ndp_on_link(135, 255, &gw, &pod, &pod, false, false));
+        assert!(ndp_on_link(134, 255, &gw, &v6("ff02::1"), &pod, false, false));
+        assert!(ndp_on_link(136, 255, &gw, &ll, &pod, false, false));
+        // MLD: hop limit 1, link-local (or ::) source.
+        assert!(ndp_on_link(143, 1, &ll, &v6("ff02::16"), &pod, true, false));
+        assert!(ndp_on_link(143, 1, &any, &v6("ff02::16"), &pod, true, false));
+        assert!(ndp_on_link(130, 1, &gw, &v6("ff02::1"), &pod, false, false));
+        assert!(ndp_on_link(132, 1, &ll, &v6("ff02::2"), &pod, true, false));
+
+        let far = v6("2001:db8:ffff::1");
+        // Toward a global address: exfiltration, whatever the rest.
+        for t in [130u8, 131, 132, 133, 134, 135, 136, 137, 143] {
+            let hl = if is_ndp(t) { 255 } else { 1 };
+            assert!(!ndp_on_link(t, hl, &ll, &far, &pod, true, false), "type {t} to a global address");
+            assert!(!ndp_on_link(t, hl, &pod, &far, &pod, true, false), "type {t} from the pod to a global address");
+            // Nor from a global address that is not the pod's (inbound from anywhere).
+            assert!(!ndp_on_link(t, hl, &far, &v6("ff02::1"), &pod, false, false), "type {t} from afar");
+        }
+        // Wrong hop limits: routed NDP, or MLD with NDP's.
+        assert!(!ndp_on_link(135, 254, &ll, &sn, &pod, true, false));
+        assert!(!ndp_on_link(135, 64, &gw, &pod, &pod, false, false));
+        assert!(!ndp_on_link(143, 255, &ll, &v6("ff02::16"), &pod, true, false));
+        assert!(!ndp_on_link(143, 2, &ll, &v6("ff02::16"), &pod, true, false));
+        // MLD from the pod's global address; NDP from a spoofed global; to the pod from the pod.
+        assert!(!ndp_on_link(143, 1, &pod, &v6("ff02::16"), &pod, true, false));
+        assert!(!ndp_on_link(135, 255, &v6("2001:db8:0:1::b"), &sn, &pod, true, false));
+        assert!(!ndp_on_link(135, 255, &pod, &pod, &pod, true, false));
+        // Other groups and scopes; site-local is not link-local; not NDP at all.
+        for d in ["ff02::3", "ff05::2", "ff0e::1", "ff02::1:fe00:1", "ff02:0:0:0:1::1", "ff12::1:ff00:1", "fec0::1"] {
+            assert!(!ndp_on_link(135, 255, &ll, &v6(d), &pod, true, false), "{d}");
+        }
+        assert!(!ndp_on_link(128, 255, &ll, &sn, &pod, true, false));
+        // The node's own global address (the FIB says local): the on-link gateway of a /64.
+        let node = v6("2001:db8:0:1::1");
+        assert!(ndp_on_link(135, 255, &pod, &node, &pod, true, true), "NUD of the node's address");
+        assert!(ndp_on_link(136, 255, &pod, &node, &pod, true, true), "NA to the node's address");
+        assert!(ndp_on_link(135, 255, &node, &v6("ff02::1:ff00:a"), &pod, false, true), "the node soliciting from its address");
+        assert!(ndp_on_link(136, 255, &node, &pod, &pod, false, true), "the node's NA");
+        assert!(!ndp_on_link(135, 255, &pod, &node, &pod, true, false), "not the node's: routed on");
+        assert!(!ndp_on_link(136, 255, &node, &pod, &pod, false, false));
+        assert!(!ndp_on_link(135, 254, &pod, &node, &pod, true, true), "hop limit still 255");
+        assert!(!ndp_on_link(143, 1, &node, &v6("ff02::16"), &pod, false, true), "MLD keeps its link-local source");
+        assert!(ndp_peer_lookup_needed(255, &pod, &node, true));
+        assert!(!ndp_peer_lookup_needed(255, &pod, &v6("ff02::1:ff00:1"), true));
+        assert!(!ndp_peer_lookup_needed(64, &pod, &node, true));
+        assert!(!ndp_peer_lookup_needed(255, &v6("fe80::1"), &pod, false));
+        assert!(!ndp_on_link(1, 255, &ll, &gw, &pod, false, false));
+    }
+
+    proptest! {
+        /// Nothing the check lets through can be routed off the link: its destination is
+        /// link-scoped, the pod itself (toward it) or the node (from it), and its source is
+        /// link-local, `::`, the pod's own (from it) or the node's (toward it).
+        #[test]
+        fn ndp_bypass_stays_on_link(t in any::<u8>(), hl in any::<u8>(), src in any::<[u8; 16]>(), dst in any::<[u8; 16]>(),
+                                    pod in any::<[u8; 16]>(), egress in any::<bool>(), pick in 0u8..4, node in any::<bool>()) {
+            // Bias the addresses toward the interesting values.
+            let dst = match pick { 0 => pod, 1 => { let mut d = dst; d[0] = 0xff; d[1] = 2; d } _ => dst };
+            let src = match pick { 2 => pod, 3 => { let mut s = src; s[0] = 0xfe; s[1] = 0x80; s } _ => src };
+            if ndp_on_link(t, hl, &src, &dst, &pod, egress, node) {
+                prop_assert!(is_ndp(t) || is_mld(t));
+                prop_assert!(hl == 255 || hl == 1);
+                let ll = |a: &[u8; 16]| a[0] == 0xfe && (a[1] & 0xc0) == 0x80;
+                prop_assert!(ll(&dst) || (dst[0] == 0xff && dst[1] == 2) || (!egress && dst == pod) || (egress && node));
+                prop_assert!(ll(&src) || src == [0; 16] || (egress && src == pod) || (!egress && node));
+            }
+            // The lookup is asked for exactly when its answer can matter.
+            if !ndp_peer_lookup_needed(hl, &src, &dst, egress) {
+                prop_assert_eq!(ndp_link_bits(hl, &src, &dst, &pod, egress, true), ndp_link_bits(hl, &src, &dst, &pod, egress, false));
+            }
+        }
     }
 
     proptest! {

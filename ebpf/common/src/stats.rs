@@ -90,6 +90,15 @@ counters! {
     DropFragPuntFull = 56 => "drop_frag_punt_full",
     // A first fragment released punted orphans (one record per datagram).
     FragPuntReleased = 57 => "frag_punt_released",
+    // Layer 2 on a pod veth (both hooks): only untagged IPv4, IPv6 and ARP pass. A frame whose
+    // tag the veth already pulled into the skb (`vlan_present`), or a tag still in the frame
+    // (0x8100/0x88a8/0x9100: the stack would strip a VID-0 stack after tc and deliver the inner
+    // packet unfiltered), or any other EtherType.
+    DropVlanTagged = 58 => "drop_vlan_tagged",
+    DropEtherType = 59 => "drop_ethertype",
+    // A pod's IPv4 packet whose TTL ends at the NAT (answered with 11/0 from the gateway unless
+    // it is a later fragment or an ICMP error).
+    DropTtlExpired = 60 => "drop_ttl_expired",
 }
 
 /// Size of the `stats` array.

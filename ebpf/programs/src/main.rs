@@ -25,24 +25,35 @@ mod programs {
     use podgate_common::stats::Counter;
 
     use crate::{
-        packet::{EtherType, ether_type},
+        packet::{EtherType, ether_type, pod_ether_type},
         sg, snat,
-        verdict::{Verdict, emit_drop_bare, emit_drop_tc, pack, report_drop_bare, report_v4, reports, tc_verdict, unpack, xdp_verdict},
+        verdict::{Verdict, emit_drop_bare, emit_drop_tc, pack, pod_id, report_drop_bare, report_v4, reports, tc_verdict, unpack, xdp_verdict},
     };
 
     /// TC ingress of a pod's host-side veth: everything the pod sends.
     #[classifier]
     pub fn pod_ingress(ctx: TcContext) -> i32 {
-        match ether_type(&ctx) {
+        match pod_ether_type(&ctx) {
             Ok(EtherType::Ipv4) => pod_ingress_v4(ctx.skb.skb),
-            Ok(EtherType::Ipv6) => pod_ingress_v6(ctx.skb.skb),
-            Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
-            Ok(EtherType::Other) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => {
-                report_drop_bare(c, 0, 0, true);
-                tc_verdict(&ctx, Err(c))
+            Ok(EtherType::Ipv6) => {
+                let ndp = if sg::ndp_candidate(&ctx) { sg::ndp_bits_tc(ctx.skb.skb, true) } else { 0 };
+                pod_ingress_v6(ctx.skb.skb, ndp)
             }
+            Ok(EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::LocalPass))),
+            // `pod_ether_type` admits nothing else.
+            Ok(EtherType::Other) => tc_verdict(&ctx, Err(Counter::DropEtherType)),
+            Err(c) => pod_l2_drop(ctx.skb.skb, c),
         }
+    }
+
+    /// A frame a pod veth does not admit (layer 2, or too short for an Ethernet header): counted,
+    /// reported with the pod behind the veth, dropped.
+    #[inline(never)]
+    fn pod_l2_drop(skb: *mut __sk_buff, c: Counter) -> i32 {
+        let ctx = TcContext::new(skb);
+        // SAFETY: reading the skb's ifindex field.
+        report_drop_bare(c, 0, pod_id(unsafe { (*skb).ifindex }), true);
+        tc_verdict(&ctx, Err(c))
     }
 
     // The families run in their own BPF functions: their stack frames then do not add up, which
@@ -64,9 +75,9 @@ mod programs {
     }
 
     #[inline(never)]
-    fn pod_ingress_v6(skb: *mut __sk_buff) -> i32 {
+    fn pod_ingress_v6(skb: *mut __sk_buff, ndp: u32) -> i32 {
         let ctx = TcContext::new(skb);
-        let v = sg::pod_egress_v6(&ctx);
+        let v = sg::pod_egress_v6(&ctx, ndp);
         if let Err(c) = v {
             emit_drop_bare(c, 6, 0);
         }
@@ -76,26 +87,25 @@ mod programs {
     /// TC egress of a pod's host-side veth: everything delivered to the pod.
     #[classifier]
     pub fn pod_egress(ctx: TcContext) -> i32 {
-        match ether_type(&ctx) {
+        match pod_ether_type(&ctx) {
             Ok(EtherType::Ipv6) => {
-                let v = pod_egress_v6(ctx.skb.skb);
+                let ndp = if sg::ndp_candidate(&ctx) { sg::ndp_bits_tc(ctx.skb.skb, false) } else { 0 };
+                let v = pod_egress_v6(ctx.skb.skb, ndp);
                 if reports(v) {
                     report_v6(v);
                 }
                 tc_verdict(&ctx, unpack(v))
             }
             // IPv4 toward the pod was already reverse-translated at the uplink.
-            Ok(_) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
-            Err(c) => {
-                report_drop_bare(c, 0, 0, true);
-                tc_verdict(&ctx, Err(c))
-            }
+            Ok(EtherType::Ipv4 | EtherType::Arp) => tc_verdict(&ctx, Ok(Verdict::Pass(Counter::NotOurs))),
+            Ok(EtherType::Other) => tc_verdict(&ctx, Err(Counter::DropEtherType)),
+            Err(c) => pod_l2_drop(ctx.skb.skb, c),
         }
     }
 
     #[inline(never)]
-    fn pod_egress_v6(skb: *mut __sk_buff) -> u64 {
-        pack(sg::pod_ingress_v6(&TcContext::new(skb)))
+    fn pod_egress_v6(skb: *mut __sk_buff, ndp: u32) -> u64 {
+        pack(sg::pod_ingress_v6(&TcContext::new(skb), ndp))
     }
 
     /// XDP on the uplink: reverse NAT of IPv4 replies, early drop of denied IPv6.
@@ -110,7 +120,8 @@ mod programs {
                 xdp_verdict(&ctx, unpack(v))
             }
             Ok(EtherType::Ipv6) => {
-                let v = uplink_xdp_v6(ctx.ctx);
+                let ndp = if sg::ndp_candidate(&ctx) { sg::ndp_bits_xdp(ctx.ctx) } else { 0 };
+                let v = uplink_xdp_v6(ctx.ctx, ndp);
                 if reports(v) {
                     report_v6(v);
                 }
@@ -130,8 +141,8 @@ mod programs {
     }
 
     #[inline(never)]
-    fn uplink_xdp_v6(md: *mut xdp_md) -> u64 {
-        pack(sg::uplink_v6_xdp(&XdpContext::new(md)))
+    fn uplink_xdp_v6(md: *mut xdp_md, ndp: u32) -> u64 {
+        pack(sg::uplink_v6_xdp(&XdpContext::new(md), ndp))
     }
 
     // Reporting runs in functions of its own, called from the entry points after the family

@@ -303,3 +303,20 @@ pub fn tcp_segment(src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     v.extend_from_slice(&payload);
     v
 }
+
+/// `pkt` with its IPv6 hop limit set to `hl` (not covered by any checksum).
+pub fn hop_limit(mut pkt: Vec<u8>, hl: u8) -> Vec<u8> {
+    pkt[14 + 7] = hl;
+    pkt
+}
+
+/// `pkt` with VLAN tags (TPID, TCI) inserted after the MAC addresses, outermost first.
+pub fn tagged(pkt: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut v = pkt[..12].to_vec();
+    for &(tpid, tci) in tags {
+        v.extend_from_slice(&tpid.to_be_bytes());
+        v.extend_from_slice(&tci.to_be_bytes());
+    }
+    v.extend_from_slice(&pkt[12..]);
+    v
+}

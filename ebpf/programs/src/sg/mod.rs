@@ -2,55 +2,62 @@
 //! veth; an early drop of denied inbound traffic at the uplink XDP.
 //!
 //! Order of checks for one packet: anti-spoofing (pod egress) → extension-header walk (failures
-//! are counted drops) → non-first fragments follow their first fragment → NDP/MLD pass → ICMPv6
-//! errors quoting a tracked flow pass → a tracked flow passes → the rules of the pod's groups
-//! decide, and an allowed flow becomes tracked.
+//! are counted drops) → non-first fragments follow their first fragment → NDP/MLD valid on the
+//! pod's link pass (`ndp_on_link`; other NDP/MLD is ordinary ICMPv6) → ICMPv6 errors quoting a
+//! tracked flow pass → a tracked flow passes → `::` may not open flows → the rules of the pod's
+//! groups decide, and an allowed flow becomes tracked.
 mod parse;
 pub mod policy;
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NOT_FWDED, __sk_buff, bpf_fib_lookup, xdp_md},
+    helpers::bpf_fib_lookup as fib_lookup,
+    programs::{TcContext, XdpContext},
+};
 use podgate_common::{
     Pod, event_kind, node_flags,
     sg::{
         Ct6, DIR_EGRESS, DIR_INGRESS, Flow6, FragKey6, FragVal6, NO_RULE, PROTO_ICMPV6,
         ct6_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error, is_linklocal_or_unspecified,
-        is_ndp_or_mld, match_key,
+        match_key, ndp_link_bits, ndp_peer_lookup_needed, ndp_type_on_link,
     },
     stats::Counter,
 };
 
 use crate::{
     maps::{CT6, EVENTS, FRAG6, NODE, PODS, PODS_V6, SG_SCRATCH},
-    packet::{ETH_HLEN, Packet},
+    packet::{ETH_HLEN, Packet, ptr_at},
     verdict::Verdict,
 };
 use parse::{Buf, Header, L4, Load};
 
 /// What the pod sends (TC ingress of its host veth).
 #[inline(always)]
-pub fn pod_egress_v6(ctx: &TcContext) -> Result<Verdict, Counter> {
+pub fn pod_egress_v6(ctx: &TcContext, ndp: u32) -> Result<Verdict, Counter> {
     pull(ctx);
     let pod = pod_of(ctx)?;
     let h = parse::header(ctx, ctx.len() as usize)?;
     if h.src != pod.ipv6 && !is_linklocal_or_unspecified(&h.src) {
         return deny(Counter::DropSpoofV6, pod.id, &h, 0, &L4::default(), NO_RULE);
     }
-    judge(ctx, pod, &h, DIR_EGRESS, true)
+    judge(ctx, pod, &h, DIR_EGRESS, true, ndp)
 }
 
 /// What is delivered to the pod (TC egress of its host veth): the enforcement point.
 #[inline(always)]
-pub fn pod_ingress_v6(ctx: &TcContext) -> Result<Verdict, Counter> {
+pub fn pod_ingress_v6(ctx: &TcContext, ndp: u32) -> Result<Verdict, Counter> {
     pull(ctx);
     let pod = pod_of(ctx)?;
     let h = parse::header(ctx, ctx.len() as usize)?;
-    judge(ctx, pod, &h, DIR_INGRESS, true)
+    judge(ctx, pod, &h, DIR_INGRESS, true, ndp)
 }
 
 /// Inbound IPv6 at the uplink: drops early what the pod's ingress rules would drop anyway, and
 /// passes the rest to the stack without creating state (the veth creates it).
 #[inline(always)]
-pub fn uplink_v6_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
+pub fn uplink_v6_xdp(ctx: &XdpContext, ndp: u32) -> Result<Verdict, Counter> {
     let h = parse::header(ctx, ctx.end() - ctx.start())?;
     let node = NODE.get(0).ok_or(Counter::DropInternalError)?;
     if !in_prefix80(&h.dst, &node.pod_prefix) {
@@ -64,7 +71,7 @@ pub fn uplink_v6_xdp(ctx: &XdpContext) -> Result<Verdict, Counter> {
     let Some(pod) = (unsafe { PODS.get(ifindex) }) else {
         return Ok(Verdict::Pass(Counter::NotOurs));
     };
-    judge(ctx, pod, &h, DIR_INGRESS, false)
+    judge(ctx, pod, &h, DIR_INGRESS, false, ndp)
 }
 
 /// `v`, with everything the verifier knows about it forgotten: a round trip through map memory.
@@ -100,7 +107,7 @@ fn pod_of(ctx: &TcContext) -> Result<&'static Pod, Counter> {
 }
 
 /// The verdict for a packet of `pod`. `enforce`: the veth programs, which create and refresh
-/// state; the uplink only reads it.
+/// state; the uplink only reads it. `ndp`: the packet's `ndp_link_bits`, from the entry point.
 #[inline(always)]
 fn judge<C: Load>(
     ctx: &C,
@@ -108,6 +115,7 @@ fn judge<C: Load>(
     h: &Header,
     dir: u8,
     enforce: bool,
+    ndp: u32,
 ) -> Result<Verdict, Counter> {
     let egress = dir == DIR_EGRESS;
     let (pod_addr, remote) = if egress { (h.src, h.dst) } else { (h.dst, h.src) };
@@ -145,7 +153,7 @@ fn judge<C: Load>(
     }
     let l4 = parse::l4(&buf, up.proto, up.off)?;
     if up.proto == PROTO_ICMPV6 {
-        if is_ndp_or_mld(l4.icmp_type) {
+        if ndp_type_on_link(l4.icmp_type, ndp) {
             return pass(Counter::Sg6NdpPass);
         }
         if is_icmp_error(l4.icmp_type) && related(&buf, up.off + 8, h.end, egress, &pod_addr) {
@@ -162,6 +170,11 @@ fn judge<C: Load>(
             }
             return pass(Counter::Sg6Tracked);
         }
+    }
+    // `::` is a source only for DAD and early MLD reports, which passed above: from it, nothing
+    // else may open a flow (no flow can be tracked for it, so this costs only new packets).
+    if egress && h.src == [0u8; 16] {
+        return deny(Counter::DropSpoofV6, pod.id, h, up.proto, &l4, NO_RULE);
     }
     let key = match_key(up.proto, l4.dport, l4.icmp_type, l4.icmp_code);
     let rule = if pod.group_count == 0 {
@@ -203,6 +216,79 @@ fn judge<C: Load>(
         }
     }
     pass(Counter::Sg6Allowed)
+}
+
+/// Whether the packet may be NDP or MLD: ICMPv6 right after the IPv6 header, or behind a
+/// hop-by-hop header as MLD is (NDP/MLD behind other headers meet the rules). One byte and two
+/// compares for all other packets, ahead of `ndp_bits_tc`/`ndp_bits_xdp`.
+#[inline(always)]
+pub fn ndp_candidate(ctx: &impl Packet) -> bool {
+    match ptr_at::<u8>(ctx, ETH_HLEN + 6) {
+        // SAFETY: ptr_at checked the bounds.
+        Ok(nh) => matches!(unsafe { *nh }, PROTO_ICMPV6 | 0),
+        Err(_) => false,
+    }
+}
+
+/// The `ndp_link_bits` of what a pod veth carries (`egress`: the pod sent it), with a FIB lookup
+/// for the node's own addresses when they can matter. Called by the entry point before the IPv6
+/// function: there its frame does not add to the IPv6 path's, which has no room left (Linux 6.1:
+/// 512 bytes for the chain through the rule lookup's callback).
+#[inline(never)]
+pub fn ndp_bits_tc(skb: *mut __sk_buff, egress: bool) -> u32 {
+    let ctx = TcContext::new(skb);
+    // SAFETY: reading the skb's ifindex field; the pod as in uplink_v6_xdp.
+    let ifindex = unsafe { (*skb).ifindex };
+    let Some(pod) = (unsafe { PODS.get(ifindex) }) else {
+        return 0;
+    };
+    let Ok(ip) = ptr_at::<[u8; 40]>(&ctx, ETH_HLEN) else {
+        return 0;
+    };
+    // SAFETY: bounds checked by ptr_at; the 16-byte ranges lie inside the 40 bytes.
+    let (hl, src, dst) = unsafe { ((*ip)[7], &*((ip as *const u8).add(8) as *const [u8; 16]), &*((ip as *const u8).add(24) as *const [u8; 16])) };
+    let bits = ndp_link_bits(hl, src, dst, &pod.ipv6, egress, false);
+    if bits != 0 || !ndp_peer_lookup_needed(hl, src, dst, egress) {
+        return bits;
+    }
+    let peer = if egress { dst } else { src };
+    ndp_link_bits(hl, src, dst, &pod.ipv6, egress, node_address(skb, ifindex, peer))
+}
+
+/// Whether `a` is one of the node's own addresses: the FIB has a local (not forwarded) route
+/// for it. An interface that does not forward IPv6 counts too: from it nothing can be routed on,
+/// and toward it only the node itself sends.
+#[inline(always)]
+fn node_address(skb: *mut __sk_buff, ifindex: u32, a: &[u8; 16]) -> bool {
+    // SAFETY: a plain C struct; all-zero is a valid request.
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET6;
+    p.ifindex = ifindex;
+    let mut w = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        w[i] = u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]);
+        i += 1;
+    }
+    p.__bindgen_anon_4.ipv6_dst = w;
+    // SAFETY: p lives on the stack for the call; the size is the struct's.
+    let rc = unsafe { fib_lookup(skb as *mut c_void, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    rc == BPF_FIB_LKUP_RET_NOT_FWDED as i64 || rc == BPF_FIB_LKUP_RET_FWD_DISABLED as i64
+}
+
+const AF_INET6: u8 = 10;
+
+/// `ndp_bits_tc` for the uplink, where everything is on its way to a pod: the pod is the one the
+/// destination names (`uplink_v6_xdp` looks it up by that address), so its own address is `dst`.
+#[inline(never)]
+pub fn ndp_bits_xdp(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
+    let Some(ip) = ctx.load::<40>(ETH_HLEN) else {
+        return 0;
+    };
+    // SAFETY: the 16-byte ranges lie inside the 40 bytes.
+    let (src, dst) = unsafe { (&*(ip.as_ptr().add(8) as *const [u8; 16]), &*(ip.as_ptr().add(24) as *const [u8; 16])) };
+    ndp_link_bits(ip[7], src, dst, dst, false, false)
 }
 
 #[inline(always)]

@@ -216,22 +216,34 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
     if hairpin && !hairpin_candidate(ctx, &ip, &node)? {
         return Ok(Verdict::Pass(Counter::LocalPass));
     }
-    if !hairpin && ip.frag & ip::IP_DF != 0 {
+    // The errors this hop owes the pod, answered here: after translation the stack would
+    // address them to the node itself. One `unreach::send` for both (each copy is verified anew).
+    let mut answer = None;
+    if ip.ttl <= 1 {
+        // TTL expired in transit (RFC 5508 REQ-10, §7.2): 11/0 from the gateway. Not for a later
+        // fragment, nor about an ICMP error (RFC 1812 §4.3.2.7): those are only dropped.
+        if ip.is_later_fragment() || (ip.proto == PROTO_ICMP && matches!(ip::get_u8(ctx, ip.l4)?, ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM)) {
+            return Ok(Verdict::Drop(Counter::DropTtlExpired));
+        }
+        answer = Some((Counter::DropTtlExpired, ICMP_TIME_EXCEEDED, 0, 0));
+    } else if !hairpin && ip.frag & ip::IP_DF != 0 {
         // Too big for the uplink with DF: the pod must hear 3/4 with the MTU (RFC 4787 REQ-13).
-        // After translation the stack would address that error to the node itself.
         let mut mtu: u32 = 0;
         // SAFETY: plain helper call on our skb; `mtu` is on the stack.
         let rc = unsafe { bpf_check_mtu(ctx.skb.skb as *mut _, node.uplink_ifindex, &mut mtu, 0, 0) };
         if rc == BPF_MTU_CHK_RET_FRAG_NEEDED as i64 {
             let mtu = if mtu > 0xffff { 0xffff } else { mtu as u16 };
-            // The event goes out before the frame becomes the ICMP error. (Should the answer
-            // fail, the drop is reported once more by the entry point.)
-            emit_drop_tc(ctx.skb.skb, Counter::DropFragNeeded as u32);
-            return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_FRAG_NEEDED, mtu) {
-                Ok(back) => Verdict::Answered(Counter::DropFragNeeded, back),
-                Err(_) => Verdict::Drop(Counter::DropFragNeeded),
-            });
+            answer = Some((Counter::DropFragNeeded, ICMP_DEST_UNREACH, unreach::CODE_FRAG_NEEDED, mtu));
         }
+    }
+    if let Some((why, ty, code, mtu)) = answer {
+        // The event goes out before the frame becomes the ICMP error. (Should the answer fail,
+        // the drop is reported once more by the entry point.)
+        emit_drop_tc(ctx.skb.skb, why as u32);
+        return Ok(match unreach::send(ctx, &node, &ip, ty, code, mtu) {
+            Ok(back) => Verdict::Answered(why, back),
+            Err(_) => Verdict::Drop(why),
+        });
     }
     if ip.is_later_fragment() {
         // Every translated datagram from a pod leaves with the node's address, whatever its
@@ -291,7 +303,7 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
             Err(why @ (Counter::DropPortExhausted | Counter::DropPodQuota | Counter::DropMapFull)) => {
                 // Dropped either way; the pod also learns why (RFC 5508 REQ-8).
                 emit_drop_tc(ctx.skb.skb, why as u32);
-                return Ok(match unreach::send(ctx, &node, &ip, unreach::CODE_ADMIN_PROHIBITED, 0) {
+                return Ok(match unreach::send(ctx, &node, &ip, ICMP_DEST_UNREACH, unreach::CODE_ADMIN_PROHIBITED, 0) {
                     Ok(back) => Verdict::Answered(why, back),
                     Err(_) => Verdict::Drop(why),
                 });

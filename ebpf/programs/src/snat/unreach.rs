@@ -1,7 +1,9 @@
-//! ICMP "destination unreachable" back to a pod, built in the dropped packet's own skb: 3/13
-//! (communication administratively prohibited) when its packet could not get a mapping (RFC 5508
-//! REQ-8), 3/4 (fragmentation needed, with the next-hop MTU) when it has DF set and is too big for
-//! the uplink (RFC 4787 REQ-13; the stack cannot do it once the source is translated). The skb
+//! ICMP errors back to a pod, built in the dropped packet's own skb: 3/13 (communication
+//! administratively prohibited) when its packet could not get a mapping (RFC 5508 REQ-8), 3/4
+//! (fragmentation needed, with the next-hop MTU) when it has DF set and is too big for the uplink
+//! (RFC 4787 REQ-13), 11/0 (TTL exceeded in transit) when its TTL ends at this hop (RFC 5508
+//! REQ-10, §7.2). The stack cannot send them once the source is translated: it would address
+//! them to the node. Their source is the pods' gateway, the hop the pod routes through. The skb
 //! keeps 28 bytes of room after Ethernet for a new IPv4 + ICMP header, the original IPv4 header
 //! (options included) and 8 bytes of its transport header stay in place as the quote, the rest is
 //! cut, and the skb goes back out of the pod's veth.
@@ -32,11 +34,11 @@ fn gateway(node: &NodeConfig) -> [u8; 4] {
 pub const CODE_FRAG_NEEDED: u8 = 4;
 pub const CODE_ADMIN_PROHIBITED: u8 = 13;
 
-/// Turns the packet into a 3/`code` error (`mtu`: the next-hop MTU of a 3/4, else 0) and
+/// Turns the packet into a `ty`/`code` error (`mtu`: the next-hop MTU of a 3/4, else 0) and
 /// redirects it to the pod. On any failure the caller just drops (the error is best effort; the
 /// drop is what matters).
 #[inline(always)]
-pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, code: u8, mtu: u16) -> Result<u32, Counter> {
+pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, ty: u8, code: u8, mtu: u16) -> Result<u32, Counter> {
     let quote = (ip.l4 - ETH_HLEN) + 8;
     let icmp_len = 8 + quote;
     let total = ETH_HLEN + 20 + icmp_len;
@@ -88,7 +90,7 @@ pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, code: u8, mtu: u16) ->
         *e = ne;
         *hp = h;
         let m = mtu.to_be_bytes();
-        *icmp = [3, code, 0, 0, 0, 0, m[0], m[1]];
+        *icmp = [ty, code, 0, 0, 0, 0, m[0], m[1]];
     }
 
     // ICMP checksum over header + quote, word by word within the bounds.

@@ -387,7 +387,11 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             let node = dataplane::read_node(pins)?;
             let now = nat::boottime_ns() + advance_secs * 1_000_000_000;
             let r = nat::gc(pins, &node.timeouts, now)?;
-            let r6 = sg_maps::gc(pins, &node.timeouts, now)?;
+            // Only the daemon knows `[timeouts] unanswered` (it is not in the kernel's node entry).
+            let unanswered = ctx
+                .daemon
+                .map_or(crate::config::DEFAULT_UNANSWERED_SECS, |d| d.lock().node.unanswered_secs);
+            let r6 = sg_maps::gc(pins, &node.timeouts, unanswered, now)?;
             // IPv4 counters stay at the top level; the IPv6 pass is nested under "ipv6".
             let mut out = to_value(r)?;
             out["ipv6"] = to_value(r6)?;

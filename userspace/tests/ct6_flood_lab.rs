@@ -31,6 +31,9 @@ egress = [{ proto = "tcp", ports = "9000", cidr = "2001:db8:fffe::/64" }]
 conntrack6 = 4096
 pod_flows = 3000
 
+[timeouts]
+unanswered = 5
+
 [daemon]
 gc_interval = 2
 "#;
@@ -187,8 +190,8 @@ fn inbound_syn_flood_evicts_no_established_flow() {
     }
     let flood_log = wait_for(&dir.join("flood.log"), "sent", Duration::from_secs(90));
     drop(flood);
-    // The flood's entries are still there (unanswered lasts 30 s): the idle flows must have
-    // survived the flood itself, not been recreated.
+    // Right after the flood, before its entries expire (`unanswered` = 5 s plus a GC pass), and
+    // the server speaks first: an idle flow evicted during the flood cannot be recreated by it.
     std::fs::write(&trigger, b"go").unwrap();
     let client = wait_for(&dir.join("client.log"), "ok ", Duration::from_secs(90));
     let pod_refused = counter(&lab, "drop_sg6_pod_flows") - pod_before;
@@ -202,7 +205,42 @@ fn inbound_syn_flood_evicts_no_established_flow() {
     assert_eq!(other_ok, 3, "another pod's new outbound connections must work during the flood\n{ctx}");
     assert!(pod_refused > 0, "pod0's bound (pod_flows) must have refused part of its flood\n{ctx}");
     assert!(guard_refused > 0, "the node-wide guard must have refused part of pod1's flood\n{ctx}");
-    let flows: serde_json::Value = serde_json::from_str(&podgate_cli(&lab, &["ct", "list", "--ipv6", "--json"])).unwrap();
-    let held = flows.as_array().map_or(0, |a| a.len());
+    let held = ct6_rows(&lab).len();
     assert!(held <= 4096, "ct6 holds {held} entries\n{ctx}");
+
+    // The GC expires the unanswered flood (`[timeouts] unanswered`), and every entry it and the
+    // early drop deleted was credited to `pod_freed`: each pod is charged exactly what it holds.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while ct6_rows(&lab).iter().any(|r| r["remote_addr"].as_str().unwrap_or("").starts_with("2001:db8:ee::")) {
+        assert!(Instant::now() < deadline, "the flood's unanswered entries did not expire within 40 s\n{ctx}");
+        thread::sleep(Duration::from_millis(500));
+    }
+    let pods: serde_json::Value = serde_json::from_str(&podgate_cli(&lab, &["pod", "list", "--json"])).unwrap();
+    for p in pods.as_array().unwrap() {
+        let (id, addr) = (p["id"].as_u64().unwrap() as u32, p["ipv6"].as_str().unwrap().to_string());
+        let holds = ct6_rows(&lab).iter().filter(|r| r["pod_addr"] == addr.as_str()).count() as u64;
+        assert_eq!(charged6(&lab, id), holds, "pod {} is charged for {} ct6 entries\n{ctx}", p["name"], charged6(&lab, id));
+    }
+    // `ct flush` credits what it deletes too.
+    podgate_cli(&lab, &["ct", "flush", "--pod", "pod2"]);
+    let id2 = pods.as_array().unwrap().iter().find(|p| p["name"] == "pod2").unwrap()["id"].as_u64().unwrap() as u32;
+    assert_eq!(charged6(&lab, id2), 0, "pod2 after ct flush");
+    assert!(connects(&lab, lab.pod_ns(2), &far6, 9001), "pod2 connects again after the flush");
+}
+
+fn ct6_rows(lab: &podgate_lab::Lab) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&podgate_cli(lab, &["ct", "list", "--ipv6", "--json"])).unwrap();
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// `pod_usage.flows6 - pod_freed.flows6` of pod `id`, read from the pins.
+fn charged6(lab: &podgate_lab::Lab, id: u32) -> u64 {
+    use aya::maps::{HashMap, Map, MapData};
+    use podgate_common::PodUsage;
+    let read = |name: &str| {
+        let m = MapData::from_pin(lab.pin_root().join(name)).unwrap();
+        let h: HashMap<_, u32, PodUsage> = HashMap::try_from(Map::HashMap(m)).unwrap();
+        h.get(&id, 0).unwrap()
+    };
+    PodUsage::held(&read("pod_usage"), &read("pod_freed")).flows6
 }

@@ -7,7 +7,7 @@ mod sg_common;
 use aya::maps::{Array, HashMap};
 use podgate_common::{
     NodeConfig, PodUsage,
-    sg::{CT6_GUARD_CREATED, CT6_GUARD_LIMIT, ct6_flags},
+    sg::{CT6_GUARD_CREATED, CT6_GUARD_LIMIT, CT6_GUARD_LIMIT_OUT, ct6_flags},
     stats::Counter,
 };
 use sg_common::*;
@@ -51,9 +51,9 @@ fn guard(fx: &Fx) -> (u64, u64) {
     (g.get(&CT6_GUARD_CREATED, 0).unwrap(), g.get(&CT6_GUARD_LIMIT, 0).unwrap())
 }
 
-fn set_limit(fx: &mut Fx, limit: u64) {
+fn set_limit(fx: &mut Fx, slot: u32, limit: u64) {
     let mut g: Array<_, u64> = Array::try_from(fx.h.ebpf.map_mut("ct6_guard").unwrap()).unwrap();
-    g.set(CT6_GUARD_LIMIT, limit, 0).unwrap();
+    g.set(slot, limit, 0).unwrap();
 }
 
 fn set_freed(fx: &mut Fx, flows6: u64) {
@@ -91,7 +91,8 @@ fn pressure_guard_refuses_new_inbound_flows_but_not_outbound_ones() {
     fx.check(true, &seg(REMOTE, POD, 50000, 80, SYN), true, Counter::Sg6Allowed, "inbound before");
     assert_eq!(guard(&fx), (2, 0), "no limit until the daemon writes one");
     // The daemon found ct6 above its high-water mark: no room left for inbound flows.
-    set_limit(&mut fx, 2);
+    set_limit(&mut fx, CT6_GUARD_LIMIT, 2);
+    set_limit(&mut fx, CT6_GUARD_LIMIT_OUT, 4);
     fx.check(true, &seg(REMOTE, POD, 50001, 80, SYN), false, Counter::DropSg6CtPressure, "inbound refused");
     fx.check(false, &seg(POD, REMOTE, 40001, 443, SYN), true, Counter::Sg6Allowed, "outbound still gets in");
     // Tracked flows are untouched by the guard, in both directions.
@@ -100,9 +101,12 @@ fn pressure_guard_refuses_new_inbound_flows_but_not_outbound_ones() {
     assert_eq!(fx.ct().len(), 3, "the refused SYN left no entry");
     assert_eq!(guard(&fx).0, 3);
     // A pass that freed room raises the limit.
-    set_limit(&mut fx, 4);
+    set_limit(&mut fx, CT6_GUARD_LIMIT, 4);
     fx.check(true, &seg(REMOTE, POD, 50001, 80, SYN), true, Counter::Sg6Allowed, "inbound again");
     fx.check(true, &seg(REMOTE, POD, 50002, 80, SYN), false, Counter::DropSg6CtPressure, "until the room is used");
+    // Where the LRU would evict, the pod's own new flows are refused too; tracked ones pass.
+    fx.check(false, &seg(POD, REMOTE, 40002, 443, SYN), false, Counter::DropSg6CtPressure, "outbound at the LRU's mark");
+    fx.check(false, &seg(POD, REMOTE, 40001, 443, ACK), true, Counter::Sg6Tracked, "tracked outbound flow");
 }
 
 #[test]

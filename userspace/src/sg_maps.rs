@@ -14,8 +14,8 @@ use podgate_common::{
     nat::FRAG_TIMEOUT_NS,
     pressure,
     sg::{
-        CT6_GUARD_CREATED, CT6_GUARD_LIMIT, Ct6, FragKey6, FragVal6, Flow6, PROTO_TCP, PROTO_UDP, ct6_flags,
-        guard_limit, is_unanswered, map_names as sg_names,
+        CT6_GUARD_CREATED, CT6_GUARD_LIMIT, CT6_GUARD_LIMIT_OUT, Ct6, FragKey6, FragVal6, Flow6, PROTO_TCP, PROTO_UDP, ct6_flags,
+        guard_limit, is_unanswered, lru_evicts_from, map_names as sg_names,
     },
 };
 use serde::Serialize;
@@ -226,6 +226,27 @@ pub fn credit_flows6(pins: &Pins, by_pod: &BTreeMap<u32, u64>) -> Result<(), Dat
     Ok(())
 }
 
+/// Pod id → `ct6` entries it is charged for now (`pod_usage - pod_freed`).
+fn charged_flows6(pins: &Pins) -> Result<BTreeMap<u32, u64>, DataplaneError> {
+    let usage: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_USAGE)?;
+    let freed: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_FREED)?;
+    Ok(usage
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(id, u)| (id, PodUsage::held(&u, &freed.get(&id, 0).unwrap_or_default()).flows6))
+        .collect())
+}
+
+/// Entries a pod was charged for (`held`, read before the pass counted) that the pass did not
+/// see: the LRU evicted them. Read in this order an entry created during the count is seen but
+/// not yet charged, and a hash walk disturbed by concurrent deletes may see an entry twice,
+/// never miss one that stayed (the programs change existing `ct6` entries in place, so none
+/// moves in its bucket during the walk): both only lower the credit, so a pod is never credited
+/// for an entry it still holds.
+pub const fn eviction_credit(held: u64, seen: u64) -> u64 {
+    held.saturating_sub(seen)
+}
+
 /// Idle timeout of an IPv6 flow: inbound-created and never assured is `unanswered`; TCP that
 /// saw FIN or RST is transitory.
 pub fn ct6_timeout_ns(flow: &Flow6, ct: &Ct6, t: &Timeouts, unanswered_secs: u32) -> u64 {
@@ -261,6 +282,9 @@ pub struct Gc6Report {
     pub unanswered_expired: usize,
     /// Unassured flows deleted because `ct6` was above its high-water mark.
     pub early_dropped: usize,
+    /// Entries pods were charged for that the pass did not find (evicted by the LRU), credited
+    /// to `pod_freed`.
+    pub evicted_credited: usize,
     /// Entries left after the pass, and the mark above which new inbound flows are refused.
     pub flows_left: usize,
     pub high_water: u64,
@@ -285,12 +309,25 @@ pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<G
     let mut r = Gc6Report::default();
     // Read before counting: flows created while the pass counts are charged twice, never missed.
     let (created, _) = read_guard(pins)?;
+    let charged_before = charged_flows6(pins)?;
     let mut ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
+    let mut seen: BTreeMap<u32, u64> = BTreeMap::new();
     let (dead, live): (Vec<(Flow6, Ct6)>, Vec<(Flow6, Ct6)>) = ct
         .iter()
         .filter_map(Result::ok)
-        .inspect(|_| r.flows_seen += 1)
+        .inspect(|(_, v)| {
+            r.flows_seen += 1;
+            *seen.entry(v.pod_id).or_insert(0) += 1;
+        })
         .partition(|(k, v)| now > v.last_seen_ns && now - v.last_seen_ns > ct6_timeout_ns(k, v, t, unanswered_secs));
+    // What the LRU evicted nobody deleted: without this credit a pod would stay charged for it.
+    let evicted: BTreeMap<u32, u64> = charged_before
+        .iter()
+        .map(|(&id, &held)| (id, eviction_credit(held, seen.get(&id).copied().unwrap_or(0))))
+        .filter(|&(_, n)| n > 0)
+        .collect();
+    r.evicted_credited = evicted.values().sum::<u64>() as usize;
+    credit_flows6(pins, &evicted)?;
     r.unanswered_expired = dead.iter().filter(|(_, v)| is_unanswered(v)).count();
     r.flows_expired = remove_flows(pins, &mut ct, &dead)?;
     let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
@@ -309,6 +346,9 @@ pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<G
         Array::try_from(open_map(pins, sg_names::CT6_GUARD)?).map_err(map_err(sg_names::CT6_GUARD))?;
     guard
         .set(CT6_GUARD_LIMIT, guard_limit(created, used, r.high_water), 0)
+        .map_err(map_err(sg_names::CT6_GUARD))?;
+    guard
+        .set(CT6_GUARD_LIMIT_OUT, guard_limit(created, used, lru_evicts_from(max, ncpus)), 0)
         .map_err(map_err(sg_names::CT6_GUARD))?;
     let mut fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
     let stale: Vec<FragKey6> = fr
@@ -390,6 +430,13 @@ mod tests {
         let rst = ct(DIR_INGRESS, ct6_flags::TCP_RST, 0);
         assert_eq!(ct6_timeout_ns(&flow(80, PROTO_TCP), &rst, &t, 1000), u64::from(t.tcp_transitory) * s, "never longer than the protocol's own");
         assert_eq!(ct6_timeout_ns(&flow(53, PROTO_UDP), &ct(DIR_INGRESS, 0, 0), &t, 30), 30 * s);
+    }
+
+    #[test]
+    fn evictions_are_credited_never_more_than_missing() {
+        assert_eq!(eviction_credit(10, 7), 3, "three charged entries are gone");
+        assert_eq!(eviction_credit(10, 12), 0, "created during the count: nothing to credit");
+        assert_eq!(eviction_credit(0, 0), 0);
     }
 
     #[test]

@@ -131,6 +131,21 @@ for dst in targets:
 print("sent", sent, flush=True)
 "#;
 
+/// A pod's own burst of new outbound flows: one UDP datagram to each of `count` ports.
+const BURST: &str = r#"
+import socket, sys, time
+dst, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+sent = 0
+for i in range(count):
+    try:
+        s.sendto(b"x", (dst, 20000 + i))
+        sent += 1
+    except OSError:
+        time.sleep(0.01)
+print("sent", sent, flush=True)
+"#;
+
 fn wait_for(path: &std::path::Path, what: &str, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
@@ -151,7 +166,7 @@ fn inbound_syn_flood_evicts_no_established_flow() {
     let cfg = cfg.replacen("veth_v4 = \"v4pod1\"\n", "veth_v4 = \"v4pod1\"\nsecurity_groups = [\"web\"]\n", 1);
     std::fs::write(lab.config_path(), format!("{cfg}\n{GROUPS}")).unwrap();
     let dir = lab.state_dir();
-    for (name, text) in [("server.py", SERVER), ("client.py", CLIENT), ("flood.py", FLOOD)] {
+    for (name, text) in [("server.py", SERVER), ("client.py", CLIENT), ("flood.py", FLOOD), ("burst.py", BURST)] {
         std::fs::write(dir.join(name), text).unwrap();
     }
     let script = |n: &str| dir.join(n).to_str().unwrap().to_string();
@@ -190,6 +205,12 @@ fn inbound_syn_flood_evicts_no_established_flow() {
     }
     let flood_log = wait_for(&dir.join("flood.log"), "sent", Duration::from_secs(90));
     drop(flood);
+    // With ct6 at its high-water mark, a pod's own burst of new flows (up to its pod_flows,
+    // more than the table has left) must not make the LRU evict either.
+    let burst = lab
+        .exec_in_for(lab.pod_ns(2), &[PY, &script("burst.py"), &far6, "3500"], Duration::from_secs(60))
+        .unwrap();
+    let burst_log = String::from_utf8_lossy(&burst.stdout).into_owned();
     // Right after the flood, before its entries expire (`unanswered` = 5 s plus a GC pass), and
     // the server speaks first: an idle flow evicted during the flood cannot be recreated by it.
     std::fs::write(&trigger, b"go").unwrap();
@@ -198,7 +219,7 @@ fn inbound_syn_flood_evicts_no_established_flow() {
     let guard_refused = counter(&lab, "drop_sg6_ct_pressure") - guard_before;
     let stats = podgate_cli(&lab, &["stats"]);
     let log = std::fs::read_to_string(dir.join("podgate.log")).unwrap_or_default();
-    let ctx = format!("flood: {flood_log}\nclient: {client}\nstats:\n{stats}\ndaemon log tail:\n{}", log.lines().rev().take(15).collect::<Vec<_>>().join("\n"));
+    let ctx = format!("flood: {flood_log}\nburst: {burst_log}\nclient: {client}\nstats:\n{stats}\ndaemon log tail:\n{}", log.lines().rev().take(15).collect::<Vec<_>>().join("\n"));
 
     eprintln!("{ctx}\nrefused: pod_flows {pod_refused}, guard {guard_refused}");
     assert!(client.contains(&format!("ok {IDLE_CONNS}")), "every idle established connection must still carry data both ways\n{ctx}");

@@ -25,7 +25,7 @@ pub mod map_names {
     pub const SG_RANGES: &str = "sg_ranges";
     pub const SG_GEN: &str = "sg_gen";
     pub const CT6: &str = "ct6";
-    /// `[created, limit]` (u64 each): the node-wide guard on new inbound `ct6` entries.
+    /// `[created, limit, limit_out]` (u64 each): the node-wide guard on new `ct6` entries.
     pub const CT6_GUARD: &str = "ct6_guard";
     pub const FRAG6: &str = "frag6";
     pub const SG_SCRATCH: &str = "sg_scratch";
@@ -248,6 +248,17 @@ pub const CT6_DEFAULT_ENTRIES: u32 = 262144;
 /// written by the daemon only, so that neither side read-modify-writes the other's word.
 pub const CT6_GUARD_CREATED: u32 = 0;
 pub const CT6_GUARD_LIMIT: u32 = 1;
+/// The limit for new outbound (pod-initiated) flows: higher, up to where the LRU would start
+/// evicting, so that a pod's own connections still get in while inbound ones are refused, and
+/// no new flow of any kind makes the LRU evict an established one.
+pub const CT6_GUARD_LIMIT_OUT: u32 = 2;
+pub const CT6_GUARD_SLOTS: u32 = 3;
+
+/// The occupancy from which the LRU may evict (its per-CPU free lists,
+/// `crate::pressure::LRU_LOCAL_FREE`): the outbound guard's mark.
+pub const fn lru_evicts_from(max_entries: u64, ncpus: u64) -> u64 {
+    max_entries.saturating_sub(crate::pressure::LRU_LOCAL_FREE * (ncpus + 1))
+}
 
 /// Flag update of a tracked flow for one packet: `from_origin` is whether the packet comes
 /// from the side that opened the flow, `tcp_flags` its TCP flags (0 for other protocols).

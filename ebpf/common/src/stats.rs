@@ -93,8 +93,9 @@ counters! {
     // A new flow of a pod already holding its `[limits] pod_flows` in `ct6` (inbound
     // unanswered flows are refused earlier, at `sg::pod_flow_admits`'s reserve).
     DropSg6PodFlows = 58 => "drop_sg6_pod_flows",
-    // A new inbound flow while `ct6` is above its high-water mark (`ct6_guard`): refused
-    // rather than inserted, because the LRU would evict a live flow to make room.
+    // A new flow while `ct6` is above its mark (`ct6_guard`: the high-water mark for inbound
+    // flows, where the LRU would evict for the pod's own): refused rather than inserted,
+    // because the LRU would evict a live flow to make room.
     DropSg6CtPressure = 59 => "drop_sg6_ct_pressure",
 }
 

@@ -1,11 +1,12 @@
 //! Admission of new `ct6` entries: the pod's share (`[limits] pod_flows` against
 //! `pod_usage - pod_freed`) and the node-wide guard (`ct6_guard`), and the tallies a new entry
 //! adds to. Only on the path that creates a flow: packets of a tracked flow never come here.
-use podgate_common::sg::{CT6_GUARD_CREATED, CT6_GUARD_LIMIT, guard_refuses, pod_flow_admits};
+use podgate_common::sg::{CT6_GUARD_CREATED, CT6_GUARD_LIMIT, CT6_GUARD_LIMIT_OUT, guard_refuses, pod_flow_admits};
 
 use crate::maps::{CT6_GUARD, NODE, POD_FREED, POD_USAGE};
 
-/// 0: admitted; 1: the pod is at its bound; 2: the node-wide guard refuses inbound flows.
+/// 0: admitted; 1: the pod is at its bound; 2: the node-wide guard refuses the flow (inbound
+/// ones from the high-water mark on, outbound ones only where the LRU would evict).
 /// A pod without a `pod_usage` entry (only between the steps of `pod add`, which writes it
 /// before the pod record) is not bounded.
 #[inline(never)]
@@ -20,12 +21,11 @@ pub fn admit(pod_id: u32, inbound: bool) -> u32 {
             }
         }
     }
-    if inbound {
-        let created = CT6_GUARD.get(CT6_GUARD_CREATED).copied().unwrap_or(0);
-        let limit = CT6_GUARD.get(CT6_GUARD_LIMIT).copied().unwrap_or(0);
-        if guard_refuses(created, limit) {
-            return 2;
-        }
+    let created = CT6_GUARD.get(CT6_GUARD_CREATED).copied().unwrap_or(0);
+    let slot = if inbound { CT6_GUARD_LIMIT } else { CT6_GUARD_LIMIT_OUT };
+    let limit = CT6_GUARD.get(slot).copied().unwrap_or(0);
+    if guard_refuses(created, limit) {
+        return 2;
     }
     0
 }

@@ -191,6 +191,9 @@ pub fn flush_pod(pins: &Pins, addr: Ipv6Addr) -> Result<usize, DataplaneError> {
     Ok(keys.len() + fkeys.len())
 }
 
+/// One `ct6` entry as read by a pass.
+type Entry6 = (Flow6, Ct6);
+
 /// Deletes `flows` from `ct6` and credits each pod's `pod_freed.flows6` with what was really
 /// deleted (an entry gone meanwhile was evicted or expired by someone else: not ours to credit).
 fn remove_flows(pins: &Pins, ct: &mut HashMap<MapData, Flow6, Ct6>, flows: &[(Flow6, Ct6)]) -> Result<usize, DataplaneError> {
@@ -312,7 +315,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<G
     let charged_before = charged_flows6(pins)?;
     let mut ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
     let mut seen: BTreeMap<u32, u64> = BTreeMap::new();
-    let (dead, live): (Vec<(Flow6, Ct6)>, Vec<(Flow6, Ct6)>) = ct
+    let (dead, live): (Vec<Entry6>, Vec<Entry6>) = ct
         .iter()
         .filter_map(Result::ok)
         .inspect(|(_, v)| {

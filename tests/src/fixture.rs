@@ -112,6 +112,8 @@ impl Env {
             port_max: cfg.port_max,
             pod_quota: cfg.pod_quota,
             timeouts: Timeouts::default(),
+            // Unbounded: the SNAT fixtures bound mappings with pod_quota.
+            pod_flows: 0,
         };
         let mut a: Array<_, NodeConfig> =
             Array::try_from(env.h.ebpf.map_mut("node").unwrap()).unwrap();

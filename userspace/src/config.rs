@@ -97,6 +97,10 @@ pub struct RawLimits {
     pub nat_mappings: Option<u32>,
     /// `ct4` and `nat4_claim`: flows, and the per-remote port claims they hold.
     pub conntrack: Option<u32>,
+    /// `ct6`: IPv6 flows of every pod (security-group state).
+    pub conntrack6: Option<u32>,
+    /// Flows one pod may hold in each family's table (default: an eighth of the smaller one).
+    pub pod_flows: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +137,8 @@ pub struct RawTimeouts {
     pub tcp_established: Option<u32>,
     pub tcp_transitory: Option<u32>,
     pub icmp: Option<u32>,
+    /// Inbound-created flows whose handshake never completed (the GC only; not in the kernel).
+    pub unanswered: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +255,10 @@ pub struct NodeSettings {
     pub udp_port_parity: bool,
     pub max_groups_per_pod: u32,
     pub timeouts: Timeouts,
+    /// `[timeouts] unanswered`: idle timeout of inbound-created flows never assured
+    /// (`podgate_common::sg::is_unanswered`). Only the daemon's GC applies it, so it stays out of
+    /// the kernel's `NodeConfig`.
+    pub unanswered_secs: u32,
     pub gc_interval_secs: u64,
     pub metrics: Option<std::net::SocketAddr>,
     pub foreign_programs: ForeignPrograms,
@@ -266,24 +276,50 @@ pub struct NodeSettings {
 pub struct Limits {
     pub nat_mappings: u32,
     pub conntrack: u32,
+    pub conntrack6: u32,
+    /// Flows one pod may hold in `ct4` and in `ct6` (each); written to `NodeConfig::pod_flows`.
+    pub pod_flows: u32,
 }
 
 /// The sizes compiled into the object (ebpf/programs/src/maps.rs).
 pub const DEFAULT_MAP_ENTRIES: u32 = 1 << 20;
 /// 16M entries: about 2 GiB of conntrack, far beyond one node address's ports.
 pub const MAX_MAP_ENTRIES: u32 = 1 << 24;
+/// `[timeouts] unanswered` default: Linux conntrack's timeout of an unreplied UDP flow (30 s,
+/// half its SYN_RECV 60 s): a real client completes its handshake within an RTT, and the pod's
+/// SYN-ACK retransmissions (1, 3, 7, 15 s) still fit; a spoofed flood's entries last no longer.
+pub const DEFAULT_UNANSWERED_SECS: u32 = 30;
+
+/// `[limits] pod_flows` default: an eighth of the smaller conntrack table, so that a pod whose
+/// open port is flooded leaves seven eighths to the others (32768 with the default `ct6`); far
+/// more concurrent flows than one busy pod opens.
+pub const fn default_pod_flows(conntrack: u32, conntrack6: u32) -> u32 {
+    let t = if conntrack < conntrack6 { conntrack } else { conntrack6 };
+    t / 8
+}
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { nat_mappings: DEFAULT_MAP_ENTRIES, conntrack: DEFAULT_MAP_ENTRIES }
+        let ct6 = podgate_common::sg::CT6_DEFAULT_ENTRIES;
+        Self {
+            nat_mappings: DEFAULT_MAP_ENTRIES,
+            conntrack: DEFAULT_MAP_ENTRIES,
+            conntrack6: ct6,
+            pod_flows: default_pod_flows(DEFAULT_MAP_ENTRIES, ct6),
+        }
     }
 }
 
 impl Limits {
     /// `(map name, max_entries)` for the loader.
-    pub fn map_sizes(&self) -> [(&'static str, u32); 3] {
-        use podgate_common::nat::map_names as nat;
-        [(nat::NAT4_MAP, self.nat_mappings), (nat::CT4, self.conntrack), (nat::NAT4_CLAIM, self.conntrack)]
+    pub fn map_sizes(&self) -> [(&'static str, u32); 4] {
+        use podgate_common::{nat::map_names as nat, sg::map_names as sg};
+        [
+            (nat::NAT4_MAP, self.nat_mappings),
+            (nat::CT4, self.conntrack),
+            (nat::NAT4_CLAIM, self.conntrack),
+            (sg::CT6, self.conntrack6),
+        ]
     }
 }
 
@@ -293,11 +329,27 @@ fn validate_limits(l: &RawLimits) -> Result<Limits, ConfigError> {
     let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
     let min = podgate_common::pressure::min_entries(ncpus);
     let d = Limits::default();
-    let out = Limits { nat_mappings: l.nat_mappings.unwrap_or(d.nat_mappings), conntrack: l.conntrack.unwrap_or(d.conntrack) };
-    for (field, v) in [("limits.nat_mappings", out.nat_mappings), ("limits.conntrack", out.conntrack)] {
+    let conntrack = l.conntrack.unwrap_or(d.conntrack);
+    let conntrack6 = l.conntrack6.unwrap_or(d.conntrack6);
+    let out = Limits {
+        nat_mappings: l.nat_mappings.unwrap_or(d.nat_mappings),
+        conntrack,
+        conntrack6,
+        pod_flows: l.pod_flows.unwrap_or(default_pod_flows(conntrack, conntrack6)),
+    };
+    for (field, v) in [
+        ("limits.nat_mappings", out.nat_mappings),
+        ("limits.conntrack", out.conntrack),
+        ("limits.conntrack6", out.conntrack6),
+    ] {
         if (v as u64) < min || v > MAX_MAP_ENTRIES {
             return Err(invalid(field, v, format!("must be {min} to {MAX_MAP_ENTRIES} entries on this machine ({ncpus} CPUs)")));
         }
+    }
+    // 0 would mean "unbounded" to the programs; above the smaller table it bounds nothing.
+    let smaller = conntrack.min(conntrack6);
+    if out.pod_flows == 0 || out.pod_flows > smaller {
+        return Err(invalid("limits.pod_flows", out.pod_flows, format!("must be 1 to {smaller} (the smaller of limits.conntrack and limits.conntrack6)")));
     }
     Ok(out)
 }
@@ -491,6 +543,10 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         tcp_transitory: t.tcp_transitory.unwrap_or(d_t.tcp_transitory),
         icmp: t.icmp.unwrap_or(d_t.icmp),
     };
+    let unanswered_secs = t.unanswered.unwrap_or(DEFAULT_UNANSWERED_SECS);
+    if unanswered_secs == 0 {
+        return Err(invalid("timeouts.unanswered", unanswered_secs, "must be at least 1 second"));
+    }
     for (field, v) in [
         ("timeouts.udp", timeouts.udp),
         ("timeouts.tcp_established", timeouts.tcp_established),
@@ -554,6 +610,7 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         udp_port_parity: n.udp_port_parity.unwrap_or(true),
         max_groups_per_pod,
         timeouts,
+        unanswered_secs,
         gc_interval_secs,
         limits: Limits::default(),
     })
@@ -705,12 +762,33 @@ veth_v4 = "v4a"
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.node.limits, Limits::default());
         let c = Config::parse(&format!("{GOOD}\n[limits]\nnat_mappings = 4096\nconntrack = 8192\n")).unwrap();
-        assert_eq!(c.node.limits, Limits { nat_mappings: 4096, conntrack: 8192 });
-        assert_eq!(c.node.limits.map_sizes(), [("nat4_map", 4096), ("ct4", 8192), ("nat4_claim", 8192)]);
+        assert_eq!(c.node.limits, Limits { nat_mappings: 4096, conntrack: 8192, conntrack6: 262144, pod_flows: 1024 });
+        assert_eq!(c.node.limits.map_sizes(), [("nat4_map", 4096), ("ct4", 8192), ("nat4_claim", 8192), ("ct6", 262144)]);
         let e = err(&format!("{GOOD}\n[limits]\nconntrack = 10\n"));
         assert!(e.contains("limits.conntrack"), "{e}");
         let e = err(&format!("{GOOD}\n[limits]\nnat_mappings = 4294967295\n"));
         assert!(e.contains("limits.nat_mappings"), "{e}");
+    }
+
+    #[test]
+    fn ct6_size_pod_flows_and_unanswered() {
+        let d = Config::parse(GOOD).unwrap().node;
+        assert_eq!((d.limits.conntrack6, d.limits.pod_flows), (262144, 32768), "an eighth of ct6");
+        assert_eq!(d.unanswered_secs, 30);
+        let c = Config::parse(&format!("{GOOD}\n[timeouts]\nunanswered = 5\n[limits]\nconntrack6 = 4096\n")).unwrap().node;
+        assert_eq!((c.limits.conntrack6, c.limits.pod_flows, c.unanswered_secs), (4096, 512, 5));
+        assert_eq!(c.limits.map_sizes()[3], ("ct6", 4096));
+        let c = Config::parse(&format!("{GOOD}\n[limits]\nconntrack6 = 4096\npod_flows = 100\n")).unwrap().node;
+        assert_eq!(crate::dataplane::node_config(&c, Ipv4Addr::new(198, 51, 100, 2), 1).pod_flows, 100);
+        for (text, field) in [
+            ("[limits]\nconntrack6 = 10\n", "limits.conntrack6"),
+            ("[limits]\nconntrack6 = 4096\npod_flows = 4097\n", "limits.pod_flows"),
+            ("[limits]\npod_flows = 0\n", "limits.pod_flows"),
+            ("[timeouts]\nunanswered = 0\n", "timeouts.unanswered"),
+        ] {
+            let e = err(&format!("{GOOD}\n{text}"));
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]

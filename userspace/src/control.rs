@@ -394,14 +394,18 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
         Request::Gc { advance_secs, dry_run } => {
             let node = dataplane::read_node(pins)?;
             let now = nat::boottime_ns() + advance_secs.saturating_mul(1_000_000_000);
+            // Only the daemon knows `[timeouts] unanswered` (it is not in the kernel's node entry).
+            let unanswered = ctx
+                .daemon
+                .map_or(crate::config::DEFAULT_UNANSWERED_SECS, |d| d.lock().node.unanswered_secs);
             // IPv4 counters stay at the top level; the IPv6 pass is nested under "ipv6".
             let mut out = if *dry_run {
                 let mut out = to_value(nat::gc_preview(pins, &node.timeouts, now)?)?;
-                out["ipv6"] = to_value(sg_maps::gc_preview(pins, &node.timeouts, now)?)?;
+                out["ipv6"] = to_value(sg_maps::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
                 out
             } else {
                 let mut out = to_value(nat::gc(pins, &node.timeouts, now)?)?;
-                out["ipv6"] = to_value(sg_maps::gc(pins, &node.timeouts, now)?)?;
+                out["ipv6"] = to_value(sg_maps::gc(pins, &node.timeouts, unanswered, now)?)?;
                 out
             };
             out["dry_run"] = json!(dry_run);

@@ -22,7 +22,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use podgate_common::{
-    ABI_VERSION, MAX_POD_GROUPS, NodeConfig, Pod, PodName, map_names, node_flags, stats,
+    ABI_VERSION, MAX_POD_GROUPS, NodeConfig, Pod, PodName, PodUsage, map_names, node_flags, stats,
 };
 use thiserror::Error;
 
@@ -311,6 +311,7 @@ pub fn node_config(node: &NodeSettings, ipv4: Ipv4Addr, uplink_ifindex: u32) -> 
         port_max: node.port_max,
         pod_quota: node.pod_quota,
         timeouts: node.timeouts,
+        pod_flows: node.limits.pod_flows,
     }
 }
 
@@ -810,6 +811,14 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
     let mut names: HashMap<MapData, u32, PodName> =
         open_hash(pins, map_names::POD_NAMES)?;
     names.insert(id, name, 0).map_err(map_err(map_names::POD_NAMES))?;
+    // Before the pod record: the programs count a pod's flows from its first packet on. A pod
+    // updated in place keeps its tallies.
+    for m in [map_names::POD_USAGE, map_names::POD_FREED] {
+        let mut u: HashMap<MapData, u32, PodUsage> = open_hash(pins, m)?;
+        if u.get(&id, 0).is_err() {
+            u.insert(id, PodUsage::default(), 0).map_err(map_err(m))?;
+        }
+    }
     let mut pods = pods_map(pins)?;
     pods.insert(ifindex, pod, 0).map_err(map_err(map_names::PODS))?;
     pods.insert(ifindex_v4, pod, 0).map_err(map_err(map_names::PODS))?;
@@ -879,6 +888,11 @@ pub fn remove_pod(pins: &Pins, name: &str) -> Result<PodEntry, DataplaneError> {
     ignore_missing(names.remove(&entry.pod.id)).map_err(map_err(map_names::POD_NAMES))?;
     crate::nat::flush_pod(pins, Ipv4Addr::from(entry.pod.ipv4))?;
     crate::sg_maps::flush_pod(pins, Ipv6Addr::from(entry.pod.ipv6))?;
+    // Last: the flushes above credit `pod_freed`; a later pod with this id starts from zero.
+    for m in [map_names::POD_USAGE, map_names::POD_FREED] {
+        let mut u: HashMap<MapData, u32, PodUsage> = open_hash(pins, m)?;
+        ignore_missing(u.remove(&entry.pod.id)).map_err(map_err(m))?;
+    }
     Ok(entry)
 }
 

@@ -10,9 +10,13 @@ use std::{
 use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use ipnet::Ipv6Net;
 use podgate_common::{
-    MAX_POD_GROUPS, Pod, PodName, Timeouts, map_names,
+    MAX_POD_GROUPS, Pod, PodName, PodUsage, Timeouts, map_names,
     nat::FRAG_TIMEOUT_NS,
-    sg::{Ct6, FragKey6, FragVal6, Flow6, PROTO_TCP, PROTO_UDP, ct6_flags, map_names as sg_names},
+    pressure,
+    sg::{
+        CT6_GUARD_CREATED, CT6_GUARD_LIMIT, CT6_GUARD_LIMIT_OUT, Ct6, FragKey6, FragVal6, Flow6, PROTO_TCP, PROTO_UDP, ct6_flags,
+        guard_limit, is_unanswered, lru_evicts_from, map_names as sg_names,
+    },
 };
 use serde::Serialize;
 
@@ -27,6 +31,7 @@ pub const MAP_NAMES: &[&str] = &[
     sg_names::SG_RANGES,
     sg_names::SG_GEN,
     sg_names::CT6,
+    sg_names::CT6_GUARD,
     sg_names::FRAG6,
     sg_names::SG_SCRATCH,
     sg_names::SG_NAMES,
@@ -156,7 +161,9 @@ pub fn apply(
     }
     let flows_cut = if cut {
         let mut ct6: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
-        sg::cut_flows(&mut ct6, &compiled)?
+        let by_pod = sg::cut_flows_by_pod(&mut ct6, &compiled)?;
+        credit_flows6(pins, &by_pod)?;
+        by_pod.values().sum::<u64>() as usize
     } else {
         0
     };
@@ -173,10 +180,9 @@ pub fn apply(
 pub fn flush_pod(pins: &Pins, addr: Ipv6Addr) -> Result<usize, DataplaneError> {
     let a = addr.octets();
     let mut ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
-    let keys: Vec<Flow6> = ct.keys().filter_map(Result::ok).filter(|k| k.pod_addr == a).collect();
-    for k in &keys {
-        ignore_missing(ct.remove(k)).map_err(map_err(sg_names::CT6))?;
-    }
+    let doomed: Vec<(Flow6, Ct6)> = ct.iter().filter_map(Result::ok).filter(|(k, _)| k.pod_addr == a).collect();
+    let keys: Vec<Flow6> = doomed.iter().map(|(k, _)| *k).collect();
+    remove_flows(pins, &mut ct, &doomed)?;
     let mut fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
     let fkeys: Vec<FragKey6> = fr.keys().filter_map(Result::ok).filter(|k| k.src == a || k.dst == a).collect();
     for k in &fkeys {
@@ -185,20 +191,95 @@ pub fn flush_pod(pins: &Pins, addr: Ipv6Addr) -> Result<usize, DataplaneError> {
     Ok(keys.len() + fkeys.len())
 }
 
-/// Idle timeout of an IPv6 flow: TCP that saw FIN or RST is transitory.
-pub fn ct6_timeout_ns(flow: &Flow6, ct: &Ct6, t: &Timeouts) -> u64 {
-    let secs = match flow.proto {
+/// One `ct6` entry as read by a pass.
+type Entry6 = (Flow6, Ct6);
+
+/// Deletes `flows` from `ct6` and credits each pod's `pod_freed.flows6` with what was really
+/// deleted (an entry gone meanwhile was evicted or expired by someone else: not ours to credit).
+fn remove_flows(pins: &Pins, ct: &mut HashMap<MapData, Flow6, Ct6>, flows: &[(Flow6, Ct6)]) -> Result<usize, DataplaneError> {
+    let mut by_pod: BTreeMap<u32, u64> = BTreeMap::new();
+    for (k, v) in flows {
+        match ct.remove(k) {
+            Ok(()) => *by_pod.entry(v.pod_id).or_insert(0) += 1,
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(sg_names::CT6)(e)),
+        }
+    }
+    credit_flows6(pins, &by_pod)?;
+    Ok(by_pod.values().sum::<u64>() as usize)
+}
+
+/// Adds to `pod_freed.flows6` (userspace is its only writer, and the daemon serializes its
+/// passes). A pod without a `pod_usage` entry is gone: crediting it would hand its successor
+/// under the same id room it never had.
+pub fn credit_flows6(pins: &Pins, by_pod: &BTreeMap<u32, u64>) -> Result<(), DataplaneError> {
+    if by_pod.is_empty() {
+        return Ok(());
+    }
+    let usage: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_USAGE)?;
+    let mut freed: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_FREED)?;
+    for (&id, &n) in by_pod {
+        if usage.get(&id, 0).is_err() {
+            continue;
+        }
+        let mut f = freed.get(&id, 0).unwrap_or_default();
+        f.flows6 += n;
+        freed.insert(id, f, 0).map_err(map_err(map_names::POD_FREED))?;
+    }
+    Ok(())
+}
+
+/// Pod id → `ct6` entries it is charged for now (`pod_usage - pod_freed`).
+fn charged_flows6(pins: &Pins) -> Result<BTreeMap<u32, u64>, DataplaneError> {
+    let usage: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_USAGE)?;
+    let freed: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_FREED)?;
+    Ok(usage
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(id, u)| (id, PodUsage::held(&u, &freed.get(&id, 0).unwrap_or_default()).flows6))
+        .collect())
+}
+
+/// Entries a pod was charged for (`held`, read before the pass counted) that the pass did not
+/// see: the LRU evicted them. Read in this order an entry created during the count is seen but
+/// not yet charged, and a hash walk disturbed by concurrent deletes may see an entry twice,
+/// never miss one that stayed (the programs change existing `ct6` entries in place, so none
+/// moves in its bucket during the walk): both only lower the credit, so a pod is never credited
+/// for an entry it still holds.
+pub const fn eviction_credit(held: u64, seen: u64) -> u64 {
+    held.saturating_sub(seen)
+}
+
+/// Idle timeout of an IPv6 flow: inbound-created and never assured is `unanswered`; TCP that
+/// saw FIN or RST is transitory.
+pub fn ct6_timeout_ns(flow: &Flow6, ct: &Ct6, t: &Timeouts, unanswered_secs: u32) -> u64 {
+    let base = ct6_base_timeout(flow, ct, t);
+    let secs = if is_unanswered(ct) { unanswered_secs.min(base) } else { base };
+    secs as u64 * 1_000_000_000
+}
+
+fn ct6_base_timeout(flow: &Flow6, ct: &Ct6, t: &Timeouts) -> u32 {
+    match flow.proto {
         PROTO_TCP if ct.flags & (ct6_flags::TCP_FIN | ct6_flags::TCP_RST) != 0 => t.tcp_transitory,
         PROTO_TCP => t.tcp_established,
         PROTO_UDP => t.udp,
         _ => t.icmp,
-    };
-    secs as u64 * 1_000_000_000
+    }
+}
+
+/// Which flows give way when `ct6` is above its high-water mark (Linux conntrack's early drop):
+/// up to `n` of `flows`, unanswered inbound ones first, then the pod's own flows that were never
+/// assured, the longest idle first in each class. Assured flows never: a flood of unanswered
+/// entries must not cost an established connection its state.
+pub fn early_drop_victims(flows: &[(Flow6, Ct6)], n: usize) -> Vec<(Flow6, Ct6)> {
+    let mut c: Vec<&(Flow6, Ct6)> = flows.iter().filter(|(_, v)| v.flags & ct6_flags::ASSURED == 0).collect();
+    c.sort_by_key(|(_, v)| (!is_unanswered(v), v.last_seen_ns));
+    c.into_iter().take(n).copied().collect()
 }
 
 /// Whether the GC expires this flow at `now`: the one rule of [`gc`] and [`gc_preview`].
-pub fn ct6_expired(flow: &Flow6, ct: &Ct6, now: u64, t: &Timeouts) -> bool {
-    now > ct.last_seen_ns && now - ct.last_seen_ns > ct6_timeout_ns(flow, ct, t)
+pub fn ct6_expired(flow: &Flow6, ct: &Ct6, now: u64, t: &Timeouts, unanswered_secs: u32) -> bool {
+    now > ct.last_seen_ns && now - ct.last_seen_ns > ct6_timeout_ns(flow, ct, t, unanswered_secs)
 }
 
 fn frag6_expired(v: &FragVal6, now: u64) -> bool {
@@ -213,12 +294,12 @@ pub struct Gc6Preview {
     pub frags_would_expire: usize,
 }
 
-pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Preview, DataplaneError> {
+pub fn gc_preview(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<Gc6Preview, DataplaneError> {
     let mut r = Gc6Preview::default();
     let ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
     for (k, v) in ct.iter().filter_map(Result::ok) {
         r.flows_seen += 1;
-        r.flows_would_expire += usize::from(ct6_expired(&k, &v, now, t));
+        r.flows_would_expire += usize::from(ct6_expired(&k, &v, now, t, unanswered_secs));
     }
     let fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
     r.frags_would_expire = fr.iter().filter_map(Result::ok).filter(|(_, v)| frag6_expired(v, now)).count();
@@ -229,24 +310,78 @@ pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Preview, Dat
 pub struct Gc6Report {
     pub flows_seen: usize,
     pub flows_expired: usize,
+    /// Of `flows_expired`: inbound-created flows never assured (`[timeouts] unanswered`).
+    pub unanswered_expired: usize,
+    /// Unassured flows deleted because `ct6` was above its high-water mark.
+    pub early_dropped: usize,
+    /// Entries pods were charged for that the pass did not find (evicted by the LRU), credited
+    /// to `pod_freed`.
+    pub evicted_credited: usize,
+    /// Entries left after the pass, and the mark above which new inbound flows are refused.
+    pub flows_left: usize,
+    pub high_water: u64,
+    /// The pass found `ct6` at or above the mark (new inbound flows refused until a pass
+    /// frees room).
+    pub pressure: bool,
     pub frags_expired: usize,
 }
 
-/// Expires `ct6` and `frag6` entries (CLOCK_BOOTTIME `now`, like the programs' stamps).
-pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<Gc6Report, DataplaneError> {
+/// The node-wide `ct6` guard: what the programs have created so far, and the limit written.
+pub fn read_guard(pins: &Pins) -> Result<(u64, u64), DataplaneError> {
+    let a: Array<MapData, u64> = Array::try_from(open_map(pins, sg_names::CT6_GUARD)?).map_err(map_err(sg_names::CT6_GUARD))?;
+    let created = a.get(&CT6_GUARD_CREATED, 0).map_err(map_err(sg_names::CT6_GUARD))?;
+    let limit = a.get(&CT6_GUARD_LIMIT, 0).map_err(map_err(sg_names::CT6_GUARD))?;
+    Ok((created, limit))
+}
+
+/// Expires `ct6` and `frag6` entries (CLOCK_BOOTTIME `now`, like the programs' stamps); above
+/// the high-water mark, drops unassured flows early down to the low-water mark; then writes the
+/// guard for new inbound flows until the next pass. Every deletion credits `pod_freed`.
+pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<Gc6Report, DataplaneError> {
     let mut r = Gc6Report::default();
+    // Read before counting: flows created while the pass counts are charged twice, never missed.
+    let (created, _) = read_guard(pins)?;
+    let charged_before = charged_flows6(pins)?;
     let mut ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
-    let dead: Vec<Flow6> = ct
+    let mut seen: BTreeMap<u32, u64> = BTreeMap::new();
+    let (dead, live): (Vec<Entry6>, Vec<Entry6>) = ct
         .iter()
         .filter_map(Result::ok)
-        .inspect(|_| r.flows_seen += 1)
-        .filter(|(k, v)| ct6_expired(k, v, now, t))
-        .map(|(k, _)| k)
+        .inspect(|(_, v)| {
+            r.flows_seen += 1;
+            *seen.entry(v.pod_id).or_insert(0) += 1;
+        })
+        .partition(|(k, v)| ct6_expired(k, v, now, t, unanswered_secs));
+    // What the LRU evicted nobody deleted: without this credit a pod would stay charged for it.
+    let evicted: BTreeMap<u32, u64> = charged_before
+        .iter()
+        .map(|(&id, &held)| (id, eviction_credit(held, seen.get(&id).copied().unwrap_or(0))))
+        .filter(|&(_, n)| n > 0)
         .collect();
-    for k in &dead {
-        ignore_missing(ct.remove(k)).map_err(map_err(sg_names::CT6))?;
+    r.evicted_credited = evicted.values().sum::<u64>() as usize;
+    credit_flows6(pins, &evicted)?;
+    r.unanswered_expired = dead.iter().filter(|(_, v)| is_unanswered(v)).count();
+    r.flows_expired = remove_flows(pins, &mut ct, &dead)?;
+    let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
+    let max = u64::from(dataplane::map_max_entries(pins, sg_names::CT6).unwrap_or(podgate_common::sg::CT6_DEFAULT_ENTRIES));
+    r.high_water = pressure::high_water(max, ncpus);
+    let mut used = r.flows_seen.saturating_sub(r.flows_expired) as u64;
+    if used >= r.high_water {
+        r.pressure = true;
+        let want = used - pressure::low_water(max, ncpus);
+        let victims = early_drop_victims(&live, want as usize);
+        r.early_dropped = remove_flows(pins, &mut ct, &victims)?;
+        used -= r.early_dropped as u64;
     }
-    r.flows_expired = dead.len();
+    r.flows_left = used as usize;
+    let mut guard: Array<MapData, u64> =
+        Array::try_from(open_map(pins, sg_names::CT6_GUARD)?).map_err(map_err(sg_names::CT6_GUARD))?;
+    guard
+        .set(CT6_GUARD_LIMIT, guard_limit(created, used, r.high_water), 0)
+        .map_err(map_err(sg_names::CT6_GUARD))?;
+    guard
+        .set(CT6_GUARD_LIMIT_OUT, guard_limit(created, used, lru_evicts_from(max, ncpus)), 0)
+        .map_err(map_err(sg_names::CT6_GUARD))?;
     let mut fr: HashMap<MapData, FragKey6, FragVal6> = open_hash(pins, sg_names::FRAG6)?;
     let stale: Vec<FragKey6> = fr
         .iter()
@@ -299,4 +434,58 @@ pub fn flow_rows(pins: &Pins) -> Result<Vec<Flow6Row>, DataplaneError> {
         .collect();
     rows.sort_by(|a, b| (a.pod_addr, &a.proto, a.pod_port, a.remote_addr).cmp(&(b.pod_addr, &b.proto, b.pod_port, b.remote_addr)));
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podgate_common::sg::{DIR_EGRESS, DIR_INGRESS};
+
+    fn flow(port: u16, proto: u8) -> Flow6 {
+        Flow6 { pod_port: port, proto, ..Default::default() }
+    }
+
+    fn ct(origin: u8, flags: u8, last_seen_ns: u64) -> Ct6 {
+        Ct6 { origin, flags, last_seen_ns, ..Default::default() }
+    }
+
+    #[test]
+    fn unanswered_inbound_flows_expire_fast() {
+        let t = Timeouts::default();
+        let s = 1_000_000_000;
+        let syn = ct(DIR_INGRESS, ct6_flags::SEEN_REPLY, 0);
+        assert_eq!(ct6_timeout_ns(&flow(80, PROTO_TCP), &syn, &t, 30), 30 * s, "SYN answered by a SYN-ACK only");
+        let est = ct(DIR_INGRESS, ct6_flags::SEEN_REPLY | ct6_flags::ASSURED, 0);
+        assert_eq!(ct6_timeout_ns(&flow(80, PROTO_TCP), &est, &t, 30), u64::from(t.tcp_established) * s);
+        let out = ct(DIR_EGRESS, 0, 0);
+        assert_eq!(ct6_timeout_ns(&flow(80, PROTO_TCP), &out, &t, 30), u64::from(t.tcp_established) * s, "the pod's own SYN keeps its timeout");
+        let rst = ct(DIR_INGRESS, ct6_flags::TCP_RST, 0);
+        assert_eq!(ct6_timeout_ns(&flow(80, PROTO_TCP), &rst, &t, 1000), u64::from(t.tcp_transitory) * s, "never longer than the protocol's own");
+        assert_eq!(ct6_timeout_ns(&flow(53, PROTO_UDP), &ct(DIR_INGRESS, 0, 0), &t, 30), 30 * s);
+    }
+
+    #[test]
+    fn evictions_are_credited_never_more_than_missing() {
+        assert_eq!(eviction_credit(10, 7), 3, "three charged entries are gone");
+        assert_eq!(eviction_credit(10, 12), 0, "created during the count: nothing to credit");
+        assert_eq!(eviction_credit(0, 0), 0);
+    }
+
+    #[test]
+    fn early_drop_takes_unanswered_first_and_never_assured() {
+        let assured = ct6_flags::SEEN_REPLY | ct6_flags::ASSURED;
+        let flows = vec![
+            (flow(1, PROTO_TCP), ct(DIR_EGRESS, assured, 1)),      // idle established, oldest
+            (flow(2, PROTO_TCP), ct(DIR_INGRESS, assured, 2)),     // established inbound
+            (flow(3, PROTO_TCP), ct(DIR_EGRESS, 0, 3)),            // pod's unanswered SYN
+            (flow(4, PROTO_TCP), ct(DIR_INGRESS, ct6_flags::SEEN_REPLY, 9)), // flood, recent
+            (flow(5, PROTO_TCP), ct(DIR_INGRESS, 0, 5)),           // flood, older
+        ];
+        let ports = |v: Vec<(Flow6, Ct6)>| v.iter().map(|(f, _)| f.pod_port).collect::<Vec<_>>();
+        assert_eq!(ports(early_drop_victims(&flows, 1)), vec![5]);
+        assert_eq!(ports(early_drop_victims(&flows, 2)), vec![5, 4]);
+        assert_eq!(ports(early_drop_victims(&flows, 3)), vec![5, 4, 3]);
+        assert_eq!(ports(early_drop_victims(&flows, 100)), vec![5, 4, 3], "assured flows never give way");
+        assert!(early_drop_victims(&flows, 0).is_empty());
+    }
 }

@@ -17,7 +17,7 @@ pub mod tcp;
 
 /// Bumped whenever a map's key or value layout changes. Userspace refuses to adopt pinned maps
 /// whose `node` entry carries another version, instead of misreading them.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Names under which the maps are pinned (`<pin root>/<name>`); also the names in the object.
 pub mod map_names {
@@ -78,6 +78,9 @@ pub struct NodeConfig {
     /// Mappings a single pod may hold at once.
     pub pod_quota: u32,
     pub timeouts: Timeouts,
+    /// Flows a single pod may hold in each family's conntrack table (`[limits] pod_flows`,
+    /// checked against `PodUsage::held`); 0: unbounded. Added in ABI 2.
+    pub pod_flows: u32,
 }
 
 /// Idle timeouts in seconds; the eBPF side only records last-seen times, the daemon's GC applies
@@ -207,7 +210,7 @@ mod pod_impls {
 
 /// Compile-time layout checks: a silent size change would corrupt every pinned map.
 const _: () = {
-    assert!(core::mem::size_of::<NodeConfig>() == 64);
+    assert!(core::mem::size_of::<NodeConfig>() == 68);
     assert!(core::mem::size_of::<Pod>() == 108);
     assert!(core::mem::size_of::<Event>() == 56);
     assert!(core::mem::size_of::<PodUsage>() == 24);

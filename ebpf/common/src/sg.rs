@@ -25,6 +25,8 @@ pub mod map_names {
     pub const SG_RANGES: &str = "sg_ranges";
     pub const SG_GEN: &str = "sg_gen";
     pub const CT6: &str = "ct6";
+    /// `[created, limit, limit_out]` (u64 each): the node-wide guard on new `ct6` entries.
+    pub const CT6_GUARD: &str = "ct6_guard";
     pub const FRAG6: &str = "frag6";
     pub const SG_SCRATCH: &str = "sg_scratch";
     /// Userspace only: group id → name.
@@ -361,6 +363,84 @@ pub mod ct6_flags {
     pub const SEEN_REPLY: u8 = 1 << 0;
     pub const TCP_FIN: u8 = 1 << 1;
     pub const TCP_RST: u8 = 1 << 2;
+    /// The opener spoke again, without SYN, after the other side's reply: a handshake completed
+    /// (Linux conntrack's IPS_ASSURED). A reply alone is not enough: a pod answers every SYN of
+    /// a spoofed flood with a SYN-ACK that nobody acknowledges.
+    pub const ASSURED: u8 = 1 << 3;
+}
+
+/// `ct6` entries compiled into the object (`[limits] conntrack6` resizes it at creation).
+pub const CT6_DEFAULT_ENTRIES: u32 = 262144;
+
+/// Slots of `ct6_guard`: `CREATED` is added to by the programs only (every `ct6` insert), `LIMIT`
+/// written by the daemon only, so that neither side read-modify-writes the other's word.
+pub const CT6_GUARD_CREATED: u32 = 0;
+pub const CT6_GUARD_LIMIT: u32 = 1;
+/// The limit for new outbound (pod-initiated) flows: higher, up to where the LRU would start
+/// evicting, so that a pod's own connections still get in while inbound ones are refused, and
+/// no new flow of any kind makes the LRU evict an established one.
+pub const CT6_GUARD_LIMIT_OUT: u32 = 2;
+pub const CT6_GUARD_SLOTS: u32 = 3;
+
+/// The occupancy from which the LRU may evict (its per-CPU free lists,
+/// `crate::pressure::LRU_LOCAL_FREE`): the outbound guard's mark.
+pub const fn lru_evicts_from(max_entries: u64, ncpus: u64) -> u64 {
+    max_entries.saturating_sub(crate::pressure::LRU_LOCAL_FREE * (ncpus + 1))
+}
+
+/// Flag update of a tracked flow for one packet: `from_origin` is whether the packet comes
+/// from the side that opened the flow, `tcp_flags` its TCP flags (0 for other protocols).
+#[inline(always)]
+pub const fn ct6_next_flags(flags: u8, from_origin: bool, tcp_flags: u8) -> u8 {
+    let mut f = flags;
+    if !from_origin {
+        f |= ct6_flags::SEEN_REPLY;
+    } else if flags & ct6_flags::SEEN_REPLY != 0 && tcp_flags & 0x02 == 0 {
+        f |= ct6_flags::ASSURED;
+    }
+    if tcp_flags & 0x01 != 0 {
+        f |= ct6_flags::TCP_FIN;
+    }
+    if tcp_flags & 0x04 != 0 {
+        f |= ct6_flags::TCP_RST;
+    }
+    f
+}
+
+/// An inbound-created flow whose handshake never completed: what gives way first (early drop,
+/// `[timeouts] unanswered`, the inbound share of `pod_flows`).
+#[inline(always)]
+pub const fn is_unanswered(ct: &Ct6) -> bool {
+    ct.origin == DIR_INGRESS && ct.flags & ct6_flags::ASSURED == 0
+}
+
+/// Whether a pod holding `held` flows may open one more under its bound (`[limits]
+/// pod_flows`, 0: unbounded). New inbound flows stop an eighth of the bound earlier, so that a
+/// flood toward a pod's open port leaves that room to the pod's own outbound flows.
+#[inline(always)]
+pub const fn pod_flow_admits(held: u64, bound: u32, inbound: bool) -> bool {
+    if bound == 0 {
+        return true;
+    }
+    let bound = bound as u64;
+    let cap = if inbound { bound - bound / 8 } else { bound };
+    held < cap
+}
+
+/// Whether the node-wide guard refuses a new inbound flow: the daemon allows `limit - created`
+/// more entries until its next pass (0: no guard written yet).
+#[inline(always)]
+pub const fn guard_refuses(created: u64, limit: u64) -> bool {
+    limit != 0 && created >= limit
+}
+
+/// The guard the daemon writes after a pass: `created` is the programs' tally read *before*
+/// the pass counted `used` entries, so that flows created while it counted are charged twice
+/// (never missed); room up to `high_water` stays for new inbound flows.
+pub const fn guard_limit(created: u64, used: u64, high_water: u64) -> u64 {
+    let room = high_water.saturating_sub(used);
+    let l = created.saturating_add(room);
+    if l == 0 { 1 } else { l }
 }
 
 /// Value of `ct6`.
@@ -461,6 +541,56 @@ mod tests {
         assert_eq!(req, rep);
         assert!(Flow6::of_packet(PROTO_ICMPV6, pod, remote, true, 0, 0, 135).is_none());
         assert_eq!(Flow6::of_packet(47, pod, remote, true, 1, 2, 0).unwrap().pod_port, 0);
+    }
+
+    #[test]
+    fn assured_needs_the_opener_after_a_reply() {
+        use ct6_flags::*;
+        // Outbound TCP: SYN out, SYN-ACK in, ACK out.
+        let f = ct6_next_flags(0, true, 0x02);
+        assert_eq!(f, 0);
+        let f = ct6_next_flags(f, false, 0x12);
+        assert_eq!(f, SEEN_REPLY);
+        assert_eq!(ct6_next_flags(f, true, 0x10), SEEN_REPLY | ASSURED);
+        // A spoofed SYN answered by the pod, then the same SYN again: never assured.
+        let f = ct6_next_flags(ct6_next_flags(0, true, 0x02), false, 0x12);
+        assert_eq!(ct6_next_flags(f, true, 0x02), SEEN_REPLY);
+        // More replies alone do not assure either.
+        assert_eq!(ct6_next_flags(f, false, 0x10), SEEN_REPLY);
+        // UDP: request, answer, request.
+        assert_eq!(ct6_next_flags(ct6_next_flags(0, false, 0), true, 0), SEEN_REPLY | ASSURED);
+        assert_eq!(ct6_next_flags(0, true, 0x05), TCP_FIN | TCP_RST);
+    }
+
+    #[test]
+    fn unanswered_is_inbound_and_not_assured() {
+        let mut ct = Ct6 { origin: DIR_INGRESS, flags: ct6_flags::SEEN_REPLY, ..Default::default() };
+        assert!(is_unanswered(&ct), "a SYN-ACK from the pod does not answer a flood");
+        ct.flags |= ct6_flags::ASSURED;
+        assert!(!is_unanswered(&ct));
+        let out = Ct6 { origin: DIR_EGRESS, ..Default::default() };
+        assert!(!is_unanswered(&out), "the pod's own flows are never 'unanswered'");
+    }
+
+    #[test]
+    fn pod_flow_quota_refuses_inbound_first() {
+        assert!(pod_flow_admits(1 << 40, 0, true), "0 is unbounded");
+        assert!(pod_flow_admits(447, 512, true));
+        assert!(!pod_flow_admits(448, 512, true), "inbound stops at 7/8");
+        assert!(pod_flow_admits(448, 512, false), "the pod's own flows still get in");
+        assert!(pod_flow_admits(511, 512, false));
+        assert!(!pod_flow_admits(512, 512, false), "the bound is a hard maximum");
+        assert!(!pod_flow_admits(1, 1, true) && pod_flow_admits(0, 1, true));
+    }
+
+    #[test]
+    fn guard_limit_and_refusal() {
+        assert!(!guard_refuses(1 << 40, 0), "no guard before the daemon's first pass");
+        let l = guard_limit(1000, 3000, 3600);
+        assert_eq!(l, 1600);
+        assert!(!guard_refuses(1599, l) && guard_refuses(1600, l));
+        assert_eq!(guard_limit(1000, 5000, 3600), 1000, "above the mark: refuse from now on");
+        assert_eq!(guard_limit(0, 5000, 3600), 1, "never the 'no guard' value");
     }
 
     #[test]

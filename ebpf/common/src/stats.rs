@@ -99,6 +99,13 @@ counters! {
     // A pod's IPv4 packet whose TTL ends at the NAT (answered with 11/0 from the gateway unless
     // it is a later fragment or an ICMP error).
     DropTtlExpired = 60 => "drop_ttl_expired",
+    // A new flow of a pod already holding its `[limits] pod_flows` in `ct6` (inbound
+    // unanswered flows are refused earlier, at `sg::pod_flow_admits`'s reserve).
+    DropSg6PodFlows = 61 => "drop_sg6_pod_flows",
+    // A new flow while `ct6` is above its mark (`ct6_guard`: the high-water mark for inbound
+    // flows, where the LRU would evict for the pod's own): refused rather than inserted,
+    // because the LRU would evict a live flow to make room.
+    DropSg6CtPressure = 62 => "drop_sg6_ct_pressure",
 }
 
 /// Size of the `stats` array.

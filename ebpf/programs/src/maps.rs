@@ -78,6 +78,12 @@ pub static SG_GEN: Array<u32, 1> = Array::new();
 #[btf_map(name = "ct6")]
 pub static CT6: LruHashMap<Flow6, Ct6, 262144> = LruHashMap::new();
 
+/// `[created, limit, limit_out]`: the programs add every `ct6` insert to slot 0, the daemon
+/// writes the limits after each GC pass (`podgate_common::sg::guard_limit`); new flows past
+/// theirs are refused (`drop_sg6_ct_pressure`) before the LRU would evict a live flow for them.
+#[btf_map(name = "ct6_guard")]
+pub static CT6_GUARD: Array<u64, { podgate_common::sg::CT6_GUARD_SLOTS as usize }> = Array::new();
+
 #[btf_map(name = "frag6")]
 pub static FRAG6: LruHashMap<FragKey6, FragVal6, 8192> = LruHashMap::new();
 

@@ -269,9 +269,16 @@ async fn daemon_loop(
                 let started = std::time::Instant::now();
                 let now = nat::boottime_ns();
                 let r = nat::gc(pins, &cfg.node.timeouts, now);
-                match podgate::sg_maps::gc(pins, &cfg.node.timeouts, now) {
-                    Ok(r6) if r6.flows_expired + r6.frags_expired > 0 => info!(?r6, "gc ipv6"),
-                    Ok(_) => {}
+                let mut pressure6 = false;
+                match podgate::sg_maps::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now) {
+                    Ok(r6) => {
+                        if r6.pressure {
+                            warn!(?r6, "ct6 near full: unassured flows dropped early, new inbound flows refused (drop_sg6_ct_pressure) until GC frees room");
+                        } else if r6.flows_expired + r6.frags_expired > 0 {
+                            info!(?r6, "gc ipv6");
+                        }
+                        pressure6 = r6.pressure;
+                    }
                     Err(e) => warn!("ipv6 gc pass failed: {e:#}"),
                 }
                 let mut m = metrics.lock().expect("metrics lock");
@@ -318,7 +325,7 @@ async fn daemon_loop(
                 }
                 // Under pressure the next pass comes sooner: new flows are being refused until
                 // a pass finds room.
-                next = Duration::from_secs(if pressure { 1 } else { cfg.node.gc_interval_secs });
+                next = Duration::from_secs(if pressure || pressure6 { 1 } else { cfg.node.gc_interval_secs });
             }
             r = async { bpf_log.as_mut().expect("guarded").readable_mut().await }, if bpf_log.is_some() => {
                 let mut guard = r?;

@@ -113,6 +113,14 @@ fn opening(flow: &Flow6, ct: &Ct6) -> (Direction, u32) {
 /// those of pods `c` does not know. Without this, established flows keep passing after a rule
 /// change, as in AWS. Returns how many were cut.
 pub fn cut_flows<T: BorrowMut<MapData>>(ct6: &mut HashMap<T, Flow6, Ct6>, c: &Compiled) -> Result<usize, SgError> {
+    Ok(cut_flows_by_pod(ct6, c)?.values().sum::<u64>() as usize)
+}
+
+/// [`cut_flows`], returning how many flows each pod (`Pod::id`) lost, for `pod_freed`.
+pub fn cut_flows_by_pod<T: BorrowMut<MapData>>(
+    ct6: &mut HashMap<T, Flow6, Ct6>,
+    c: &Compiled,
+) -> Result<std::collections::BTreeMap<u32, u64>, SgError> {
     let mut doomed = Vec::new();
     for item in ct6.iter() {
         let (flow, ct) = item.map_err(map_err(map_names::CT6, "iterate"))?;
@@ -121,17 +129,19 @@ pub fn cut_flows<T: BorrowMut<MapData>>(ct6: &mut HashMap<T, Flow6, Ct6>, c: &Co
             c.allows(groups, dir, Ipv6Addr::from(flow.remote_addr), key)
         });
         if !keep {
-            doomed.push(flow);
+            doomed.push((flow, ct.pod_id));
         }
     }
-    for f in &doomed {
+    let mut by_pod = std::collections::BTreeMap::new();
+    for (f, pod_id) in &doomed {
         match ct6.remove(f) {
-            // Expired or evicted meanwhile: cut anyway.
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Ok(()) => *by_pod.entry(*pod_id).or_insert(0) += 1,
+            // Expired or evicted meanwhile: nothing of ours to credit.
+            Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(map_err(map_names::CT6, "delete")(e)),
         }
     }
-    Ok(doomed.len())
+    Ok(by_pod)
 }
 
 /// `cut_flows` on the `ct6` map of a loaded object.

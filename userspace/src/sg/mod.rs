@@ -13,7 +13,7 @@ mod apply;
 mod compile;
 mod config;
 
-pub use apply::{SgMaps, apply, cut_flows, cut_flows_in};
+pub use apply::{SgMaps, apply, cut_flows, cut_flows_by_pod, cut_flows_in};
 pub use compile::{CompileInput, Compiled, PodSpec, RuleKey, RuleRef, compile, merge};
 pub use config::{Direction, GroupConfig, NameOrNumber, Proto, Remote, Rule, RuleConfig, SecurityGroups, validate_rule};
 

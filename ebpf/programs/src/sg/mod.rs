@@ -8,6 +8,7 @@
 //! groups decide, and an allowed flow becomes tracked.
 mod parse;
 pub mod policy;
+mod quota;
 
 use core::ffi::c_void;
 
@@ -20,8 +21,9 @@ use podgate_common::{
     Pod, event_kind, node_flags,
     sg::{
         Ct6, DIR_EGRESS, DIR_INGRESS, Flow6, FragKey6, FragVal6, NO_RULE, PROTO_ICMPV6,
-        ct6_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error, is_linklocal_or_unspecified,
-        match_key, ndp_link_bits, ndp_peer_lookup_needed, ndp_type_on_link,
+        ct6_flags, ct6_next_flags, exthdr::{self, Frag}, in_prefix80, is_icmp_error,
+        is_linklocal_or_unspecified, match_key, ndp_link_bits, ndp_peer_lookup_needed,
+        ndp_type_on_link,
     },
     stats::Counter,
 };
@@ -32,6 +34,8 @@ use crate::{
     verdict::Verdict,
 };
 use parse::{Buf, Header, L4, Load};
+
+const BPF_NOEXIST: u64 = 1;
 
 /// What the pod sends (TC ingress of its host veth).
 #[inline(always)]
@@ -207,8 +211,19 @@ fn judge<C: Load>(
             };
             refresh(&mut ct, egress, l4.tcp_flags);
             ct.flags &= !ct6_flags::SEEN_REPLY;
-            if CT6.insert(f, ct, 0).is_err() {
-                return deny(Counter::DropMapFull, pod.id, h, up.proto, &l4, rule);
+            // In a BPF function of its own: its few locals stay out of this deep frame.
+            let refused = quota::admit(pod.id, !egress);
+            if refused != 0 {
+                let c = if refused == 1 { Counter::DropSg6PodFlows } else { Counter::DropSg6CtPressure };
+                return deny(c, pod.id, h, up.proto, &l4, rule);
+            }
+            // NOEXIST: two CPUs opening the same flow must count it once.
+            if CT6.insert(f, ct, BPF_NOEXIST).is_err() {
+                if CT6.get_ptr(f).is_none() {
+                    return deny(Counter::DropMapFull, pod.id, h, up.proto, &l4, rule);
+                }
+            } else {
+                quota::count(pod.id);
             }
             if NODE.get(0).is_some_and(|n| n.flags & node_flags::FLOW_EVENTS != 0) {
                 event6(event_kind::NEW_FLOW, Counter::Sg6Allowed, pod.id, h, up.proto, &l4, rule);
@@ -300,15 +315,7 @@ fn refresh(ct: &mut Ct6, egress: bool, tcp_flags: u8) {
     } else {
         ct.packets_in += 1;
     }
-    if (ct.origin == DIR_EGRESS) != egress {
-        ct.flags |= ct6_flags::SEEN_REPLY;
-    }
-    if tcp_flags & 0x01 != 0 {
-        ct.flags |= ct6_flags::TCP_FIN;
-    }
-    if tcp_flags & 0x04 != 0 {
-        ct.flags |= ct6_flags::TCP_RST;
-    }
+    ct.flags = ct6_next_flags(ct.flags, (ct.origin == DIR_EGRESS) == egress, tcp_flags);
 }
 
 /// Whether the packet quoted in an ICMPv6 error belongs to a tracked flow of this pod. An error

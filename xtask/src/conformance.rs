@@ -143,7 +143,7 @@ pub fn run(args: Args) -> Result<()> {
     let no_row = without_row(&reqs, &bad);
 
     let w = reqs.iter().map(|r| r.id.chars().count()).max().unwrap_or(10).max(16);
-    println!("\n{:<w$}  {:<7}  {}", "requirement", "result", "behaviour — measured, or the evidence");
+    println!("\n{:<w$}  {:<7}  behaviour — measured, or the evidence", "requirement", "result");
     println!("{}", "-".repeat(w + 60));
     let mut results: BTreeMap<&str, usize> = BTreeMap::new();
     let mut not_run = 0;

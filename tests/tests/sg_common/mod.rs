@@ -46,6 +46,28 @@ pub fn parse_groups(toml_text: &str) -> SecurityGroups {
     toml::from_str::<Doc>(toml_text).expect("fixture TOML").security_groups
 }
 
+/// Moves the calling test thread into a fresh network namespace that forwards IPv6 and has a
+/// default route, so that the programs' FIB lookups (NDP toward a global address: does it stay
+/// on the node?) answer as on a node, whatever the host's own namespace looks like (on a host
+/// with IPv6 forwarding off every lookup would say "stays here", and NDP would pass). Nothing is
+/// created in the host's namespace; the namespace vanishes with the thread.
+fn routed_netns() {
+    // SAFETY: affects only the calling thread; each test runs on its own thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    let run = |argv: &[&str]| {
+        let st = std::process::Command::new(argv[0]).args(&argv[1..]).status().expect("run");
+        assert!(st.success(), "{argv:?} failed");
+    };
+    run(&["ip", "link", "set", "lo", "up"]);
+    run(&["ip", "link", "add", "pgsg0", "type", "veth", "peer", "name", "pgsg1"]);
+    run(&["ip", "link", "set", "pgsg0", "up"]);
+    run(&["ip", "link", "set", "pgsg1", "up"]);
+    run(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    run(&["sysctl", "-qw", "net.ipv6.conf.lo.forwarding=1"]);
+    run(&["ip", "-6", "route", "add", "default", "dev", "pgsg0"]);
+}
+
 impl Fx {
     /// The pod under test (ifindex 1, address `POD`) gets `pod_groups`; `DB_POD` is in `db`.
     pub fn new(groups_toml: &str, pod_groups: &[&str]) -> Self {
@@ -60,6 +82,7 @@ impl Fx {
             pods.push(PodSpec { name: "db".into(), ifindex: 99, ipv6: DB_POD.parse().unwrap(), groups: vec!["db".into()] });
         }
         let compiled = compile(&groups, &pods, None);
+        routed_netns();
         let mut fx = Fx { h: Harness::new().expect("load programs"), compiled, pods };
         let node = NodeConfig {
             abi_version: podgate_common::ABI_VERSION,

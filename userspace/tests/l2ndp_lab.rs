@@ -137,9 +137,10 @@ fn ttl_1_from_a_pod_gets_time_exceeded_from_its_gateway() {
     assert!(counter(&lab, "drop_ttl_expired") >= 1);
     let mappings: serde_json::Value = serde_json::from_str(&podgate_cli(&lab, &["nat", "list", "--json"])).unwrap();
     assert!(mappings.as_array().unwrap().is_empty(), "a mapping from an expired packet: {mappings}");
-    // TTL 2 still crosses the node and dies at the internet router: no error from the gateway.
-    let out = p.run(&pod_ns, &["ttl", "4", "198.51.100.1", "7", "2"]);
-    assert!(!out.contains("from=169.254.172.1"), "TTL 2: {out}");
+    // TTL 2 toward the far endpoint still crosses the node, translated, and dies at the internet
+    // router, whose 11/0 to the node is translated back: the pod hears that router.
+    let out = p.run(&pod_ns, &["ttl", "4", "203.0.113.10", "7", "2"]);
+    assert!(out.contains("error origin=2 type=11 code=0 from=198.51.100.1"), "TTL 2: {out}");
     // IPv6 is not translated: the node answers hop limit 1 itself, and the pod hears it (ICMPv6
     // origin 3, time exceeded 3/0) through the tracked flow.
     let out = p.run(&pod_ns, &["ttl", "6", "2001:db8:ffff::1", "5555", "1"]);

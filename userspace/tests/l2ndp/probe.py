@@ -29,14 +29,16 @@ if cmd == "listen":
                     print("got", kind, src[0], data[i:i + 24].decode(errors="replace"), flush=True)
 
 elif cmd == "send":
-    # send IFACE DST_MAC KIND MARK: one crafted frame out of IFACE.
+    # send IFACE DST_MAC POD6 POD4 KIND...: one crafted frame per KIND out of IFACE, in order,
+    # each carrying the marker "pgmark-KIND".
     from scapy.all import Ether, Dot1Q, Dot1AD, IPv6, IP, UDP, Raw, ICMPv6ND_NS, ICMPv6ND_NA, ICMPv6MLReport2, sendp, get_if_hwaddr
-    iface, dmac, kind, mark = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5].encode()
-    pod6, pod4, inet6, inet4 = sys.argv[6], sys.argv[7], "2001:db8:ffff::1", "198.51.100.1"
+    iface, dmac, pod6, pod4, kinds = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+    inet6, inet4 = "2001:db8:ffff::1", "198.51.100.1"
     e = Ether(src=get_if_hwaddr(iface), dst=dmac)
     qq = lambda: Dot1Q(vlan=0) / Dot1Q(vlan=0)
     adq = lambda: Dot1AD(vlan=0) / Dot1Q(vlan=0)
-    frames = {
+    def frames(mark):
+      return {
         # Layer 2: the bypass.
         "qq-v6-spoof": e / qq() / IPv6(src="2001:db8:0:1::beef", dst=inet6) / UDP(sport=4000, dport=5555) / Raw(mark),
         "adq-v6-spoof": e / adq() / IPv6(src="2001:db8:0:1::beef", dst=inet6) / UDP(sport=4000, dport=5555) / Raw(mark),
@@ -51,9 +53,11 @@ elif cmd == "send":
         "ns-global": e / IPv6(src=pod6, dst=inet6, hlim=255) / ICMPv6ND_NS(tgt=inet6) / Raw(mark),
         "na-global": e / IPv6(src=pod6, dst=inet6, hlim=255) / ICMPv6ND_NA(tgt=pod6, R=0, S=1, O=1) / Raw(mark),
         "mld-global": e / IPv6(src=pod6, dst=inet6, hlim=64) / ICMPv6MLReport2() / Raw(mark),
-    }
-    sendp(frames[kind], iface=iface, verbose=False)
-    print("sent", kind, flush=True)
+        "v4-allowed": e / IP(src=pod4, dst=inet4) / UDP(sport=4000, dport=5555) / Raw(mark),
+      }
+    for kind in kinds:
+        sendp(frames(b"pgmark-" + kind.encode())[kind], iface=iface, verbose=False)
+        print("sent", kind, flush=True)
 
 elif cmd == "ttl":
     # ttl FAMILY DST PORT HOPS: one UDP datagram with that TTL / hop limit; prints the ICMP error

@@ -7,15 +7,16 @@ use aya_build::{Package, Toolchain};
 ///
 /// The default toolchain is Debian's `rustc-web`, registered with rustup as `podgate-debian` by
 /// `cargo xtask setup`: it ships a prebuilt `core` for bpfel-unknown-none, so it needs no
-/// `-Zbuild-std`. `RUSTC_BOOTSTRAP=aya_ebpf` unlocks unstable features for aya-ebpf alone (a
-/// global `1` would make aya-build ask for build-std). `PODGATE_BPF_TOOLCHAIN=nightly` selects
+/// `-Zbuild-std`. `RUSTC_BOOTSTRAP=aya_ebpf,podgate` unlocks unstable features for aya-ebpf and
+/// the programs' binary crate alone (a global `1` would make aya-build ask for build-std); the
+/// programs need `asm_experimental_arch` for the atomic add `core` lacks on BPF. `PODGATE_BPF_TOOLCHAIN=nightly` selects
 /// the upstream route (rustup nightly with rust-src).
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PODGATE_BPF_TOOLCHAIN");
     let toolchain = env::var("PODGATE_BPF_TOOLCHAIN").unwrap_or_else(|_| "podgate-debian".into());
     if toolchain != "nightly" && !toolchain.starts_with("nightly-") {
         // SAFETY: build scripts are single-threaded at this point.
-        unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf") };
+        unsafe { env::set_var("RUSTC_BOOTSTRAP", "aya_ebpf,podgate") };
     }
     let metadata = cargo_metadata_root()?;
     let root_dir = format!("{metadata}/ebpf/programs");

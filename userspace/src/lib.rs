@@ -13,6 +13,7 @@ pub mod nat;
 pub mod netif;
 pub mod pins;
 pub mod sg_maps;
+pub mod usage;
 
 pub mod sg;
 

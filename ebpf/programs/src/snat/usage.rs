@@ -2,7 +2,6 @@
 //! Only atomic adds touch them here, so no increment is lost to another CPU, and the daemon's
 //! deletions go to `pod_freed` instead: nobody read-modify-writes another writer's field.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
 use podgate_common::PodUsage;
 
 use crate::maps::{POD_FREED, POD_USAGE};
@@ -14,16 +13,13 @@ pub enum Kind {
     Flow4,
 }
 
-/// Adds one entry of `kind` to pod `id`. A pod registered before these maps existed has no
-/// entry yet: it gets a zeroed one (`BPF_NOEXIST`, so a racing CPU's adds are never reset).
-#[inline(always)]
+/// Adds one entry of `kind` to pod `id`. The daemon creates the pod's entry with its `pods`
+/// entries (and for every registered pod when it starts); none, nothing is charged. A BPF
+/// function of its own, like [`held`]: its map keys stay off `pod_ingress`'s large frame (6.1
+/// refuses a call chain over 512 bytes of stack).
+#[inline(never)]
 pub fn charge(id: u32, kind: Kind) {
-    let mut p = POD_USAGE.get_ptr_mut(&id);
-    if p.is_none() {
-        let _ = POD_USAGE.insert(&id, &PodUsage::default(), BPF_NOEXIST as u64);
-        p = POD_USAGE.get_ptr_mut(&id);
-    }
-    let Some(u) = p else { return };
+    let Some(u) = POD_USAGE.get_ptr_mut(&id) else { return };
     // SAFETY: map value pointer; only the field's address is taken.
     let f = unsafe {
         match kind {
@@ -34,18 +30,20 @@ pub fn charge(id: u32, kind: Kind) {
     atomic_add(f);
 }
 
-/// What pod `id` holds now of `kind`: created minus freed.
-#[inline(always)]
+/// What pod `id` holds now of `kind`: created minus freed. Reads the two fields only (no
+/// struct copies: `pod_ingress` is close to the 512-byte stack limit of Linux 6.1).
+#[inline(never)]
 pub fn held(id: u32, kind: Kind) -> u64 {
-    let zero = PodUsage::default();
-    // SAFETY: map value pointers, read once (a torn read of a racing add only errs by one).
-    let u = POD_USAGE.get_ptr(&id).map(|p| unsafe { *p }).unwrap_or(zero);
-    let f = POD_FREED.get_ptr(&id).map(|p| unsafe { *p }).unwrap_or(zero);
-    let h = PodUsage::held(&u, &f);
-    match kind {
-        Kind::Mapping => h.mappings,
-        Kind::Flow4 => h.flows4,
-    }
+    // SAFETY: map value pointers, one field read each (a racing add errs by one at most).
+    let read = |p: *const PodUsage| unsafe {
+        match kind {
+            Kind::Mapping => (*p).mappings,
+            Kind::Flow4 => (*p).flows4,
+        }
+    };
+    let u = POD_USAGE.get_ptr(&id).map(read).unwrap_or(0);
+    let f = POD_FREED.get_ptr(&id).map(read).unwrap_or(0);
+    u.saturating_sub(f)
 }
 
 /// `*p += 1` as one atomic instruction (no fetch: the old value is not needed, which keeps the

@@ -227,6 +227,13 @@ impl Env {
         u.get(&id, 0).unwrap()
     }
 
+    /// What pod `id` holds: `pod_usage − pod_freed` (the count the quota uses).
+    pub fn held(&self, id: u32) -> PodUsage {
+        let f: HashMap<_, u32, PodUsage> =
+            HashMap::try_from(self.h.ebpf.map("pod_freed").unwrap()).unwrap();
+        PodUsage::held(&self.usage(id), &f.get(&id, 0).unwrap())
+    }
+
     /// Sets what the daemon freed for pod `id` (`pod_freed`).
     pub fn set_freed(&mut self, id: u32, f: PodUsage) {
         let mut u: HashMap<_, u32, PodUsage> =

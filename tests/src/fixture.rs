@@ -9,7 +9,7 @@ use etherparse::{
     TransportHeader,
 };
 use podgate_common::{
-    ABI_VERSION, NodeConfig, Pod, Timeouts,
+    ABI_VERSION, NodeConfig, Pod, PodUsage, Timeouts,
     nat::{Claim4, Ct4, Endpoint4, Flow4, FragKey4, FragVal4, Mapping4},
     stats::Counter,
 };
@@ -214,6 +214,43 @@ impl Env {
         let mut v4: HashMap<_, [u8; 4], u32> =
             HashMap::try_from(self.h.ebpf.map_mut("pods_v4").unwrap()).unwrap();
         v4.insert(addr, ifindex, 0).unwrap();
+        // As `pod add` does: the pod's tallies start at zero.
+        for name in ["pod_usage", "pod_freed"] {
+            let mut u: HashMap<_, u32, PodUsage> =
+                HashMap::try_from(self.h.ebpf.map_mut(name).unwrap()).unwrap();
+            u.insert(ifindex, PodUsage::default(), 0).unwrap();
+        }
+    }
+
+    /// What the programs created for pod `id` (`pod_usage`).
+    pub fn usage(&self, id: u32) -> PodUsage {
+        let u: HashMap<_, u32, PodUsage> =
+            HashMap::try_from(self.h.ebpf.map("pod_usage").unwrap()).unwrap();
+        u.get(&id, 0).unwrap()
+    }
+
+    /// What pod `id` holds: `pod_usage − pod_freed` (the count the quota uses).
+    pub fn held(&self, id: u32) -> PodUsage {
+        let f: HashMap<_, u32, PodUsage> =
+            HashMap::try_from(self.h.ebpf.map("pod_freed").unwrap()).unwrap();
+        PodUsage::held(&self.usage(id), &f.get(&id, 0).unwrap())
+    }
+
+    /// Sets what the daemon freed for pod `id` (`pod_freed`).
+    pub fn set_freed(&mut self, id: u32, f: PodUsage) {
+        let mut u: HashMap<_, u32, PodUsage> =
+            HashMap::try_from(self.h.ebpf.map_mut("pod_freed").unwrap()).unwrap();
+        u.insert(id, f, 0).unwrap();
+    }
+
+    /// Changes the node's SNAT port range, as a config reload would.
+    pub fn set_ports(&mut self, port_min: u16, port_max: u16) {
+        let mut a: Array<_, NodeConfig> =
+            Array::try_from(self.h.ebpf.map_mut("node").unwrap()).unwrap();
+        let mut n = a.get(&0, 0).unwrap();
+        n.port_min = port_min;
+        n.port_max = port_max;
+        a.set(0, n, 0).unwrap();
     }
 
     pub fn pod(&self, ifindex: u32) -> Pod {

@@ -6,7 +6,7 @@
 //!   (see `malformed`) or one the programs counted as `drop_malformed` leaves the number of
 //!   entries of nat4_map, nat4_claim, ct4 and frag4 unchanged;
 //! - no port leaked: every claim is backed by its endpoint's mapping or by a live flow on that
-//!   port, every mapping and flow is claimed, and each pod's `mappings` equals its mappings;
+//!   port, every mapping and flow is claimed, and each pod's `pod_usage` equals its mappings and flows;
 //! - every packet a program changed and let through (pass or redirect) has valid IPv4 and L4
 //!   checksums (etherparse recomputes them), when the packet it got had valid ones.
 //!
@@ -18,7 +18,6 @@ use std::collections::{HashMap as Map, HashSet};
 
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use podgate_common::{
-    Pod,
     nat::{Claim4, Ct4, Endpoint4, Flow4, FragKey4, FragVal4, Mapping4},
     stats::Counter,
 };
@@ -437,10 +436,16 @@ fn check_ports(env: &Env) -> Result<(), String> {
         }
     }
     for ifindex in [env.pod_a, env.pod_b] {
-        let pod: Pod = env.pod(ifindex);
-        let held = maps.values().filter(|m| m.pod_ifindex == ifindex).count() as u32;
-        if pod.mappings != held {
-            return Err(format!("pod {ifindex}: mappings counter {} but {held} mappings", pod.mappings));
+        // The fixture's pod id is its ifindex; nothing is freed here, so held = created.
+        let id = env.pod(ifindex).id;
+        let u = env.usage(id);
+        let held = maps.values().filter(|m| m.pod_ifindex == ifindex).count() as u64;
+        if u.mappings != held {
+            return Err(format!("pod {id}: pod_usage.mappings {} but {held} mappings", u.mappings));
+        }
+        let flows = flows.iter().filter(|(_, c)| c.pod_ifindex == ifindex).count() as u64;
+        if u.flows4 != flows {
+            return Err(format!("pod {id}: pod_usage.flows4 {} but {flows} flows", u.flows4));
         }
     }
     Ok(())

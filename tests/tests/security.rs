@@ -105,9 +105,9 @@ fn a_pod_cannot_exhaust_another_pods_quota() {
             refused += 1;
         }
     }
-    assert_eq!((refused, env.pod(a).mappings), (46, 4));
+    assert_eq!((refused, env.usage(a).mappings), (46, 4));
     for i in 0..4u16 {
         snat_ok(&mut env, b, &udp(POD_B, 10000 + i, REMOTE1, 53, b"x"));
     }
-    assert_eq!(env.pod(b).mappings, 4);
+    assert_eq!(env.usage(b).mappings, 4);
 }

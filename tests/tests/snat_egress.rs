@@ -19,7 +19,7 @@ fn new_tcp_flow_is_translated_and_tracked() {
     assert_eq!(ct.ext_port, ext);
     assert_eq!(ct.state, podgate_common::tcp::TcpState::SynOut as u8);
     assert!(ct.last_seen_ns > 0 && ct.packets_out == 1);
-    assert_eq!(env.pod(a).mappings, 1);
+    assert_eq!(env.usage(a).mappings, 1);
     assert_eq!(env.counter(Counter::SnatNewMapping), 1);
     assert_eq!(env.counter(Counter::SnatOut), 1);
 }
@@ -52,7 +52,7 @@ fn established_flow_reuses_its_port_and_refreshes() {
     );
     assert_eq!(env.counter(Counter::SnatNewMapping), 1);
     assert_eq!(env.counter(Counter::SnatNewFlow), 1);
-    assert_eq!(env.pod(a).mappings, 1);
+    assert_eq!(env.usage(a).mappings, 1);
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn udp_and_icmp_echo_are_translated() {
     let (_, id) = snat_ok(&mut env, a, &echo_request(POD_A, REMOTE1, 0x1234, 1));
     assert_eq!(env.mapping(ep(POD_A, 0x1234, ICMP)).unwrap().ext_port, id);
     assert!(env.ct(flow(POD_A, 0x1234, REMOTE1, 0, ICMP)).is_some());
-    assert_eq!(env.pod(a).mappings, 2);
+    assert_eq!(env.usage(a).mappings, 2);
 }
 
 #[test]
@@ -195,7 +195,7 @@ fn exhaustion_drops_and_keeps_existing_flows() {
     assert_eq!(env.counter(Counter::DropPortExhausted), 1);
     assert_eq!(env.counter(Counter::IcmpUnreachSent), 1);
     assert!(env.mapping(ep(POD_A, 3002, TCP)).is_none());
-    assert_eq!(env.pod(a).mappings, 2);
+    assert_eq!(env.usage(a).mappings, 2);
     // Existing flows are untouched.
     let (_, again) = snat_ok(&mut env, a, &tcp(POD_A, 3000, REMOTE1, 80, "A", b""));
     assert_eq!(again, e1);
@@ -215,7 +215,7 @@ fn pod_quota_node_default_and_per_pod() {
     let f = udp(POD_A, 7004, REMOTE1, 53, b"x");
     assert_unreach_13(&env.egress(a, &f), &f);
     assert_eq!(env.counter(Counter::DropPodQuota), 1);
-    assert_eq!(env.pod(a).mappings, 2);
+    assert_eq!(env.usage(a).mappings, 2);
     // Another pod is not affected by A's quota; a per-pod quota overrides the node's.
     env.add_pod(b, POD_B, 1);
     snat_ok(&mut env, b, &udp(POD_B, 7000, REMOTE1, 53, b"x"));

@@ -32,7 +32,7 @@ impl PinView {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("bpffs at /sys/fs/bpf");
         let view = Self { pins: Pins::new(&dir), dir };
-        for n in ["node", "pods", "pods_v4", "ct4", "nat4_map", "nat4_claim", "frag4", "nat4_pressure"] {
+        for n in ["node", "pods", "pods_v4", "pod_usage", "pod_freed", "ct4", "nat4_map", "nat4_claim", "frag4", "nat4_pressure"] {
             env.h.ebpf.map(n).unwrap_or_else(|| panic!("map {n}")).pin(view.dir.join(n)).expect("pin");
         }
         view
@@ -55,7 +55,7 @@ fn assert_no_port_leak(env: &Env) {
     let maps: HashSet<_> = env.mappings().into_iter().map(|(k, m)| (k, m.ext_port)).collect();
     let claims: HashSet<_> = env.claims().into_iter().map(|(k, owner)| (owner, k.ext_port)).collect();
     assert_eq!(maps, claims, "claims and mappings differ");
-    let held = env.pod(env.pod_a).mappings + env.pod(env.pod_b).mappings;
+    let held = env.held(env.pod_a).mappings + env.held(env.pod_b).mappings;
     assert_eq!(held as usize, maps.len(), "pods' mapping counts");
 }
 
@@ -182,8 +182,8 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     for &i in &ended {
         age(&mut env, i);
     }
-    let held_before = env.pod(env.pod_a).mappings + env.pod(env.pod_b).mappings;
-    assert_eq!(held_before, FLOWS, "the programs counted every mapping they made");
+    let held_before = env.held(env.pod_a).mappings + env.held(env.pod_b).mappings;
+    assert_eq!(held_before, FLOWS as u64, "the programs counted every mapping they made");
     // Updating an entry of a full LRU map (the aging above) evicts too: look again.
     let mapped: HashSet<_> = env.mappings().into_iter().map(|(k, _)| k).collect();
     let evicted: Vec<u32> = (0..FLOWS).filter(|&i| !mapped.contains(&endpoint(i))).collect();

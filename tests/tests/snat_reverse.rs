@@ -546,3 +546,81 @@ fn icmp_error_from_a_pod_is_translated_outbound() {
     assert_eq!(env.egress(a, &err).verdict, TC_ACT_SHOT);
     assert_eq!(env.counter(Counter::DropIcmpNoMapping), 1);
 }
+
+/// RFC 4787 REQ-3 under port overlapping: pod A holds (REMOTE1, P); pod B's mapping has P too
+/// (its first remote was REMOTE2), so B's flow to REMOTE1 gets its own port Q. When REMOTE1
+/// answers Q from another source port, the new flow must keep Q, the port it arrived on: with
+/// the mapping's P, B's answers would leave as node:P, which REMOTE1 associates with pod A.
+#[test]
+fn inbound_flow_on_a_per_flow_port_keeps_the_arrival_port() {
+    for path in [Path::Xdp, Path::Tc] {
+        // One port only, so that both mappings get it; widened below for B's per-flow port.
+        let mut env = Env::with(Config {
+            port_min: 40000,
+            port_max: 40000,
+            ..Default::default()
+        });
+        let (a, b) = (env.pod_a, env.pod_b);
+        // TCP keeps no parity: every port of the range is a candidate.
+        let (_, p) = snat_ok(&mut env, a, &tcp(POD_A, 5000, REMOTE1, 80, "S", b""));
+        let (_, pb) = snat_ok(&mut env, b, &tcp(POD_B, 5000, REMOTE2, 80, "S", b""));
+        assert_eq!((p, pb), (40000, 40000), "both mappings share the port");
+        env.set_ports(40000, 40001);
+        let (_, q) = snat_ok(&mut env, b, &tcp(POD_B, 5000, REMOTE1, 80, "S", b""));
+        assert_eq!(q, 40001, "B's flow to REMOTE1 gets its own port");
+        assert_eq!(env.claim(REMOTE1, q, TCP), Some(ep(POD_B, 5000, TCP)));
+        // REMOTE1 answers Q from another source port (EIM: the same mapping).
+        let (pass, out) = run(&mut env, path, &tcp(REMOTE1, 8080, NODE_IP, q, "S", b""));
+        assert!(pass, "{path:?}");
+        let p_in = parse_checked(&out);
+        assert_eq!((p_in.ip.destination, ports(&p_in)), (POD_B, (8080, 5000)));
+        let ct = env
+            .ct(flow(POD_B, 5000, REMOTE1, 8080, TCP))
+            .expect("flow created by inbound");
+        assert_eq!(ct.ext_port, q, "{path:?}: the flow keeps the port the packet arrived on");
+        // B's answer leaves from Q, never from P (REMOTE1 would hand P's traffic to pod A).
+        let (_, out_port) = snat_ok(&mut env, b, &tcp(POD_B, 5000, REMOTE1, 8080, "SA", b""));
+        assert_eq!(out_port, q, "{path:?}");
+        // And REMOTE1's packets to P still reach pod A only.
+        let (pass, out) = run(&mut env, path, &tcp(REMOTE1, 80, NODE_IP, p, "SA", b""));
+        assert!(pass);
+        assert_eq!(parse_checked(&out).ip.destination, POD_A);
+    }
+}
+
+/// `pod_usage` counts once per created entry: a mapping and its flows, and a flow an inbound
+/// packet created, are charged to the pod (by `Pod::id`), and packets of existing flows add
+/// nothing.
+#[test]
+fn pod_usage_counts_created_mappings_and_flows() {
+    let mut env = Env::new();
+    let a = env.pod_a;
+    let ext = open(&mut env, &udp(POD_A, 5000, REMOTE1, 53, b"q"));
+    open(&mut env, &udp(POD_A, 5000, REMOTE2, 53, b"q"));
+    open(&mut env, &udp(POD_A, 5000, REMOTE1, 53, b"again"));
+    let u = env.usage(a);
+    assert_eq!((u.mappings, u.flows4), (1, 2));
+    // EIM: REMOTE1 from another port reaches the mapping (address-dependent filtering).
+    let (pass, _) = run(&mut env, Path::Xdp, &udp(REMOTE1, 5353, NODE_IP, ext, b"a"));
+    assert!(pass);
+    let (pass, _) = run(&mut env, Path::Tc, &udp(REMOTE1, 5353, NODE_IP, ext, b"a"));
+    assert!(pass);
+    let u = env.usage(a);
+    assert_eq!((u.mappings, u.flows4), (1, 3), "the inbound-created flow is charged once");
+    assert_eq!(env.usage(env.pod_b), podgate_common::PodUsage::default());
+}
+
+/// The mapping quota reads held = usage − freed: what the daemon freed makes room again.
+#[test]
+fn mapping_quota_counts_usage_minus_freed() {
+    let mut env = Env::with(Config { pod_quota: 2, ..Default::default() });
+    let a = env.pod_a;
+    open(&mut env, &udp(POD_A, 5000, REMOTE1, 53, b"q"));
+    open(&mut env, &udp(POD_A, 5002, REMOTE1, 53, b"q"));
+    let out = env.egress(a, &udp(POD_A, 5004, REMOTE1, 53, b"q"));
+    assert_ne!(out.verdict, TC_ACT_OK);
+    assert_eq!(env.counter(Counter::DropPodQuota), 1);
+    env.set_freed(a, podgate_common::PodUsage { mappings: 1, flows4: 1, flows6: 0 });
+    open(&mut env, &udp(POD_A, 5004, REMOTE1, 53, b"q"));
+    assert_eq!(env.usage(a).mappings, 3);
+}

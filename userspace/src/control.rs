@@ -302,7 +302,9 @@ pub struct PodRow {
     pub ipv4: Ipv4Addr,
     pub ifindex: u32,
     pub ifindex_v4: u32,
-    pub mappings: u32,
+    /// What the pod holds now (`pod_usage − pod_freed`, one count per pod).
+    pub mappings: u64,
+    pub flows4: u64,
     pub quota: u32,
     /// Group ids as in the pod record.
     pub groups: Vec<u32>,
@@ -510,6 +512,7 @@ pub fn pod_rows(pins: &Pins) -> Result<Vec<PodRow>, ControlError> {
     Ok(dataplane::list_pods(pins)?
         .into_iter()
         .map(|e| {
+            let held = crate::usage::held(pins, e.pod.id).unwrap_or_default();
             let groups = e.pod.groups[..(e.pod.group_count as usize).min(e.pod.groups.len())].to_vec();
             PodRow {
                 id: e.pod.id,
@@ -517,7 +520,8 @@ pub fn pod_rows(pins: &Pins) -> Result<Vec<PodRow>, ControlError> {
                 ipv4: Ipv4Addr::from(e.pod.ipv4),
                 ifindex: e.pod.ifindex,
                 ifindex_v4: e.pod.ifindex_v4,
-                mappings: e.pod.mappings,
+                mappings: held.mappings,
+                flows4: held.flows4,
                 quota: e.pod.quota,
                 security_groups: groups.iter().map(|id| names.get(id).cloned().unwrap_or_else(|| format!("#{id}"))).collect(),
                 groups,

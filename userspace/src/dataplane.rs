@@ -22,7 +22,7 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use podgate_common::{
-    ABI_VERSION, MAX_POD_GROUPS, NodeConfig, Pod, PodName, PodUsage, map_names, node_flags, stats,
+    ABI_VERSION, MAX_POD_GROUPS, NodeConfig, Pod, PodName, map_names, node_flags, stats,
 };
 use thiserror::Error;
 
@@ -762,11 +762,9 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
     check_hooks(pins, &hooks)?;
     let existing = list_pods(pins)?;
     let mut id = None;
-    let mut mappings = 0;
     for e in &existing {
         if e.name == spec.name {
             id = Some(e.pod.id);
-            mappings = e.pod.mappings;
             continue;
         }
         let clash = if e.pod.ipv6 == spec.ipv6.octets() {
@@ -798,7 +796,8 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
         ifindex_v4,
         ipv4: spec.ipv4.octets(),
         ipv6: spec.ipv6.octets(),
-        mappings,
+        // Unused since `pod_usage`/`pod_freed` (kept in the layout: no ABI bump).
+        mappings: 0,
         quota,
         group_count: groups.len().min(MAX_POD_GROUPS) as u32,
         groups: g,
@@ -811,14 +810,8 @@ pub fn add_pod(pins: &Pins, quota: u32, spec: &PodSpec, groups: &[u32]) -> Resul
     let mut names: HashMap<MapData, u32, PodName> =
         open_hash(pins, map_names::POD_NAMES)?;
     names.insert(id, name, 0).map_err(map_err(map_names::POD_NAMES))?;
-    // Before the pod record: the programs count a pod's flows from its first packet on. A pod
-    // updated in place keeps its tallies.
-    for m in [map_names::POD_USAGE, map_names::POD_FREED] {
-        let mut u: HashMap<MapData, u32, PodUsage> = open_hash(pins, m)?;
-        if u.get(&id, 0).is_err() {
-            u.insert(id, PodUsage::default(), 0).map_err(map_err(m))?;
-        }
-    }
+    // Its tallies before its `pods` entries: the programs charge a pod as soon as they find it.
+    crate::usage::init(pins, id, spec.ipv4.octets())?;
     let mut pods = pods_map(pins)?;
     pods.insert(ifindex, pod, 0).map_err(map_err(map_names::PODS))?;
     pods.insert(ifindex_v4, pod, 0).map_err(map_err(map_names::PODS))?;
@@ -888,11 +881,8 @@ pub fn remove_pod(pins: &Pins, name: &str) -> Result<PodEntry, DataplaneError> {
     ignore_missing(names.remove(&entry.pod.id)).map_err(map_err(map_names::POD_NAMES))?;
     crate::nat::flush_pod(pins, Ipv4Addr::from(entry.pod.ipv4))?;
     crate::sg_maps::flush_pod(pins, Ipv6Addr::from(entry.pod.ipv6))?;
-    // Last: the flushes above credit `pod_freed`; a later pod with this id starts from zero.
-    for m in [map_names::POD_USAGE, map_names::POD_FREED] {
-        let mut u: HashMap<MapData, u32, PodUsage> = open_hash(pins, m)?;
-        ignore_missing(u.remove(&entry.pod.id)).map_err(map_err(m))?;
-    }
+    // Last: the flushes above credit the pod's deletions while its tallies still exist.
+    crate::usage::remove(pins, entry.pod.id)?;
     Ok(entry)
 }
 

@@ -14,6 +14,7 @@ pub mod netif;
 pub mod pins;
 pub mod reserved_ports;
 pub mod sg_maps;
+pub mod usage;
 
 pub mod sg;
 

@@ -66,9 +66,13 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "# HELP podgate_pod_mappings NAT mappings held by each pod, and its quota.");
     let _ = writeln!(w, "# TYPE podgate_pod_mappings gauge");
     let _ = writeln!(w, "# TYPE podgate_pod_quota gauge");
+    let _ = writeln!(w, "# HELP podgate_pod_flows4 IPv4 flows (ct4 entries) held by each pod.");
+    let _ = writeln!(w, "# TYPE podgate_pod_flows4 gauge");
     for p in dataplane::list_pods(pins)? {
-        let held = mappings.iter().filter(|(k, _)| k.addr == p.pod.ipv4).count();
-        let _ = writeln!(w, "podgate_pod_mappings{{pod=\"{}\"}} {held}", escape(&p.name));
+        // What the quota compares: pod_usage − pod_freed, one count per pod.
+        let held = crate::usage::held(pins, p.pod.id)?;
+        let _ = writeln!(w, "podgate_pod_mappings{{pod=\"{}\"}} {}", escape(&p.name), held.mappings);
+        let _ = writeln!(w, "podgate_pod_flows4{{pod=\"{}\"}} {}", escape(&p.name), held.flows4);
         let _ = writeln!(w, "podgate_pod_quota{{pod=\"{}\"}} {}", escape(&p.name), p.pod.quota);
     }
     let _ = writeln!(w, "# HELP podgate_gc_runs_total Garbage-collection passes.");

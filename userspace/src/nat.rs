@@ -5,7 +5,7 @@ use std::{net::Ipv4Addr, time::Instant};
 
 use aya::maps::{HashMap, MapData};
 use podgate_common::{
-    Pod, Timeouts, map_names,
+    Timeouts,
     nat::{self as nat_rules, Claim4, Ct4, Endpoint4, FragKey4, FragVal4, Flow4, Mapping4, map_names as nat_maps},
 };
 use serde::Serialize;
@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     dataplane::{DataplaneError, ignore_missing, map_err, open_hash},
     pins::Pins,
+    usage::{Freed, PodIds},
 };
 
 /// Nanoseconds of CLOCK_BOOTTIME, the clock of `bpf_ktime_get_boot_ns` that stamps entries.
@@ -117,18 +118,27 @@ pub fn flow_rows(pins: &Pins) -> Result<Vec<FlowRow>, DataplaneError> {
 pub fn flush_pod(pins: &Pins, addr: Ipv4Addr) -> Result<usize, DataplaneError> {
     let a = addr.octets();
     let mut n = 0;
+    // Credited to the pod (`pod_freed`) when it is still registered (`ct flush`); `pod del`
+    // removes its tallies afterwards.
+    let id = PodIds::read(pins)?.by_ipv4.get(&a).copied();
+    let mut freed = Freed::default();
     let mut ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
     let keys: Vec<Flow4> = ct.keys().filter_map(Result::ok).filter(|k| k.pod_addr == a).collect();
     for k in keys {
-        ignore_missing(ct.remove(&k)).map_err(map_err(nat_maps::CT4))?;
+        if ct.remove(&k).is_ok() {
+            id.inspect(|id| freed.flow4(*id));
+        }
         n += 1;
     }
     let mut m: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
     let keys: Vec<Endpoint4> = m.keys().filter_map(Result::ok).filter(|k| k.addr == a).collect();
     for k in keys {
-        ignore_missing(m.remove(&k)).map_err(map_err(nat_maps::NAT4_MAP))?;
+        if m.remove(&k).is_ok() {
+            id.inspect(|id| freed.mapping(*id));
+        }
         n += 1;
     }
+    freed.credit(pins)?;
     let mut c: HashMap<MapData, Claim4, Endpoint4> = open_hash(pins, nat_maps::NAT4_CLAIM)?;
     let keys: Vec<Claim4> = c
         .iter()
@@ -238,8 +248,19 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
         }
     }
     let mut claims: HashMap<MapData, Claim4, Endpoint4> = open_hash(pins, nat_maps::NAT4_CLAIM)?;
+    // Every entry this pass deletes is credited to its pod (`pod_freed`), once per deletion that
+    // succeeded (an entry the LRU took meanwhile was never ours to credit).
+    let ids = PodIds::read(pins)?;
+    let mut freed = Freed::default();
     for (k, v, ep) in &dead {
-        ignore_missing(ct.remove(k)).map_err(map_err(nat_maps::CT4))?;
+        match ct.remove(k) {
+            Ok(()) => {
+                if let Some(id) = ids.by_ipv4.get(&k.pod_addr) {
+                    freed.flow4(*id);
+                }
+            }
+            Err(e) => ignore_missing(Err(e)).map_err(map_err(nat_maps::CT4))?,
+        }
         if live_claims.contains(&(*ep, k.remote_addr, v.ext_port)) {
             continue;
         }
@@ -278,22 +299,21 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
             ignore_missing(claims.remove(k)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
         }
         r.claims_removed += stale.len();
-        let mut pods: HashMap<MapData, u32, Pod> = open_hash(pins, map_names::PODS)?;
-        for (k, v) in &expired {
-            ignore_missing(maps.remove(k)).map_err(map_err(nat_maps::NAT4_MAP))?;
-            // The programs count a pod's mappings in the entry of the veth its IPv4 arrives on.
-            // This read-modify-write can lose a concurrent increment (the count then errs low by
-            // one until the pod's next GC); the kernel side never under-checks by more.
-            if let Ok(mut pod) = pods.get(&v.pod_ifindex, 0) {
-                pod.mappings = pod.mappings.saturating_sub(1);
-                // BPF_EXIST: never resurrect a pod deleted meanwhile.
-                let _ = pods.insert(v.pod_ifindex, pod, 2);
+        for (k, _) in &expired {
+            match maps.remove(k) {
+                Ok(()) => {
+                    if let Some(id) = ids.by_ipv4.get(&k.addr) {
+                        freed.mapping(*id);
+                    }
+                }
+                Err(e) => ignore_missing(Err(e)).map_err(map_err(nat_maps::NAT4_MAP))?,
             }
         }
         r.mappings_expired = expired.len();
     }
 
     let dead_eps: HashSet<Endpoint4> = dead.iter().map(|(_, _, ep)| *ep).filter(|ep| !gone.contains(ep)).collect();
+    freed.credit(pins)?;
     repair_evictions(pins, &mut r, &mut maps, &mut claims, mapped, &live, dead_eps, now)?;
 
     let mut frags: HashMap<MapData, FragKey4, FragVal4> = open_hash(pins, nat_maps::FRAG4)?;
@@ -380,16 +400,17 @@ fn repair_evictions(
         lost.insert(owner);
     }
     if !lost.is_empty() {
-        let v4: HashMap<MapData, [u8; 4], u32> = open_hash(pins, map_names::PODS_V4)?;
-        let mut pods: HashMap<MapData, u32, Pod> = open_hash(pins, map_names::PODS)?;
+        // A mapping the LRU evicted and that no flow brings back: the programs counted it when
+        // they created it, nobody deleted it through the daemon; credit it now. (A restored one
+        // is the same mapping again: still counted once, nothing to credit.)
+        let ids = PodIds::read(pins)?;
+        let mut freed = Freed::default();
         for ep in &lost {
-            if let Ok(ifindex) = v4.get(&ep.addr, 0)
-                && let Ok(mut pod) = pods.get(&ifindex, 0)
-            {
-                pod.mappings = pod.mappings.saturating_sub(1);
-                let _ = pods.insert(ifindex, pod, 2);
+            if let Some(id) = ids.by_ipv4.get(&ep.addr) {
+                freed.mapping(*id);
             }
         }
+        freed.credit(pins)?;
     }
     r.evicted_mappings_lost = lost.len();
     Ok(())

@@ -198,3 +198,29 @@ fn lab_start_podgate_returns_when_traffic_is_translated() {
         assert!(p.ok && p.seen == Some(IpAddr::V4(NODE_V4)), "{p:?}");
     }
 }
+
+/// Issue 11 item 7: one count per pod (`pod_usage − pod_freed`), exact across a daemon restart.
+/// The pod opens 6 UDP mappings; `pod list` shows 6 before and after a SIGKILL and restart (the
+/// old per-veth `Pod::mappings` read 0 here), and `ct flush` brings it to 0.
+#[test]
+fn pod_mapping_count_is_exact_across_a_daemon_restart() {
+    let lab = lab("usage", 1);
+    let d = podgate(&lab, "podgate-1.log");
+    let send = "import socket\nfor i in range(6):\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    s.bind(('', 41000 + 2 * i))\n    s.sendto(b'x', ('198.51.100.1', 9))\n    s.close()\n";
+    let o = lab.exec_in(lab.pod_ns(0), &["/usr/bin/python3", "-c", send]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let held = |lab: &Lab| -> (u64, usize) {
+        let pods: serde_json::Value = serde_json::from_str(&podgate_cli(lab, &["pod", "list", "--json"])).unwrap();
+        let nat: serde_json::Value = serde_json::from_str(&podgate_cli(lab, &["nat", "list", "--json"])).unwrap();
+        let pod = &pods.as_array().unwrap()[0];
+        (pod["mappings"].as_u64().unwrap(), nat.as_array().unwrap().len())
+    };
+    assert_eq!(held(&lab), (6, 6), "before the restart");
+    unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
+    thread::sleep(Duration::from_millis(500));
+    let _d2 = podgate(&lab, "podgate-2.log");
+    assert_eq!(held(&lab), (6, 6), "after the restart");
+    // The pod's state flushed: the count follows the deletions (`pod_freed`).
+    podgate_cli(&lab, &["ct", "flush", "--pod", lab.pods()[0].name.as_str()]);
+    assert_eq!(held(&lab), (0, 0), "after ct flush");
+}

@@ -119,7 +119,8 @@ pub struct Pod {
     pub ifindex_v4: u32,
     pub ipv4: [u8; 4],
     pub ipv6: [u8; 16],
-    /// Live NAT mappings of this pod; incremented atomically by the programs, decremented by GC.
+    /// Unused (written as 0, read by nobody): a pod's mappings are counted once per pod in
+    /// `pod_usage`/`pod_freed` ([`PodUsage`]). Kept so that the layout, and `ABI_VERSION`, stay.
     pub mappings: u32,
     pub quota: u32,
     pub group_count: u32,

@@ -12,9 +12,9 @@
 //! How the programs fill these maps (what the daemon's `nat list` / `ct list` / GC can rely on):
 //! - Times (`*_ns`) are `bpf_ktime_get_boot_ns`: compare with `CLOCK_BOOTTIME` ([`CLOCK`]).
 //! - A new flow from a pod: `ct4` lookup by [`Flow4`]; on a miss the endpoint's mapping is looked
-//!   up or created (quota check on `Pod::mappings`, then a random port claimed with
-//!   `BPF_NOEXIST` in `nat4_claim`, then `nat4_map` inserted with `BPF_NOEXIST`, then
-//!   `Pod::mappings += 1` on the `pods` entry of the veth, `Mapping4::pod_ifindex`). The claim
+//!   up or created (quota check on the pod's held mappings, `pod_usage − pod_freed` by
+//!   `Pod::id`, then a random port claimed with `BPF_NOEXIST` in `nat4_claim`, then `nat4_map`
+//!   inserted with `BPF_NOEXIST`, then an atomic `pod_usage.mappings += 1`). The claim
 //!   for the flow's remote is made as needed; if another endpoint already owns the mapping's port
 //!   toward that remote, that one flow gets its own port (`Ct4::ext_port` differs from
 //!   `Mapping4::ext_port`), so always translate and expire by `Ct4::ext_port`.
@@ -22,15 +22,17 @@
 //! - `Ct4::last_seen_ns` is refreshed by both directions, `Mapping4::last_seen_ns` by outbound
 //!   packets only; ICMP errors refresh nothing. `Ct4::state` is a `tcp::TcpState` (TCP only).
 //!   `Ct4::flags` is unused (0). An inbound packet whose claim exists but whose flow does not
-//!   (endpoint-independent filtering, or an evicted entry) recreates the `ct4` entry.
+//!   (endpoint-independent filtering, a remote answering from another port, or an evicted
+//!   entry) creates the `ct4` entry with the external port the packet arrived on (RFC 4787
+//!   REQ-3: it may be a per-flow port, not the mapping's). Every `ct4` insert is `BPF_NOEXIST`;
+//!   each created entry adds 1 to `pod_usage.flows4` of the pod (atomic), so the GC, `ct flush`
+//!   and `pod del` credit `pod_freed` for each entry they delete.
 //! - `frag4` holds inbound first fragments only (`dir` = 1, `new_addr` = the pod address,
 //!   `ifindex` = 0): outbound later fragments need no state (every translated pod datagram
 //!   leaves with the node address). A first fragment for the node itself (no mapping: passed to
 //!   the stack) leaves `new_addr` = [`FRAG_PASS`], so that its later fragments pass too. Expire
 //!   with [`frag_expired`].
-//! - `Pod::mappings` is incremented without an atomic read-modify-write (Rust's `core` has none
-//!   for the BPF target without unstable intrinsics): a cross-CPU race may lose an increment, so
-//!   the GC should recount it from `nat4_map` (by `pod_ifindex`) rather than only decrement.
+//! - `Pod::mappings` is unused: the per-pod counts are `pod_usage`/`pod_freed` (`PodUsage`).
 //! - Privileged source ports map into `ports::PRIV_PORT_MIN..=PRIV_PORT_MAX` (512..=1023);
 //!   others into `NodeConfig::port_min..=port_max`. The node's own ephemeral ports
 //!   (`net.ipv4.ip_local_port_range`) should not overlap that range: a pod claim toward a remote
@@ -202,8 +204,8 @@ pub const fn mapping_timeout_ns(proto: u8, t: &crate::Timeouts) -> u64 {
 /// `nat4_claim` entry `Claim4 { remote: flow.remote_addr (or 0.0.0.0 in EIF mode), ext_port:
 /// ct.ext_port, proto }` if it still points at this endpoint and no other live flow of the
 /// endpoint uses that remote and port; then, when `mapping_expired`, delete the mapping (and its
-/// 0.0.0.0 claim if it points at this endpoint) and decrement `Pod::mappings` of
-/// `Mapping4::pod_ifindex` (saturating).
+/// 0.0.0.0 claim if it points at this endpoint) and credit `pod_freed.mappings` of the pod
+/// (and `pod_freed.flows4` for each deleted flow).
 pub const fn mapping_expired(
     ep: &Endpoint4,
     m: &Mapping4,

@@ -212,6 +212,8 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     )?;
     info!(groups = r.groups, rule_entries = r.rule_entries, generation = r.generation, "security groups applied");
     for e in dataplane::list_pods(pins)? {
+        // Pods registered at runtime by an older daemon get their tallies too.
+        podgate::usage::init(pins, e.pod.id, e.pod.ipv4)?;
         if !configured.contains(e.name.as_str()) {
             info!(pod = %e.name, "keeping pod registered at runtime (not in the config file)");
         }

@@ -19,6 +19,7 @@ use super::{
     Ctx, fwd, icmp, in_prefix,
     ip::{self, IP_DST, IP_SRC, Ip4},
     now_ns, reverse, unreach,
+    usage::{self, Kind},
 };
 use crate::{
     maps::{CT4, NAT4_CLAIM, NAT4_MAP, NAT4_PRESSURE, NODE, PODS, PODS_V4},
@@ -344,7 +345,7 @@ fn hairpin_in(ctx: &TcContext, node: &NodeConfig) -> Result<Verdict, Counter> {
     let Some(ep) = reverse::owner(ip.proto, l.dport, node.ipv4) else {
         return Ok(Verdict::Drop(Counter::DropNoMapping));
     };
-    reverse::track_in(&ip, &ep, l.sport, l.tcp_flags);
+    reverse::track_in(&ip, &ep, l.dport, l.sport, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, l.dport, ep.port)?;
     // SAFETY: map value read.
     let ifindex = unsafe {
@@ -415,13 +416,33 @@ fn new_flow(
         packets_out: 1,
         packets_in: 0,
     };
-    CT4.insert(flow, &ct, 0).map_err(|_| Counter::DropMapFull)?;
+    // BPF_NOEXIST: a flow another CPU created meanwhile (its first packets on two queues) is
+    // kept, not overwritten, and one flow is charged once.
+    if CT4.insert(flow, &ct, BPF_NOEXIST as u64).is_err() {
+        let theirs = CT4.get_ptr(flow).ok_or(Counter::DropMapFull)?;
+        // SAFETY: map value pointer.
+        let theirs = unsafe { (*theirs).ext_port };
+        if theirs != ext && mapping_port(ep) != Some(ext) {
+            // Our port was claimed for this one flow (`claim_new`): nobody else uses it.
+            let _ = NAT4_CLAIM.remove(&Claim4 { remote, ext_port: ext, proto: ep.proto, _pad: 0 });
+        }
+        return Ok(theirs);
+    }
+    // SAFETY: map value pointer, valid for the program run.
+    usage::charge(unsafe { (*pod).id }, Kind::Flow4);
     count(Counter::SnatNewFlow);
     if node.flags & node_flags::FLOW_EVENTS != 0 {
         // SAFETY: map value pointer, valid for the program run.
         emit_new_flow4(unsafe { (*pod).id }, flow, ext);
     }
     Ok(ext)
+}
+
+/// The endpoint's mapping port, if it has a mapping.
+#[inline(always)]
+fn mapping_port(ep: &Endpoint4) -> Option<u16> {
+    // SAFETY: map value pointer.
+    NAT4_MAP.get_ptr(ep).map(|m| unsafe { (*m).ext_port })
 }
 
 /// Makes sure the endpoint's external port is claimed toward `remote`. When another endpoint
@@ -499,10 +520,11 @@ fn create_mapping(
     now: u64,
 ) -> Result<u16, Counter> {
     // SAFETY: map value pointer.
-    let (quota, held) = unsafe { ((*pod).quota, (*pod).mappings) };
+    let (quota, id) = unsafe { ((*pod).quota, (*pod).id) };
     let quota = if quota != 0 { quota } else { node.pod_quota };
-    // Checked before the atomic increment: concurrent CPUs may overshoot by at most one each.
-    if quota != 0 && held >= quota {
+    // One count per pod (`Pod::id`, whichever veth), created minus freed. Checked before the
+    // atomic add: concurrent CPUs may overshoot by at most one each.
+    if quota != 0 && usage::held(id, Kind::Mapping) >= quota as u64 {
         return Err(Counter::DropPodQuota);
     }
     let ext = claim_new(ep, remote, node)?;
@@ -526,11 +548,7 @@ fn create_mapping(
         let ext = unsafe { (*theirs).ext_port };
         return claim_for_flow(ep, remote, ext, node);
     }
-    // Not atomic: Rust's `core` offers no atomic read-modify-write on the BPF target without
-    // unstable intrinsics. A lost increment under a cross-CPU race lets a pod overshoot its
-    // quota by at most one per racing CPU; the daemon's GC recounts `mappings` from `nat4_map`.
-    // SAFETY: map value pointer, valid for the program run.
-    unsafe { (*pod).mappings = (*pod).mappings.wrapping_add(1) };
+    usage::charge(id, Kind::Mapping);
     count(Counter::SnatNewMapping);
     Ok(ext)
 }

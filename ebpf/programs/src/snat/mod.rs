@@ -10,6 +10,7 @@ mod ip;
 mod punt;
 pub mod reverse;
 mod unreach;
+pub mod usage;
 
 use core::ffi::c_void;
 

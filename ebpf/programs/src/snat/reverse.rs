@@ -1,7 +1,10 @@
 //! Outside → pod: replies to the node's IPv4 are translated back to the pod that owns the
 //! external port; everything else for the node is left to the stack.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    programs::{TcContext, XdpContext},
+};
 use podgate_common::{
     NodeConfig,
     nat::{
@@ -19,9 +22,10 @@ use super::{
     ip::{self, IP_DST, Ip4},
     now_ns,
     punt::{self, LoadBytes},
+    usage::{self, Kind},
 };
 use crate::{
-    maps::{CT4, FRAG4, NAT4_CLAIM, NAT4_MAP, NODE},
+    maps::{CT4, FRAG4, NAT4_CLAIM, NAT4_MAP, NODE, PODS},
     verdict::{Verdict, count},
 };
 
@@ -102,7 +106,7 @@ fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
         // No mapping: possibly the node's own traffic.
         return for_node(&node, &ip);
     };
-    track_in(&ip, &ep, remote_port, l.tcp_flags);
+    track_in(&ip, &ep, ext, remote_port, l.tcp_flags);
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
     if ip.is_first_fragment() {
         let k = frag_key_in(&ip);
@@ -147,10 +151,11 @@ fn for_node(node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
     Ok(Verdict::Pass(Counter::NotOurs))
 }
 
-/// Updates (or recreates) the flow's conntrack from an inbound packet. The mapping itself is not
-/// refreshed: only outbound traffic keeps it alive (RFC 4787 REQ-6, RFC 7857 §7.1).
+/// Updates (or recreates) the flow's conntrack from an inbound packet that arrived on external
+/// port `ext`. The mapping itself is not refreshed: only outbound traffic keeps it alive (RFC
+/// 4787 REQ-6, RFC 7857 §7.1).
 #[inline(always)]
-pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8) {
+pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp_flags: u8) {
     let now = now_ns();
     let flow = Flow4 {
         pod_addr: ep.addr,
@@ -162,21 +167,12 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
     };
     if let Some(ct) = CT4.get_ptr_mut(&flow) {
         // SAFETY: map value pointer; benign races on plain fields.
-        unsafe {
-            if ip.proto == PROTO_TCP {
-                let s = tcp::next(TcpState::from_u8((*ct).state), Dir::In, tcp_flags);
-                if s as u8 != (*ct).state {
-                    (*ct).state = s as u8;
-                    (*ct).state_ns = now;
-                }
-            }
-            (*ct).last_seen_ns = now;
-            (*ct).packets_in += 1;
-        }
+        unsafe { refresh_in(ct, ip.proto, tcp_flags, now) };
         return;
     }
-    // A claim without a flow: an endpoint-independent-filtering inbound from a new remote, or a
-    // flow the LRU evicted under pressure (counted: the GC should have had room).
+    // A claim without a flow: an endpoint-independent-filtering inbound from a new remote, a
+    // remote answering from another port, or a flow the LRU evicted under pressure (counted: the
+    // GC should have had room).
     let Some(m) = NAT4_MAP.get_ptr(ep) else {
         count(Counter::LruEvictionSuspected);
         return;
@@ -189,7 +185,10 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
         0
     };
     let ct = Ct4 {
-        ext_port: m.ext_port,
+        // The port the packet arrived on, which the claim resolved to this endpoint: the
+        // mapping's port may belong to another pod toward this remote (a per-flow port, RFC 4787
+        // REQ-3), and the pod's answers must leave from the port the remote wrote to.
+        ext_port: ext,
         state,
         flags: 0,
         pod_ifindex: m.pod_ifindex,
@@ -199,7 +198,35 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, remote_port: u16, tcp_flags: u8
         packets_out: 0,
         packets_in: 1,
     };
-    let _ = CT4.insert(&flow, &ct, 0);
+    if CT4.insert(&flow, &ct, BPF_NOEXIST as u64).is_ok() {
+        // SAFETY: map value pointer.
+        if let Some(pod) = PODS.get_ptr(&m.pod_ifindex) {
+            usage::charge(unsafe { (*pod).id }, Kind::Flow4);
+        }
+        return;
+    }
+    // Another CPU created it first: count this packet in theirs.
+    if let Some(ct) = CT4.get_ptr_mut(&flow) {
+        // SAFETY: as above.
+        unsafe { refresh_in(ct, ip.proto, tcp_flags, now) };
+    }
+}
+
+/// An inbound packet of an existing flow: TCP state, last seen, packet count.
+#[inline(always)]
+unsafe fn refresh_in(ct: *mut Ct4, proto: u8, tcp_flags: u8, now: u64) {
+    // SAFETY: the caller passes a map value pointer; benign races on plain fields.
+    unsafe {
+        if proto == PROTO_TCP {
+            let s = tcp::next(TcpState::from_u8((*ct).state), Dir::In, tcp_flags);
+            if s as u8 != (*ct).state {
+                (*ct).state = s as u8;
+                (*ct).state_ns = now;
+            }
+        }
+        (*ct).last_seen_ns = now;
+        (*ct).packets_in += 1;
+    }
 }
 
 /// The `frag4` key of an inbound datagram's fragments.

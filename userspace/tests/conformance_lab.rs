@@ -228,6 +228,15 @@ fn configured_tcp_and_icmp_timeouts() {
     let n = Node::up("tmo", 1, "", "\n[timeouts]\ntcp_established = 900\ntcp_transitory = 50\nicmp = 20\n");
     let p0 = n.lab.pod_ns(0).to_string();
     let _srv = n.spawn_py(&n.lab.internet_ns(), "echo-srv.log", &["tcp-echo-server", "7007"]);
+    // The server says nothing when ready; the connection below comes too soon without this.
+    let listening = (0..100).any(|_| {
+        let o = n.lab.exec_in(&n.lab.internet_ns(), &["ss", "-Htln", "sport = :7007"]).unwrap();
+        !o.stdout.is_empty() || {
+            thread::sleep(Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(listening, "echo server not listening after 5 s: {}", n.log("echo-srv.log"));
     let mut r = vec![];
 
     r.push(("5508 REQ-2a", check("5508 REQ-2a", "[timeouts] icmp = 20: the ICMP query session expires at 20 s", || {

@@ -285,6 +285,66 @@ fn rfc5508_req3_bad_icmp_checksum_is_dropped() {
 }
 
 #[test]
+fn rfc5508_req3a_bad_embedded_ip_checksum_is_dropped() {
+    let ok = check("5508 REQ-3a", "ICMP error from outside with a valid ICMP checksum but a bad embedded IP header checksum dropped", || {
+        let mut env = Env::new();
+        let a = env.pod_a;
+        let out = env.egress(a, &udp(POD_A, 5402, REMOTE1, 9, b"x")).packet;
+        let e = ep(POD_A, 5402, UDP);
+        let m0 = env.mapping(e).unwrap();
+        let ty = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+        // The quote's IPv4 checksum corrupted; the builder makes the ICMP checksum valid over it.
+        let mut quoted = out.clone();
+        quoted[14 + 10] ^= 0x5a;
+        let bad = icmp_error(REMOTE1, ty.clone(), &quoted, 1000);
+        let x = inbound(&mut env, &bad);
+        let t = inbound_tc(&mut env, &bad);
+        assert!(x.is_none() && t.is_none(), "bad embedded IP checksum: xdp translated={} tc translated={}", x.is_some(), t.is_some());
+        assert_eq!(env.counter(Counter::DropIcmpBadChecksum), 2, "not counted as a bad checksum");
+        assert_eq!(env.mapping(e), Some(m0));
+        assert!(inbound(&mut env, &icmp_error(REMOTE1, ty, &out, 1000)).is_some(), "the intact error is translated");
+        "dropped on XDP and TC, counted drop_icmp_bad_checksum; the same error with an intact quote translated".to_string()
+    });
+    all(&[("5508 REQ-3a", ok)]);
+}
+
+/// `frame` with the IPv4 DS/ECN byte set to `tos` (header checksum fixed).
+fn with_tos(frame: &[u8], tos: u8) -> Vec<u8> {
+    let (mut h, rest) = etherparse::Ipv4Header::from_slice(&frame[14..]).unwrap();
+    h.dscp = etherparse::Ipv4Dscp::try_new(tos >> 2).unwrap();
+    h.ecn = etherparse::Ipv4Ecn::try_new(tos & 3).unwrap();
+    let mut v = raw_frame(h, rest);
+    v[..12].copy_from_slice(&frame[..12]);
+    v
+}
+
+#[test]
+fn rfc5508_s7_7_generated_errors_keep_the_ds_field() {
+    let ok = check("5508 §7.7", "podgate's own ICMP errors carry the DS field of the packet that caused them", || {
+        let mut env = Env::with(Config { port_min: 41000, port_max: 41001, ..Default::default() });
+        let a = env.pod_a;
+        open(&mut env, a, &udp(POD_A, 3000, REMOTE1, 53, b"x"));
+        // EF (DSCP 46) with ECT(1): the class is copied, the ECN bits are not.
+        let full = env.egress(a, &with_tos(&udp(POD_A, 3002, REMOTE1, 53, b"x"), 0xb9));
+        let mut ttl = udp(POD_A, 3004, REMOTE1, 53, b"x");
+        ttl[14 + 8] = 1;
+        let ttl = with_tos(&ttl, 0x29);
+        let expired = env.egress(a, &ttl);
+        let mut said = vec![];
+        for (what, o, want) in [("3/13 (no port)", &full, 0xb8u8), ("11/0 (TTL 1)", &expired, 0x28)] {
+            assert_ne!(o.verdict, TC_ACT_SHOT, "{what}: no error sent");
+            let p = parse_checked(&o.packet);
+            assert!(matches!(p.transport, Some(etherparse::TransportHeader::Icmpv4(_))), "{what}: not ICMP");
+            let tos = o.packet[15];
+            assert_eq!(tos, want, "{what}: DS/ECN byte {tos:#04x}, want {want:#04x}");
+            said.push(format!("{what}: {tos:#04x}"));
+        }
+        format!("DS copied, ECN cleared: {}", said.join(", "))
+    });
+    all(&[("5508 §7.7", ok)]);
+}
+
+#[test]
 fn rfc5508_req4_inbound_errors() {
     let ok = check("5508 REQ-4", "inbound ICMP error: dropped without mapping; else inner restored, type/code kept", || {
         let mut env = Env::new();

@@ -397,9 +397,13 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             let node = dataplane::read_node(pins)?;
             let now = nat::boottime_ns() + advance_secs.saturating_mul(1_000_000_000);
             // Only the daemon knows `[timeouts] unanswered` (it is not in the kernel's node entry).
-            let unanswered = ctx
-                .daemon
-                .map_or(crate::config::DEFAULT_UNANSWERED_SECS, |d| d.lock().node.unanswered_secs);
+            // A deleting pass already holds the daemon's lock (it mutates): locking it again
+            // would deadlock the control socket.
+            let unanswered = match (guard.as_deref(), ctx.daemon) {
+                (Some(cfg), _) => cfg.node.unanswered_secs,
+                (None, Some(d)) => d.lock().node.unanswered_secs,
+                (None, None) => crate::config::DEFAULT_UNANSWERED_SECS,
+            };
             // IPv4 counters stay at the top level; the IPv6 pass is nested under "ipv6".
             let mut out = if *dry_run {
                 let mut out = to_value(nat::gc_preview(pins, &node.timeouts, now)?)?;

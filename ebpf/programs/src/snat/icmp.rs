@@ -152,6 +152,11 @@ pub fn error_in<C: Ctx>(ctx: &C, node: &NodeConfig, ip: &Ip4) -> Result<Verdict,
     if !checksum_ok(ctx, ip)? {
         return Ok(Verdict::Drop(Counter::DropIcmpBadChecksum));
     }
+    // RFC 5508 REQ-3a: a valid ICMP checksum over a quote whose IPv4 header does not sum means
+    // the quote was corrupted before the checksum was made; its addresses cannot be trusted.
+    if csum::fold(ctx.sum16(e.ip.l3, e.ip.l4 - e.ip.l3)?) != 0xffff {
+        return Ok(Verdict::Drop(Counter::DropIcmpBadChecksum));
+    }
     rewrite_embedded(
         ctx, ip, &e, IP_SRC, node.ipv4, ep.addr, port_off, ext, ep.port,
     )?;

@@ -46,6 +46,9 @@ pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, ty: u8, code: u8, mtu:
     let eth: *const [u8; 12] = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     let eth = unsafe { *eth };
+    // RFC 5508 §7.7: the error keeps the DS field (diffserv class) of the packet that caused it,
+    // so it is queued like the pod's traffic; the ECN bits are not carried over (RFC 3168 §5).
+    let ds = super::ip::get_u8(ctx, ip.l3 + 1)? & 0xfc;
     ctx.adjust_room(NEW_HDRS as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(|_| Counter::DropInternalError)?;
     // SAFETY: plain helper call on our skb.
@@ -67,8 +70,7 @@ pub fn send(ctx: &TcContext, node: &NodeConfig, ip: &Ip4, ty: u8, code: u8, mtu:
     let src = gateway(node);
     let mut h = [0u8; 20];
     h[0] = 0x45;
-    // Network control precedence, as Linux sends its own ICMP errors.
-    h[1] = 0xc0;
+    h[1] = ds;
     h[2..4].copy_from_slice(&tot_len.to_be_bytes());
     h[8] = 64;
     h[9] = 1;

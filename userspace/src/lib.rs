@@ -8,6 +8,7 @@ pub mod control;
 pub mod dataplane;
 pub mod frag_punt;
 pub mod foreign;
+pub mod maps;
 pub mod metrics;
 pub mod nat;
 pub mod netif;

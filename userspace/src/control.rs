@@ -144,6 +144,8 @@ pub enum ControlError {
     #[error(transparent)]
     Sg(#[from] SgStateError),
     #[error(transparent)]
+    Gc(#[from] crate::snat::gc::GcError),
+    #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{0}")]
     Invalid(String),

@@ -14,6 +14,7 @@ pub mod nat;
 pub mod netif;
 pub mod pins;
 pub mod sg_maps;
+pub mod snat;
 
 pub mod sg;
 

@@ -279,6 +279,15 @@ pub struct Cursor(Option<u64>);
 
 impl Cursor {
     pub const START: Cursor = Cursor(None);
+
+    /// A cursor of a map that is not the kernel's (a test double's own position).
+    pub const fn from_raw(at: u64) -> Cursor {
+        Cursor(Some(at))
+    }
+
+    pub const fn raw(self) -> Option<u64> {
+        self.0
+    }
 }
 
 /// `ENOSPC`: a bucket did not fit the buffer.

@@ -55,6 +55,9 @@ pub struct MicroOpts {
     pub scale_ninety: bool,
     /// Time GC passes at the largest size.
     pub gc: bool,
+    /// Only the scale part (and its GC passes): no per-packet cases.
+    #[serde(default)]
+    pub scale_only: bool,
 }
 
 impl MicroOpts {
@@ -66,6 +69,7 @@ impl MicroOpts {
             scale_sizes: vec![1_000, 100_000, 1_000_000],
             scale_ninety: true,
             gc: true,
+            scale_only: false,
         }
     }
 
@@ -78,6 +82,7 @@ impl MicroOpts {
             scale_sizes: vec![1_000, 10_000],
             scale_ninety: false,
             gc: true,
+            scale_only: false,
         }
     }
 }
@@ -126,6 +131,8 @@ pub struct MapMemory {
 #[derive(Debug, Clone, Serialize)]
 pub struct GcPass {
     pub what: String,
+    /// "batched" (the daemon's GC) or "per-key reference" (the walk it replaced, same maps).
+    pub walk: String,
     pub flows_seen: usize,
     pub flows_expired: usize,
     pub mappings_seen: usize,
@@ -434,11 +441,16 @@ impl Drop for PinDir {
     }
 }
 
-fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64) -> Result<GcPass> {
+fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64, reference: bool) -> Result<GcPass> {
     let t = Instant::now();
-    let r = podgate::nat::gc(pins, &Timeouts::default(), now)?;
+    let r = if reference {
+        crate::bench_gc_ref::reference_gc(pins, &Timeouts::default(), now)?
+    } else {
+        podgate::nat::gc(pins, &Timeouts::default(), now)?
+    };
     Ok(GcPass {
         what: what.into(),
+        walk: if reference { "per-key reference" } else { "batched" }.into(),
         flows_seen: r.flows_seen,
         flows_expired: r.flows_expired,
         mappings_seen: r.mappings_seen,
@@ -537,9 +549,18 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
         }
         let pins = podgate::pins::Pins::new(&dir);
         let now = podgate::nat::boottime_ns();
-        gc.push(gc_pass(&pins, "scan: nothing expired", now)?);
+        let day = 86_400 * 1_000_000_000;
+        gc.push(gc_pass(&pins, "scan: nothing expired", now, false)?);
         // A day later every UDP flow and mapping has expired: the pass deletes them all.
-        gc.push(gc_pass(&pins, "expire: every entry", now + 86_400 * 1_000_000_000)?);
+        gc.push(gc_pass(&pins, "expire: every entry", now + day, false)?);
+        // The same two passes with the per-key walk the batched GC replaced, over the same
+        // entries put back.
+        let filled = filler.next;
+        filler.next = 0;
+        filler.fill(filled)?;
+        let now = podgate::nat::boottime_ns();
+        gc.push(gc_pass(&pins, "scan: nothing expired", now, true)?);
+        gc.push(gc_pass(&pins, "expire: every entry", now + day, true)?);
         drop(guard);
         if gc[1].flows_expired == 0 {
             bail!("the expiring GC pass removed nothing: {:?}", gc[1]);
@@ -560,8 +581,11 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
 }
 
 pub fn micro(o: &MicroOpts) -> Result<MicroResults> {
-    let mut cases = per_packet(o)?;
-    cases.extend(sg::cases(o)?);
+    let mut cases = Vec::new();
+    if !o.scale_only {
+        cases = per_packet(o)?;
+        cases.extend(sg::cases(o)?);
+    }
     let scale = if o.scale_sizes.is_empty() { None } else { Some(scale(o)?) };
     Ok(MicroResults { opts: o.clone(), cases, scale })
 }

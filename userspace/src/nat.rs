@@ -57,14 +57,22 @@ pub struct FlowRow {
     pub packets_in: u64,
 }
 
+/// Every mapping, read in batches (`BPF_MAP_LOOKUP_BATCH`).
 pub fn mappings(pins: &Pins) -> Result<Vec<(Endpoint4, Mapping4)>, DataplaneError> {
-    let m: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
-    m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(nat_maps::NAT4_MAP))
+    batched(pins, nat_maps::NAT4_MAP)
 }
 
+/// Every flow, read in batches.
 pub fn flows(pins: &Pins) -> Result<Vec<(Flow4, Ct4)>, DataplaneError> {
-    let m: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
-    m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(nat_maps::CT4))
+    batched(pins, nat_maps::CT4)
+}
+
+fn batched<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Result<Vec<(K, V)>, DataplaneError> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotInstalled { root: pins.root().to_owned() });
+    }
+    Ok(crate::maps::batch::BatchMap::<K, V>::from_pin(&path)?.entries()?)
 }
 
 pub fn mapping_rows(pins: &Pins, ext_addr: Ipv4Addr) -> Result<Vec<MappingRow>, DataplaneError> {
@@ -176,6 +184,17 @@ impl GcReport {
 /// batched reads and deletions (`crate::snat::gc`).
 pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, crate::snat::gc::GcError> {
     crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?, t, now)
+}
+
+/// [`gc`] with its writes (eviction repair, crediting) under `lock`, the daemon's mutation lock;
+/// the walks and the deletions of unchanged expired entries run without it.
+pub fn gc_locked<'a>(
+    pins: &'a Pins,
+    t: &Timeouts,
+    now: u64,
+    lock: &'a dyn Fn() -> Box<dyn crate::snat::gc::Held + 'a>,
+) -> Result<GcReport, crate::snat::gc::GcError> {
+    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?.with_lock(lock), t, now)
 }
 
 /// Occupancy of the three LRU maps after a GC pass: `(name, entries, max_entries)`.

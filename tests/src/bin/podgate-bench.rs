@@ -1,5 +1,5 @@
 //! The benchmark binary `cargo xtask bench` builds and drives:
-//! - `micro [--quick] [--out FILE]`: per-packet and scale measurements with BPF_PROG_TEST_RUN
+//! - `micro [--quick] [--gc-only] [--out FILE]`: per-packet and scale measurements with BPF_PROG_TEST_RUN
 //!   (podgate_tests::bench), JSON to FILE;
 //! - `tcp-server --port P --secs S`: a minimal HTTP/1.0 server that closes first, so the
 //!   server keeps TIME_WAIT like a real web server does (the churn DESIGN.md §4 describes);
@@ -59,6 +59,12 @@ fn micro(args: &[String]) -> Result<()> {
     let mut o = if flag(args, "--quick") { MicroOpts::quick() } else { MicroOpts::full() };
     if let Some(r) = value(args, "--repeat")? {
         o.repeat = r;
+    }
+    if flag(args, "--gc-only") {
+        // The 1M scale point and its GC passes (batched and per-key reference) alone.
+        o.scale_only = true;
+        o.scale_ninety = false;
+        o.scale_sizes = vec![1_000_000];
     }
     if flag(args, "--no-scale") {
         o.scale_sizes.clear();

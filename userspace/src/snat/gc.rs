@@ -7,7 +7,11 @@
 //! shows it unchanged (same `last_seen_ns`, same claim owner), so the window in which the
 //! datapath can refresh an entry the GC then deletes is one syscall, not a whole pass.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap as StdMap, HashSet as StdSet};
+
+/// The pass keeps sets of up to a million entries each: SipHash would be most of its time.
+type HashMap<K, V> = StdMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdSet<K, foldhash::fast::RandomState>;
 use std::time::Instant;
 
 use podgate_common::{
@@ -117,16 +121,41 @@ fn sweep<K: Copy + Eq + std::hash::Hash, V: Copy>(
     Ok((seen, deleted))
 }
 
+/// One pass at a time per process: two passes deleting the same entry would both credit it.
+static ONE_PASS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// How long until the next pass: `base` while the fullest table is at most a quarter full, then
+/// linearly sooner, down to 1 s at the high-water mark (`podgate_common::pressure`), where new
+/// flows are about to be refused and only a pass makes room.
+pub fn next_interval(base: std::time::Duration, occupancy: f64, high_water: f64) -> std::time::Duration {
+    let floor = std::time::Duration::from_secs(1).min(base);
+    let low = 0.25_f64.min(high_water);
+    if occupancy <= low {
+        return base;
+    }
+    if occupancy >= high_water {
+        return floor;
+    }
+    let f = (occupancy - low) / (high_water - low);
+    floor + (base - floor).mul_f64(1.0 - f)
+}
+
+/// Entries a pass walked per second (ct4 + nat4_map + nat4_claim).
+pub fn entries_per_sec(r: &GcReport) -> f64 {
+    let n = r.flows_seen + r.mappings_seen + r.claims_seen + r.claims_removed + r.orphan_claims_removed;
+    if r.duration_us == 0 { 0.0 } else { n as f64 * 1e6 / r.duration_us as f64 }
+}
+
 /// One pass at `now` (CLOCK_BOOTTIME ns), in the order `podgate_common::nat::mapping_expired`
 /// documents: expired flows; then mappings no live flow holds that sat idle for their timeout;
 /// then the claims of both and the eviction holes; then stale fragment records.
 pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcError> {
+    let _one = ONE_PASS.lock().unwrap_or_else(|e| e.into_inner());
     let start = Instant::now();
     let mut r = GcReport::default();
 
     // Flows.
-    let mut live_flows: HashMap<Endpoint4, u32> = HashMap::new();
-    let mut live_claims: HashSet<(Endpoint4, [u8; 4], u16)> = HashSet::new();
+    let mut live_flows: HashMap<Endpoint4, u32> = HashMap::default();
     let mut live: Vec<(Endpoint4, [u8; 4], u16, u32, u64)> = Vec::new();
     let ep_of = |k: &Flow4| Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
     let (seen, dead) = sweep(
@@ -136,7 +165,6 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
         &mut |k, v| {
             let ep = ep_of(k);
             *live_flows.entry(ep).or_default() += 1;
-            live_claims.insert((ep, k.remote_addr, v.ext_port));
             live.push((ep, k.remote_addr, v.ext_port, v.pod_ifindex, v.last_seen_ns));
         },
     )?;
@@ -144,7 +172,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     r.flows_expired = dead.len();
 
     // Mappings.
-    let mut mapped: HashSet<Endpoint4> = HashSet::new();
+    let mut mapped: HashSet<Endpoint4> = HashSet::with_capacity_and_hasher(live_flows.len(), Default::default());
     let (seen, gone) = sweep(
         s.nat4_map(),
         &|k, v| abi::mapping_expired(k, v, live_flows.get(k).copied().unwrap_or(0), now, t),
@@ -168,16 +196,20 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     let eif = s.eif();
     let claim_of = |ep: &Endpoint4, remote: [u8; 4], ext: u16| Claim4 { remote: if eif { [0; 4] } else { remote }, ext_port: ext, proto: ep.proto, _pad: 0 };
     // Claims only a dead flow used.
+    let live_claims: HashSet<(Endpoint4, [u8; 4], u16)> =
+        if dead.is_empty() { HashSet::default() } else { live.iter().map(|l| (l.0, l.1, l.2)).collect() };
     let dead_claims: HashSet<(Claim4, Endpoint4)> = dead
         .iter()
         .filter(|(k, v)| !live_claims.contains(&(ep_of(k), k.remote_addr, v.ext_port)))
         .map(|(k, v)| (Claim4 { remote: k.remote_addr, ext_port: v.ext_port, proto: k.proto, _pad: 0 }, ep_of(k)))
         .collect();
-    let live_ports: HashSet<(Endpoint4, u16)> = live.iter().map(|l| (l.0, l.2)).collect();
+    // Needed only for claims whose mapping is missing (rare): built on first use.
+    let live_ports = std::cell::OnceCell::<HashSet<(Endpoint4, u16)>>::new();
+    let live_port = |ep: Endpoint4, port: u16| live_ports.get_or_init(|| live.iter().map(|l| (l.0, l.2)).collect()).contains(&(ep, port));
 
     // Claims: of dead flows, of expired mappings, and orphans (mapping evicted, no flow left).
-    let mut claims_now: HashSet<Claim4> = HashSet::new();
-    let mut lost: HashSet<Endpoint4> = HashSet::new();
+    let mut claims_now: HashSet<Claim4> = HashSet::default();
+    let mut lost: HashSet<Endpoint4> = HashSet::default();
     let mut orphans = 0usize;
     let mut removed = 0usize;
     let mut claims_seen = 0usize;
@@ -186,7 +218,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
             1
         } else if dead_claims.contains(&(*k, *owner)) {
             2
-        } else if !mapped.contains(owner) && !live_ports.contains(&(*owner, k.ext_port)) {
+        } else if !mapped.contains(owner) && !live_port(*owner, k.ext_port) {
             3
         } else {
             0
@@ -247,10 +279,9 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     // registration and removal.
     let _serial = s.serialize();
     let pods: HashMap<u32, Pod> = s.pods()?.into_iter().collect();
-    let pods_v4: HashMap<[u8; 4], u32> = s.pods_v4()?.into_iter().collect();
     let room = s.mapping_room();
     let mut counted = mapped.len();
-    let mut restored: HashSet<Endpoint4> = HashSet::new();
+    let mut restored: HashSet<Endpoint4> = HashSet::default();
     for &(ep, remote, ext, pod_ifindex, last_seen_ns) in &live {
         // A pod removed meanwhile (its flows flushed after this pass read them) gets nothing back.
         if !pods.contains_key(&pod_ifindex) {
@@ -276,11 +307,10 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
             r.claims_seen += 1;
         }
     }
-    let live_eps: HashSet<Endpoint4> = live_flows.keys().copied().collect();
     // Endpoints whose flows all ended this pass while their mapping was already gone.
     for (k, _) in &dead {
         let ep = ep_of(k);
-        if !gone_eps.contains(&ep) && !mapped.contains(&ep) && !live_eps.contains(&ep) {
+        if !gone_eps.contains(&ep) && !mapped.contains(&ep) && !live_flows.contains_key(&ep) {
             lost.insert(ep);
         }
     }
@@ -290,8 +320,8 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     // Crediting: every deleted ct4 and nat4_map entry, and every mapping the LRU took for good
     // (the programs counted it when they made it; nobody else will free it). A restored mapping
     // was never credited, so its later expiry is its one credit.
-    let mut freed: HashMap<u32, PodUsage> = HashMap::new();
-    let mut dec: HashMap<u32, u32> = HashMap::new();
+    let mut freed: HashMap<u32, PodUsage> = HashMap::default();
+    let mut dec: HashMap<u32, u32> = HashMap::default();
     for (_, v) in &dead {
         if let Some(p) = pods.get(&v.pod_ifindex) {
             freed.entry(p.id).or_default().flows4 += 1;
@@ -303,6 +333,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
             *dec.entry(v.pod_ifindex).or_default() += 1;
         }
     }
+    let pods_v4: HashMap<[u8; 4], u32> = if lost.is_empty() { HashMap::default() } else { s.pods_v4()?.into_iter().collect() };
     for ep in &lost {
         if let Some(ifindex) = pods_v4.get(&ep.addr)
             && let Some(p) = pods.get(ifindex)

@@ -427,3 +427,18 @@ fn stale_fragment_records_go_fresh_ones_stay() {
     assert_eq!(r.frags_expired, 1);
     assert!(s.frags.get(&k(2)).is_some());
 }
+
+#[test]
+fn passes_come_sooner_as_occupancy_grows() {
+    use std::time::Duration;
+    let base = Duration::from_secs(10);
+    assert_eq!(next_interval(base, 0.0, 0.9), base);
+    assert_eq!(next_interval(base, 0.25, 0.9), base);
+    let half = next_interval(base, 0.575, 0.9);
+    assert!(half > Duration::from_secs(5) && half < Duration::from_secs(6), "{half:?}");
+    assert!(next_interval(base, 0.8, 0.9) < half);
+    assert_eq!(next_interval(base, 0.9, 0.9), Duration::from_secs(1));
+    assert_eq!(next_interval(base, 1.0, 0.9), Duration::from_secs(1));
+    // A base below the floor is kept.
+    assert_eq!(next_interval(Duration::from_millis(500), 1.0, 0.9), Duration::from_millis(500));
+}

@@ -198,10 +198,10 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     // Claims only a dead flow used.
     let live_claims: HashSet<(Endpoint4, [u8; 4], u16)> =
         if dead.is_empty() { HashSet::default() } else { live.iter().map(|l| (l.0, l.1, l.2)).collect() };
-    let dead_claims: HashSet<(Claim4, Endpoint4)> = dead
+    let dead_claims: HashMap<(Claim4, Endpoint4), Flow4> = dead
         .iter()
         .filter(|(k, v)| !live_claims.contains(&(ep_of(k), k.remote_addr, v.ext_port)))
-        .map(|(k, v)| (Claim4 { remote: k.remote_addr, ext_port: v.ext_port, proto: k.proto, _pad: 0 }, ep_of(k)))
+        .map(|(k, v)| ((Claim4 { remote: k.remote_addr, ext_port: v.ext_port, proto: k.proto, _pad: 0 }, ep_of(k)), *k))
         .collect();
     // Needed only for claims whose mapping is missing (rare): built on first use.
     let live_ports = std::cell::OnceCell::<HashSet<(Endpoint4, u16)>>::new();
@@ -216,7 +216,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     let doomed = |k: &Claim4, owner: &Endpoint4| -> u8 {
         if gone_eps.contains(owner) && !mapped.contains(owner) {
             1
-        } else if dead_claims.contains(&(*k, *owner)) {
+        } else if dead_claims.contains_key(&(*k, *owner)) {
             2
         } else if !mapped.contains(owner) && !live_port(*owner, k.ext_port) {
             3
@@ -227,6 +227,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     {
         let c = s.nat4_claim();
         let m = s.nat4_map();
+        let ct = s.ct4();
         let mut cand: Vec<(Claim4, Endpoint4, u8)> = Vec::new();
         c.walk(&mut |at, ks, vs| {
             claims_seen += ks.len();
@@ -249,6 +250,11 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
                     // The programs claim a port just before they insert its mapping: a mapping
                     // made since the walk read nat4_map makes its claim no orphan.
                     Some(cur) if cur == o && *why == 3 && m.get(o)?.is_some() => {
+                        claims_now.insert(*k);
+                    }
+                    // A dead flow's claim under a live mapping: the pod may have sent on that
+                    // flow again since the ct4 walk, re-creating it on the same claim.
+                    Some(cur) if cur == o && *why == 2 && ct.get(&dead_claims[&(*k, *o)])?.is_some() => {
                         claims_now.insert(*k);
                     }
                     Some(cur) if cur == o => {

@@ -442,3 +442,79 @@ fn passes_come_sooner_as_occupancy_grows() {
     // A base below the floor is kept.
     assert_eq!(next_interval(Duration::from_millis(500), 1.0, 0.9), Duration::from_millis(500));
 }
+
+#[test]
+fn a_dead_flows_claim_stays_when_the_flow_came_back_before_the_claim_walk() {
+    let e = ep(POD_A, 1000);
+    let f = flow(POD_A, 1000, 53);
+    let s = state(vec![(f, ct(40000, IF_A, IDLE))], vec![(e, mapping(40000, IF_A, FRESH))], vec![(claim(40000), e)]);
+    // The pod sends again right after the ct4 chunk's deletion: the program re-creates the flow
+    // on the same claim before the claim walk.
+    *s.claims.race.borrow_mut() = Some(Box::new(|_: &mut Vec<(Claim4, Endpoint4)>| {}));
+    let ct4 = &s.ct4;
+    let st = Recreating { s: &s, flow: (f, ct(40000, IF_A, FRESH)), ct4 };
+    let r = pass(&st, &Timeouts::default(), NOW).unwrap();
+    assert_eq!(r.flows_expired, 1);
+    assert_eq!(r.claims_removed, 0);
+    assert_eq!(s.claims.get(&claim(40000)), Some(e));
+}
+
+/// A ct4 whose deletions are followed at once by the datapath re-creating one flow.
+struct Recreating<'a> {
+    s: &'a State,
+    flow: (Flow4, Ct4),
+    ct4: &'a Mock<Flow4, Ct4>,
+}
+
+impl Table<Flow4, Ct4> for Recreating<'_> {
+    fn walk(&self, f: &mut dyn FnMut(Cursor, &[Flow4], &[Ct4]) -> Result<(), GcError>) -> Result<usize, GcError> {
+        self.ct4.walk(f)
+    }
+    fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(Flow4, Ct4)>, GcError> {
+        self.ct4.reread(at, max)
+    }
+    fn delete(&self, k: &[Flow4]) -> Result<usize, GcError> {
+        let n = self.ct4.delete(k)?;
+        self.ct4.insert_new(&self.flow.0, &self.flow.1)?;
+        Ok(n)
+    }
+    fn get(&self, k: &Flow4) -> Result<Option<Ct4>, GcError> {
+        Ok(self.ct4.get(k))
+    }
+    fn insert_new(&self, k: &Flow4, v: &Ct4) -> Result<bool, GcError> {
+        self.ct4.insert_new(k, v)
+    }
+}
+
+impl NatState for Recreating<'_> {
+    fn ct4(&self) -> &dyn Table<Flow4, Ct4> {
+        self
+    }
+    fn nat4_map(&self) -> &dyn Table<Endpoint4, Mapping4> {
+        &self.s.maps
+    }
+    fn nat4_claim(&self) -> &dyn Table<Claim4, Endpoint4> {
+        &self.s.claims
+    }
+    fn frag4(&self) -> &dyn Table<FragKey4, FragVal4> {
+        &self.s.frags
+    }
+    fn pods(&self) -> Result<Vec<(u32, Pod)>, GcError> {
+        self.s.pods()
+    }
+    fn pods_v4(&self) -> Result<Vec<([u8; 4], u32)>, GcError> {
+        self.s.pods_v4()
+    }
+    fn credit(&self, id: u32, f: PodUsage) -> Result<(), GcError> {
+        self.s.credit(id, f)
+    }
+    fn dec_pod_mappings(&self, i: u32, by: u32) -> Result<(), GcError> {
+        self.s.dec_pod_mappings(i, by)
+    }
+    fn eif(&self) -> bool {
+        false
+    }
+    fn mapping_room(&self) -> usize {
+        self.s.room
+    }
+}

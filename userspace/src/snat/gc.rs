@@ -5,7 +5,11 @@
 //! A pass walks each map in chunks of the kernel's batch cursor; an entry found expired is
 //! re-read with its chunk right before the chunk's deletions, and deleted only if the re-read
 //! shows it unchanged (same `last_seen_ns`, same claim owner), so the window in which the
-//! datapath can refresh an entry the GC then deletes is one syscall, not a whole pass.
+//! datapath can refresh an entry the GC then deletes is one chunk's re-read and batch deletion
+//! (at most 4,096 entries), not a whole pass. It is not closed: a refresh inside it writes through
+//! the program's value pointer into an element the batch then deletes, and the flow loses its
+//! ct4 entry until its next packet (`snat_full::gc_passes_racing_refreshes_never_take_a_live_
+//! flows_state`, ignored while it fails).
 
 use std::collections::{HashMap as StdMap, HashSet as StdSet};
 

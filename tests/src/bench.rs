@@ -55,9 +55,6 @@ pub struct MicroOpts {
     pub scale_ninety: bool,
     /// Time GC passes at the largest size.
     pub gc: bool,
-    /// Only the scale part (and its GC passes): no per-packet cases.
-    #[serde(default)]
-    pub scale_only: bool,
 }
 
 impl MicroOpts {
@@ -69,7 +66,6 @@ impl MicroOpts {
             scale_sizes: vec![1_000, 100_000, 1_000_000],
             scale_ninety: true,
             gc: true,
-            scale_only: false,
         }
     }
 
@@ -82,7 +78,6 @@ impl MicroOpts {
             scale_sizes: vec![1_000, 10_000],
             scale_ninety: false,
             gc: true,
-            scale_only: false,
         }
     }
 }
@@ -581,13 +576,15 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
 }
 
 pub fn micro(o: &MicroOpts) -> Result<MicroResults> {
-    let mut cases = Vec::new();
-    if !o.scale_only {
-        cases = per_packet(o)?;
-        cases.extend(sg::cases(o)?);
-    }
+    let mut cases = per_packet(o)?;
+    cases.extend(sg::cases(o)?);
     let scale = if o.scale_sizes.is_empty() { None } else { Some(scale(o)?) };
     Ok(MicroResults { opts: o.clone(), cases, scale })
+}
+
+/// Only the scale part and its GC passes (no per-packet cases): `podgate-bench micro --gc-only`.
+pub fn scale_only(o: &MicroOpts) -> Result<MicroResults> {
+    Ok(MicroResults { opts: o.clone(), cases: Vec::new(), scale: Some(scale(o)?) })
 }
 
 /// For the binary: where the default JSON goes.

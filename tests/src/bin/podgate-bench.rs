@@ -60,9 +60,9 @@ fn micro(args: &[String]) -> Result<()> {
     if let Some(r) = value(args, "--repeat")? {
         o.repeat = r;
     }
-    if flag(args, "--gc-only") {
+    let gc_only = flag(args, "--gc-only");
+    if gc_only {
         // The 1M scale point and its GC passes (batched and per-key reference) alone.
-        o.scale_only = true;
         o.scale_ninety = false;
         o.scale_sizes = vec![1_000_000];
     }
@@ -70,7 +70,7 @@ fn micro(args: &[String]) -> Result<()> {
         o.scale_sizes.clear();
     }
     let out: PathBuf = value::<String>(args, "--out")?.map(PathBuf::from).unwrap_or_else(|| bench::default_out(&std::env::current_dir().unwrap_or_default()));
-    let r = bench::micro(&o)?;
+    let r = if gc_only { bench::scale_only(&o)? } else { bench::micro(&o)? };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

@@ -39,10 +39,13 @@ pub enum GcError {
 pub trait Held {}
 impl<T> Held for T {}
 
+/// What a walk calls for each chunk: its cursor, keys and values.
+pub type ChunkFn<'a, K, V> = dyn FnMut(Cursor, &[K], &[V]) -> Result<(), GcError> + 'a;
+
 /// One map as the GC sees it: walked in chunks, a chunk re-read, keys deleted in a batch.
 pub trait Table<K, V> {
     /// Calls `f` for each chunk with the cursor that re-reads it; returns the entries walked.
-    fn walk(&self, f: &mut dyn FnMut(Cursor, &[K], &[V]) -> Result<(), GcError>) -> Result<usize, GcError>;
+    fn walk(&self, f: &mut ChunkFn<'_, K, V>) -> Result<usize, GcError>;
     /// The chunk at `at` as it is now (at least `max` entries' worth of its buckets).
     fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(K, V)>, GcError>;
     /// Deletes `keys` (already gone ones are skipped); returns how many went.
@@ -407,7 +410,7 @@ impl<'a> KernelNat<'a> {
 }
 
 impl<K: crate::maps::batch::Plain, V: crate::maps::batch::Plain> Table<K, V> for BatchMap<K, V> {
-    fn walk(&self, f: &mut dyn FnMut(Cursor, &[K], &[V]) -> Result<(), GcError>) -> Result<usize, GcError> {
+    fn walk(&self, f: &mut ChunkFn<'_, K, V>) -> Result<usize, GcError> {
         let mut err = None;
         let n = self.for_each_chunk(|_, at, k, v| match f(at, k, v) {
             Ok(()) => Ok(()),

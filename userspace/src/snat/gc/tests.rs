@@ -8,9 +8,11 @@ use super::*;
 
 /// A map in insertion order, walked in chunks of `CHUNK`; `race` runs once, right before the
 /// first re-read, as the datapath would between the walk and the deletion.
+type Race<K, V> = Box<dyn FnOnce(&mut Vec<(K, V)>)>;
+
 struct Mock<K, V> {
     rows: RefCell<Vec<(K, V)>>,
-    race: RefCell<Option<Box<dyn FnOnce(&mut Vec<(K, V)>)>>>,
+    race: RefCell<Option<Race<K, V>>>,
 }
 
 const CHUNK: usize = 2;
@@ -28,7 +30,7 @@ impl<K: Copy + PartialEq, V: Copy> Mock<K, V> {
 }
 
 impl<K: Copy + PartialEq, V: Copy> Table<K, V> for Mock<K, V> {
-    fn walk(&self, f: &mut dyn FnMut(Cursor, &[K], &[V]) -> Result<(), GcError>) -> Result<usize, GcError> {
+    fn walk(&self, f: &mut ChunkFn<'_, K, V>) -> Result<usize, GcError> {
         let mut i = 0;
         let mut seen = 0;
         loop {
@@ -329,7 +331,7 @@ struct Lagging<'a> {
 struct LaggingMaps<'a>(&'a Mock<Endpoint4, Mapping4>);
 
 impl Table<Endpoint4, Mapping4> for LaggingMaps<'_> {
-    fn walk(&self, _: &mut dyn FnMut(Cursor, &[Endpoint4], &[Mapping4]) -> Result<(), GcError>) -> Result<usize, GcError> {
+    fn walk(&self, _: &mut ChunkFn<'_, Endpoint4, Mapping4>) -> Result<usize, GcError> {
         Ok(0)
     }
     fn reread(&self, _: Cursor, _: usize) -> Result<Vec<(Endpoint4, Mapping4)>, GcError> {
@@ -450,7 +452,6 @@ fn a_dead_flows_claim_stays_when_the_flow_came_back_before_the_claim_walk() {
     let s = state(vec![(f, ct(40000, IF_A, IDLE))], vec![(e, mapping(40000, IF_A, FRESH))], vec![(claim(40000), e)]);
     // The pod sends again right after the ct4 chunk's deletion: the program re-creates the flow
     // on the same claim before the claim walk.
-    *s.claims.race.borrow_mut() = Some(Box::new(|_: &mut Vec<(Claim4, Endpoint4)>| {}));
     let ct4 = &s.ct4;
     let st = Recreating { s: &s, flow: (f, ct(40000, IF_A, FRESH)), ct4 };
     let r = pass(&st, &Timeouts::default(), NOW).unwrap();
@@ -467,7 +468,7 @@ struct Recreating<'a> {
 }
 
 impl Table<Flow4, Ct4> for Recreating<'_> {
-    fn walk(&self, f: &mut dyn FnMut(Cursor, &[Flow4], &[Ct4]) -> Result<(), GcError>) -> Result<usize, GcError> {
+    fn walk(&self, f: &mut ChunkFn<'_, Flow4, Ct4>) -> Result<usize, GcError> {
         self.ct4.walk(f)
     }
     fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(Flow4, Ct4)>, GcError> {

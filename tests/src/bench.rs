@@ -126,6 +126,8 @@ pub struct MapMemory {
 #[derive(Debug, Clone, Serialize)]
 pub struct GcPass {
     pub what: String,
+    /// "batched" (the daemon's GC) or "per-key reference" (the walk it replaced, same maps).
+    pub walk: String,
     pub flows_seen: usize,
     pub flows_expired: usize,
     pub mappings_seen: usize,
@@ -434,11 +436,16 @@ impl Drop for PinDir {
     }
 }
 
-fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64) -> Result<GcPass> {
+fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64, reference: bool) -> Result<GcPass> {
     let t = Instant::now();
-    let r = podgate::nat::gc(pins, &Timeouts::default(), now)?;
+    let r = if reference {
+        crate::bench_gc_ref::reference_gc(pins, &Timeouts::default(), now)?
+    } else {
+        podgate::nat::gc(pins, &Timeouts::default(), now)?
+    };
     Ok(GcPass {
         what: what.into(),
+        walk: if reference { "per-key reference" } else { "batched" }.into(),
         flows_seen: r.flows_seen,
         flows_expired: r.flows_expired,
         mappings_seen: r.mappings_seen,
@@ -537,9 +544,18 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
         }
         let pins = podgate::pins::Pins::new(&dir);
         let now = podgate::nat::boottime_ns();
-        gc.push(gc_pass(&pins, "scan: nothing expired", now)?);
+        let day = 86_400 * 1_000_000_000;
+        gc.push(gc_pass(&pins, "scan: nothing expired", now, false)?);
         // A day later every UDP flow and mapping has expired: the pass deletes them all.
-        gc.push(gc_pass(&pins, "expire: every entry", now + 86_400 * 1_000_000_000)?);
+        gc.push(gc_pass(&pins, "expire: every entry", now + day, false)?);
+        // The same two passes with the per-key walk the batched GC replaced, over the same
+        // entries put back.
+        let filled = filler.next;
+        filler.next = 0;
+        filler.fill(filled)?;
+        let now = podgate::nat::boottime_ns();
+        gc.push(gc_pass(&pins, "scan: nothing expired", now, true)?);
+        gc.push(gc_pass(&pins, "expire: every entry", now + day, true)?);
         drop(guard);
         if gc[1].flows_expired == 0 {
             bail!("the expiring GC pass removed nothing: {:?}", gc[1]);
@@ -564,6 +580,11 @@ pub fn micro(o: &MicroOpts) -> Result<MicroResults> {
     cases.extend(sg::cases(o)?);
     let scale = if o.scale_sizes.is_empty() { None } else { Some(scale(o)?) };
     Ok(MicroResults { opts: o.clone(), cases, scale })
+}
+
+/// Only the scale part and its GC passes (no per-packet cases): `podgate-bench micro --gc-only`.
+pub fn scale_only(o: &MicroOpts) -> Result<MicroResults> {
+    Ok(MicroResults { opts: o.clone(), cases: Vec::new(), scale: Some(scale(o)?) })
 }
 
 /// For the binary: where the default JSON goes.

@@ -182,3 +182,4 @@ pub mod fixture;
 pub mod punt;
 /// Per-packet and table-scale measurements (`podgate-bench micro`, `cargo xtask bench`).
 pub mod bench;
+pub mod bench_gc_ref;

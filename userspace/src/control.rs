@@ -63,7 +63,7 @@ pub enum Request {
         #[serde(default)]
         cut: bool,
     },
-    NatList,
+    NatList(NatFilter),
     CtList(CtFilter),
     CtFlush { pod: String },
     Stats {
@@ -105,6 +105,20 @@ pub struct CtFilter {
     pub proto: Option<String>,
     #[serde(default)]
     pub dst: Option<String>,
+    /// At most this many rows (the first in the listing's order).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatFilter {
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub proto: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 impl ControlError {
@@ -151,6 +165,8 @@ pub enum ControlError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Sg(#[from] SgStateError),
+    #[error(transparent)]
+    Gc(#[from] crate::snat::gc::GcError),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -374,9 +390,16 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             }
             to_value(r)
         }
-        Request::NatList => {
+        Request::NatList(f) => {
             let node = dataplane::read_node(pins)?;
-            to_value(nat::mapping_rows(pins, Ipv4Addr::from(node.ipv4))?)
+            let pod = f.pod.as_deref().map(|n| find_pod(pins, n)).transpose()?;
+            let mut rows: Vec<_> = nat::mapping_rows(pins, Ipv4Addr::from(node.ipv4))?
+                .into_iter()
+                .filter(|r| pod.as_ref().is_none_or(|p| r.pod_addr.octets() == p.pod.ipv4))
+                .filter(|r| f.proto.as_deref().is_none_or(|p| r.proto == p))
+                .collect();
+            rows.truncate(f.limit.unwrap_or(usize::MAX));
+            to_value(rows)
         }
         Request::CtList(f) => ct_list(pins, f),
         Request::CtFlush { pod } => {
@@ -657,6 +680,7 @@ fn ct_list(pins: &Pins, f: &CtFilter) -> Result<Value, ControlError> {
             .filter(|r| pod.as_ref().is_none_or(|p| r.pod_addr.octets() == p.pod.ipv6))
             .filter(|r| f.proto.as_deref().is_none_or(|p| r.proto == p))
             .filter(|r| dst.is_none_or(|d| r.remote_addr == d))
+            .take(f.limit.unwrap_or(usize::MAX))
             .collect();
         return to_value(rows);
     }
@@ -673,6 +697,7 @@ fn ct_list(pins: &Pins, f: &CtFilter) -> Result<Value, ControlError> {
         .filter(|r| pod.as_ref().is_none_or(|p| r.pod_addr.octets() == p.pod.ipv4))
         .filter(|r| f.proto.as_deref().is_none_or(|p| r.proto == p))
         .filter(|r| dst.is_none_or(|d| r.remote_addr == d))
+        .take(f.limit.unwrap_or(usize::MAX))
         .collect();
     to_value(rows)
 }

@@ -95,6 +95,8 @@ pub enum DataplaneError {
     PodConflict { name: String, other: String, what: String },
     #[error("no free pod id (4096 pods registered)")]
     PodIdsExhausted,
+    #[error(transparent)]
+    Batch(#[from] crate::maps::batch::BatchError),
 }
 
 pub(crate) fn map_err(name: &str) -> impl FnOnce(MapError) -> DataplaneError + '_ {

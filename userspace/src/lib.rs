@@ -8,12 +8,14 @@ pub mod control;
 pub mod dataplane;
 pub mod frag_punt;
 pub mod foreign;
+pub mod maps;
 pub mod metrics;
 pub mod nat;
 pub mod netif;
 pub mod pins;
 pub mod reserved_ports;
 pub mod sg_maps;
+pub mod snat;
 pub mod usage;
 
 pub mod sg;

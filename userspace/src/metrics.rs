@@ -16,6 +16,8 @@ use crate::{
 pub struct DaemonMetrics {
     pub gc_runs: u64,
     pub gc_seconds_total: f64,
+    /// Delay the daemon chose for the next pass.
+    pub gc_next_secs: f64,
     pub last_gc: GcReport,
     pub gc_errors: u64,
     /// The orphan-fragment slow path (`frag_punt`).
@@ -93,6 +95,15 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "podgate_map_pressure {}", u8::from(d.pressure));
     let _ = writeln!(w, "# TYPE podgate_map_pressure_passes_total counter");
     let _ = writeln!(w, "podgate_map_pressure_passes_total {}", d.pressure_passes);
+    let _ = writeln!(w, "# HELP podgate_gc_last_seconds Duration of the last IPv4 NAT GC pass.");
+    let _ = writeln!(w, "# TYPE podgate_gc_last_seconds gauge");
+    let _ = writeln!(w, "podgate_gc_last_seconds {}", d.last_gc.duration_us as f64 / 1e6);
+    let _ = writeln!(w, "# HELP podgate_gc_last_entries_per_second Entries (ct4, nat4_map, nat4_claim) the last IPv4 NAT GC pass walked per second.");
+    let _ = writeln!(w, "# TYPE podgate_gc_last_entries_per_second gauge");
+    let _ = writeln!(w, "podgate_gc_last_entries_per_second {:.0}", crate::snat::gc::entries_per_sec(&d.last_gc));
+    let _ = writeln!(w, "# HELP podgate_gc_next_seconds Delay until the next GC pass (sooner as the tables fill).");
+    let _ = writeln!(w, "# TYPE podgate_gc_next_seconds gauge");
+    let _ = writeln!(w, "podgate_gc_next_seconds {}", d.gc_next_secs);
     let _ = writeln!(w, "# HELP podgate_gc_seconds_total Time spent in garbage collection.");
     let _ = writeln!(w, "# TYPE podgate_gc_seconds_total counter");
     let _ = writeln!(w, "podgate_gc_seconds_total {}", d.gc_seconds_total);

@@ -1,7 +1,7 @@
 //! Userspace side of the IPv4 SNAT state: listing, per-pod flush, and the garbage collector that
 //! expires flows and mappings by their last-seen time (the programs never arm timers).
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, MapData};
 use podgate_common::{
@@ -58,14 +58,22 @@ pub struct FlowRow {
     pub packets_in: u64,
 }
 
+/// Every mapping, read in batches (`BPF_MAP_LOOKUP_BATCH`).
 pub fn mappings(pins: &Pins) -> Result<Vec<(Endpoint4, Mapping4)>, DataplaneError> {
-    let m: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
-    m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(nat_maps::NAT4_MAP))
+    batched(pins, nat_maps::NAT4_MAP)
 }
 
+/// Every flow, read in batches.
 pub fn flows(pins: &Pins) -> Result<Vec<(Flow4, Ct4)>, DataplaneError> {
-    let m: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
-    m.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(nat_maps::CT4))
+    batched(pins, nat_maps::CT4)
+}
+
+fn batched<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> Result<Vec<(K, V)>, DataplaneError> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Err(DataplaneError::NotInstalled { root: pins.root().to_owned() });
+    }
+    Ok(crate::maps::batch::BatchMap::<K, V>::from_pin(&path)?.entries()?)
 }
 
 pub fn mapping_rows(pins: &Pins, ext_addr: Ipv4Addr) -> Result<Vec<MappingRow>, DataplaneError> {
@@ -219,201 +227,21 @@ pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcPreview, Data
     Ok(r)
 }
 
-/// One garbage-collection pass at time `now` (CLOCK_BOOTTIME ns), in the order the shared crate
-/// documents (`podgate_common::nat::mapping_expired`): expired flows first, with the port claims
-/// only they used; then mappings that no live flow holds and that sat idle for their protocol's
-/// timeout, with every claim still pointing at them and the owning pod's quota count; then
-/// stale fragment records.
-pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneError> {
-    use std::collections::{HashMap as Map, HashSet};
-    let start = Instant::now();
-    let mut r = GcReport::default();
-
-    let mut ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
-    let mut live_flows: Map<Endpoint4, u32> = Map::new();
-    // (endpoint, remote, ext port) still used by a live flow: its claim must stay.
-    let mut live_claims: HashSet<(Endpoint4, [u8; 4], u16)> = HashSet::new();
-    let mut dead = Vec::new();
-    let mut live = Vec::new();
-    for item in ct.iter() {
-        let Ok((k, v)) = item else { continue };
-        r.flows_seen += 1;
-        let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
-        if nat_rules::ct_expired(&k, &v, now, t) {
-            dead.push((k, v, ep));
-        } else {
-            *live_flows.entry(ep).or_default() += 1;
-            live_claims.insert((ep, k.remote_addr, v.ext_port));
-            live.push((ep, k.remote_addr, v.ext_port, v.pod_ifindex, v.last_seen_ns));
-        }
-    }
-    let mut claims: HashMap<MapData, Claim4, Endpoint4> = open_hash(pins, nat_maps::NAT4_CLAIM)?;
-    // Every entry this pass deletes is credited to its pod (`pod_freed`), once per deletion that
-    // succeeded (an entry the LRU took meanwhile was never ours to credit).
-    let ids = PodIds::read(pins)?;
-    let mut freed = Freed::default();
-    for (k, v, ep) in &dead {
-        match ct.remove(k) {
-            Ok(()) => {
-                if let Some(id) = ids.by_ipv4.get(&k.pod_addr) {
-                    freed.flow4(*id);
-                }
-            }
-            Err(e) => ignore_missing(Err(e)).map_err(map_err(nat_maps::CT4))?,
-        }
-        if live_claims.contains(&(*ep, k.remote_addr, v.ext_port)) {
-            continue;
-        }
-        let claim = Claim4 { remote: k.remote_addr, ext_port: v.ext_port, proto: k.proto, _pad: 0 };
-        if claims.get(&claim, 0).is_ok_and(|owner| owner == *ep) {
-            ignore_missing(claims.remove(&claim)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
-            r.claims_removed += 1;
-        }
-    }
-    r.flows_expired = dead.len();
-
-    let mut maps: HashMap<MapData, Endpoint4, Mapping4> = open_hash(pins, nat_maps::NAT4_MAP)?;
-    let mut expired = Vec::new();
-    let mut mapped: HashSet<Endpoint4> = HashSet::new();
-    for item in maps.iter() {
-        let Ok((k, v)) = item else { continue };
-        r.mappings_seen += 1;
-        let live = live_flows.get(&k).copied().unwrap_or(0);
-        if nat_rules::mapping_expired(&k, &v, live, now, t) {
-            expired.push((k, v));
-        } else {
-            mapped.insert(k);
-        }
-    }
-    let gone: HashSet<Endpoint4> = expired.iter().map(|(k, _)| *k).collect();
-    if !expired.is_empty() {
-        // Every claim of a dead mapping goes with it (its 0.0.0.0 claim in EIF mode included),
-        // or the port would stay reserved for nobody.
-        let stale: Vec<Claim4> = claims
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, owner)| gone.contains(owner))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale {
-            ignore_missing(claims.remove(k)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
-        }
-        r.claims_removed += stale.len();
-        for (k, _) in &expired {
-            match maps.remove(k) {
-                Ok(()) => {
-                    if let Some(id) = ids.by_ipv4.get(&k.addr) {
-                        freed.mapping(*id);
-                    }
-                }
-                Err(e) => ignore_missing(Err(e)).map_err(map_err(nat_maps::NAT4_MAP))?,
-            }
-        }
-        r.mappings_expired = expired.len();
-    }
-
-    let dead_eps: HashSet<Endpoint4> = dead.iter().map(|(_, _, ep)| *ep).filter(|ep| !gone.contains(ep)).collect();
-    freed.credit(pins)?;
-    repair_evictions(pins, &mut r, &mut maps, &mut claims, mapped, &live, dead_eps, now)?;
-
-    let mut frags: HashMap<MapData, FragKey4, FragVal4> = open_hash(pins, nat_maps::FRAG4)?;
-    let stale: Vec<FragKey4> = frags
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(_, v)| nat_rules::frag_expired(v, now))
-        .map(|(k, _)| k)
-        .collect();
-    for k in &stale {
-        ignore_missing(frags.remove(k)).map_err(map_err(nat_maps::FRAG4))?;
-    }
-    r.frags_expired = stale.len();
-    r.duration_us = start.elapsed().as_micros() as u64;
-    Ok(r)
+/// One garbage-collection pass at time `now` (CLOCK_BOOTTIME ns) over the pinned maps, with
+/// batched reads and deletions (`crate::snat::gc`).
+pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, crate::snat::gc::GcError> {
+    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?, t, now)
 }
 
-/// Finds what the LRU evicted and repairs it (the second half of [`gc`]). The GC never removes a
-/// mapping a live flow holds, nor a claim a live flow or mapping uses: any such hole is an
-/// eviction. A live flow gets its mapping and claim back (so replies and the endpoint's next
-/// flows keep its port); claims whose mapping is gone with no flow left are removed, or their
-/// port would stay reserved for nobody. A mapping lost for good (its endpoint has no live flow:
-/// only dead flows this pass, or orphan claims) gives the owning pod its quota back, once: the
-/// pass removes every trace of it.
-#[allow(clippy::too_many_arguments)]
-fn repair_evictions(
-    pins: &Pins,
-    r: &mut GcReport,
-    maps: &mut HashMap<MapData, Endpoint4, Mapping4>,
-    claims: &mut HashMap<MapData, Claim4, Endpoint4>,
-    mut mapped: std::collections::HashSet<Endpoint4>,
-    live: &[(Endpoint4, [u8; 4], u16, u32, u64)],
-    dead_eps: std::collections::HashSet<Endpoint4>,
+/// [`gc`] with its writes (eviction repair, crediting) under `lock`, the daemon's mutation lock;
+/// the walks and the deletions of unchanged expired entries run without it.
+pub fn gc_locked<'a>(
+    pins: &'a Pins,
+    t: &Timeouts,
     now: u64,
-) -> Result<(), DataplaneError> {
-    use std::collections::HashSet;
-    const BPF_NOEXIST: u64 = 1;
-    let eif = crate::dataplane::read_node(pins).is_ok_and(|n| n.flags & podgate_common::node_flags::FILTER_EIF != 0);
-    let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
-    let room = crate::dataplane::map_max_entries(pins, nat_maps::NAT4_MAP)
-        .map(|max| podgate_common::pressure::high_water(u64::from(max), ncpus) as usize)
-        .unwrap_or(0);
-    let live_eps: HashSet<Endpoint4> = live.iter().map(|l| l.0).collect();
-    let mut live_ports: HashSet<(Endpoint4, u16)> = HashSet::new();
-    for &(ep, remote, ext, pod_ifindex, last_seen_ns) in live {
-        live_ports.insert((ep, ext));
-        if !mapped.contains(&ep) && mapped.len() >= room {
-            r.evicted_mappings_pending += 1;
-        } else if !mapped.contains(&ep) {
-            let m = Mapping4 { ext_port: ext, _pad: 0, pod_ifindex, created_ns: now, last_seen_ns };
-            // NOEXIST: the pod may have opened a new mapping meanwhile; it wins.
-            if maps.insert(ep, m, BPF_NOEXIST).is_ok() {
-                r.evicted_mappings_restored += 1;
-            }
-            mapped.insert(ep);
-        }
-        let k = Claim4 { remote: if eif { [0; 4] } else { remote }, ext_port: ext, proto: ep.proto, _pad: 0 };
-        if claims.get(&k, 0).is_err() && claims.insert(k, ep, BPF_NOEXIST).is_ok() {
-            r.evicted_claims_restored += 1;
-        }
-    }
-    let mut orphans = Vec::new();
-    for item in claims.iter() {
-        let Ok((k, owner)) = item else { continue };
-        r.claims_seen += 1;
-        if !mapped.contains(&owner) && !live_ports.contains(&(owner, k.ext_port)) {
-            orphans.push((k, owner));
-        }
-    }
-    // Endpoints whose flows all ended this pass while their mapping was already gone.
-    let mut lost: HashSet<Endpoint4> = dead_eps
-        .into_iter()
-        .filter(|ep| !mapped.contains(ep) && !live_eps.contains(ep) && maps.get(ep, 0).is_err())
-        .collect();
-    for (k, owner) in orphans {
-        // The programs claim a port just before they insert its mapping: one made since this
-        // pass read nat4_map is not an orphan.
-        if maps.get(&owner, 0).is_ok() {
-            continue;
-        }
-        ignore_missing(claims.remove(&k)).map_err(map_err(nat_maps::NAT4_CLAIM))?;
-        r.orphan_claims_removed += 1;
-        r.claims_seen -= 1;
-        lost.insert(owner);
-    }
-    if !lost.is_empty() {
-        // A mapping the LRU evicted and that no flow brings back: the programs counted it when
-        // they created it, nobody deleted it through the daemon; credit it now. (A restored one
-        // is the same mapping again: still counted once, nothing to credit.)
-        let ids = PodIds::read(pins)?;
-        let mut freed = Freed::default();
-        for ep in &lost {
-            if let Some(id) = ids.by_ipv4.get(&ep.addr) {
-                freed.mapping(*id);
-            }
-        }
-        freed.credit(pins)?;
-    }
-    r.evicted_mappings_lost = lost.len();
-    Ok(())
+    lock: &'a dyn Fn() -> Box<dyn crate::snat::gc::Held + 'a>,
+) -> Result<GcReport, crate::snat::gc::GcError> {
+    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?.with_lock(lock), t, now)
 }
 
 /// Occupancy of the three LRU maps after a GC pass: `(name, entries, max_entries)`.

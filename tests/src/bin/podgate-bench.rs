@@ -1,5 +1,5 @@
 //! The benchmark binary `cargo xtask bench` builds and drives:
-//! - `micro [--quick] [--out FILE]`: per-packet and scale measurements with BPF_PROG_TEST_RUN
+//! - `micro [--quick] [--gc-only] [--out FILE]`: per-packet and scale measurements with BPF_PROG_TEST_RUN
 //!   (podgate_tests::bench), JSON to FILE;
 //! - `tcp-server --port P --secs S`: a minimal HTTP/1.0 server that closes first, so the
 //!   server keeps TIME_WAIT like a real web server does (the churn DESIGN.md §4 describes);
@@ -60,11 +60,17 @@ fn micro(args: &[String]) -> Result<()> {
     if let Some(r) = value(args, "--repeat")? {
         o.repeat = r;
     }
+    let gc_only = flag(args, "--gc-only");
+    if gc_only {
+        // The 1M scale point and its GC passes (batched and per-key reference) alone.
+        o.scale_ninety = false;
+        o.scale_sizes = vec![1_000_000];
+    }
     if flag(args, "--no-scale") {
         o.scale_sizes.clear();
     }
     let out: PathBuf = value::<String>(args, "--out")?.map(PathBuf::from).unwrap_or_else(|| bench::default_out(&std::env::current_dir().unwrap_or_default()));
-    let r = bench::micro(&o)?;
+    let r = if gc_only { bench::scale_only(&o)? } else { bench::micro(&o)? };
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }

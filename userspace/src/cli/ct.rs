@@ -22,6 +22,9 @@ pub enum CtVerb {
         /// Only flows to this remote address.
         #[arg(long)]
         dst: Option<String>,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Forget one pod's flows and mappings.
     Flush {
@@ -32,8 +35,8 @@ pub enum CtVerb {
 
 pub fn run(v: CtVerb, ctl: &Ctl) -> Result<()> {
     match v {
-        CtVerb::List { json, ipv6, pod, proto, dst } => {
-            let rows = ctl.result(Request::CtList(CtFilter { ipv6, pod, proto, dst }))?;
+        CtVerb::List { json, ipv6, pod, proto, dst, limit } => {
+            let rows = ctl.result(Request::CtList(CtFilter { ipv6, pod, proto, dst, limit }))?;
             if ipv6 {
                 super::table::print(json, &["PROTO", "POD", "REMOTE", "OPENED BY", "RULE", "IDLE(s)", "PKTS OUT", "PKTS IN"], &rows, |r| {
                     vec![

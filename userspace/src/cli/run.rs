@@ -256,79 +256,18 @@ async fn daemon_loop(
     };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut pressure = false;
-    let mut next = Duration::ZERO;
+    // The GC runs on a thread of its own: a pass over a million entries takes a while and must
+    // stall neither the control socket, nor /metrics, nor the fragment slow path's liveness
+    // refresh (all on this runtime).
+    let (stop_gc, stopped) = std::sync::mpsc::channel::<()>();
+    let gc_thread = {
+        let (pins, cfg, daemon, metrics) = (pins.clone(), cfg.clone(), daemon.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("podgate-gc".into())
+            .spawn(move || gc_loop(&pins, &cfg, &daemon, &metrics, stopped))?
+    };
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(next) => {
-                // A GC pass is a mutation like any other: never in the middle of a pod add.
-                let _serialized = daemon.lock();
-                match dataplane::follow_uplink_ipv4(pins, &cfg.node) {
-                    Ok(Some((old, new))) => warn!(%old, %new, "uplink address changed: translating to the new one"),
-                    Ok(None) => {}
-                    Err(e) => warn!("reading the uplink address: {e:#}"),
-                }
-                let started = std::time::Instant::now();
-                let now = nat::boottime_ns();
-                let r = nat::gc(pins, &cfg.node.timeouts, now);
-                let mut pressure6 = false;
-                match podgate::sg_maps::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now) {
-                    Ok(r6) => {
-                        if r6.pressure {
-                            warn!(?r6, "ct6 near full: unassured flows dropped early, new inbound flows refused (drop_sg6_ct_pressure) until GC frees room");
-                        } else if r6.flows_expired + r6.frags_expired > 0 {
-                            info!(?r6, "gc ipv6");
-                        }
-                        pressure6 = r6.pressure;
-                    }
-                    Err(e) => warn!("ipv6 gc pass failed: {e:#}"),
-                }
-                let mut m = metrics.lock().expect("metrics lock");
-                m.gc_runs += 1;
-                m.gc_seconds_total += started.elapsed().as_secs_f64();
-                match r {
-                    Ok(r) => {
-                        if r.flows_expired + r.mappings_expired + r.evictions() > 0 {
-                            info!(?r, "gc");
-                        } else {
-                            debug!(?r, "gc");
-                        }
-                        if r.evictions() > 0 {
-                            warn!(restored_mappings = r.evicted_mappings_restored, restored_claims = r.evicted_claims_restored,
-                                  lost_mappings = r.evicted_mappings_lost, "the LRU evicted live NAT state (repaired)");
-                        }
-                        m.evicted_mappings_restored += r.evicted_mappings_restored as u64;
-                        m.evicted_claims_restored += r.evicted_claims_restored as u64;
-                        m.evicted_mappings_lost += r.evicted_mappings_lost as u64;
-                        match nat::update_pressure(pins, &r, pressure) {
-                            Ok(p) => {
-                                if p != pressure {
-                                    let occ: Vec<String> = nat::occupancy(pins, &r).iter().map(|(n, u, x)| format!("{n} {u}/{x}")).collect();
-                                    if p {
-                                        warn!(occupancy = %occ.join(", "), "NAT maps near full: refusing new flows (drop_map_full) until GC frees room");
-                                    } else {
-                                        info!(occupancy = %occ.join(", "), "NAT maps below the low-water mark: new flows accepted again");
-                                    }
-                                }
-                                if p {
-                                    m.pressure_passes += 1;
-                                }
-                                pressure = p;
-                                m.pressure = p;
-                            }
-                            Err(e) => warn!("setting nat4_pressure: {e:#}"),
-                        }
-                        m.last_gc = r;
-                    }
-                    Err(e) => {
-                        m.gc_errors += 1;
-                        warn!("gc pass failed: {e:#}");
-                    }
-                }
-                // Under pressure the next pass comes sooner: new flows are being refused until
-                // a pass finds room.
-                next = Duration::from_secs(if pressure || pressure6 { 1 } else { cfg.node.gc_interval_secs });
-            }
             r = async { bpf_log.as_mut().expect("guarded").readable_mut().await }, if bpf_log.is_some() => {
                 let mut guard = r?;
                 guard.get_inner_mut().flush();
@@ -338,6 +277,9 @@ async fn daemon_loop(
             _ = int.recv() => break,
         }
     }
+    drop(stop_gc);
+    // A pass in progress finishes first: its deletions and repairs are never left half-done.
+    let _ = tokio::task::spawn_blocking(move || gc_thread.join()).await;
     if bpf_log.is_some() {
         // Nobody reads the log buffer once this daemon is gone: stop the programs writing it.
         if let Err(e) = dataplane::set_node_flag(pins, podgate_common::node_flags::BPF_LOG, false) {
@@ -346,6 +288,103 @@ async fn daemon_loop(
     }
     info!("exiting; programs stay attached and maps pinned (`podgate reset` removes them)");
     Ok(())
+}
+
+/// GC passes until `stop` is dropped: IPv4 NAT (its walks without the daemon's lock, its
+/// repairs under it), then IPv6; the next pass comes sooner as the tables fill.
+fn gc_loop(pins: &Pins, cfg: &Config, daemon: &Daemon, metrics: &Mutex<DaemonMetrics>, stop: std::sync::mpsc::Receiver<()>) {
+    let mut pressure = false;
+    let mut next = Duration::ZERO;
+    let lock = || Box::new(daemon.lock()) as Box<dyn podgate::snat::gc::Held + '_>;
+    loop {
+        match stop.recv_timeout(next) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        {
+            let _serialized = daemon.lock();
+            match dataplane::follow_uplink_ipv4(pins, &cfg.node) {
+                Ok(Some((old, new))) => warn!(%old, %new, "uplink address changed: translating to the new one"),
+                Ok(None) => {}
+                Err(e) => warn!("reading the uplink address: {e:#}"),
+            }
+        }
+        let started = std::time::Instant::now();
+        let now = nat::boottime_ns();
+        let r = nat::gc_locked(pins, &cfg.node.timeouts, now, &lock);
+        let mut pressure6 = false;
+        {
+            let _serialized = daemon.lock();
+            match podgate::sg_maps::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now) {
+                Ok(r6) => {
+                    if r6.pressure {
+                        warn!(?r6, "ct6 near full: unassured flows dropped early, new inbound flows refused (drop_sg6_ct_pressure) until GC frees room");
+                    } else if r6.flows_expired + r6.frags_expired > 0 {
+                        info!(?r6, "gc ipv6");
+                    }
+                    pressure6 = r6.pressure;
+                }
+                Err(e) => warn!("ipv6 gc pass failed: {e:#}"),
+            }
+        }
+        let mut fullest = 0.0_f64;
+        let mut high = 0.9_f64;
+        let mut m = metrics.lock().expect("metrics lock");
+        m.gc_runs += 1;
+        m.gc_seconds_total += started.elapsed().as_secs_f64();
+        match r {
+            Ok(r) => {
+                if r.flows_expired + r.mappings_expired + r.evictions() > 0 {
+                    info!(?r, entries_per_sec = podgate::snat::gc::entries_per_sec(&r) as u64, "gc");
+                } else {
+                    debug!(?r, "gc");
+                }
+                if r.evictions() > 0 {
+                    warn!(restored_mappings = r.evicted_mappings_restored, restored_claims = r.evicted_claims_restored,
+                          lost_mappings = r.evicted_mappings_lost, "the LRU evicted live NAT state (repaired)");
+                }
+                m.evicted_mappings_restored += r.evicted_mappings_restored as u64;
+                m.evicted_claims_restored += r.evicted_claims_restored as u64;
+                m.evicted_mappings_lost += r.evicted_mappings_lost as u64;
+                let occ = nat::occupancy(pins, &r);
+                let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
+                for &(_, used, max) in &occ {
+                    if max > 0 && used as f64 / max as f64 >= fullest {
+                        fullest = used as f64 / max as f64;
+                        high = podgate_common::pressure::high_water(max, ncpus) as f64 / max as f64;
+                    }
+                }
+                match nat::update_pressure(pins, &r, pressure) {
+                    Ok(p) => {
+                        if p != pressure {
+                            let occ: Vec<String> = occ.iter().map(|(n, u, x)| format!("{n} {u}/{x}")).collect();
+                            if p {
+                                warn!(occupancy = %occ.join(", "), "NAT maps near full: refusing new flows (drop_map_full) until GC frees room");
+                            } else {
+                                info!(occupancy = %occ.join(", "), "NAT maps below the low-water mark: new flows accepted again");
+                            }
+                        }
+                        if p {
+                            m.pressure_passes += 1;
+                        }
+                        pressure = p;
+                        m.pressure = p;
+                    }
+                    Err(e) => warn!("setting nat4_pressure: {e:#}"),
+                }
+                m.last_gc = r;
+            }
+            Err(e) => {
+                m.gc_errors += 1;
+                warn!("gc pass failed: {e:#}");
+            }
+        }
+        // Under pressure (IPv4 or ct6) the next pass comes once a second: new flows are being refused until
+        // a pass finds room; short of it, sooner as the fullest table nears its high-water mark.
+        let base = Duration::from_secs(cfg.node.gc_interval_secs);
+        next = if pressure || pressure6 { Duration::from_secs(1).min(base) } else { podgate::snat::gc::next_interval(base, fullest, high) };
+        m.gc_next_secs = next.as_secs_f64();
+    }
 }
 
 /// A minimal HTTP/1.0 responder: Prometheus needs nothing more than GET /metrics.

@@ -229,9 +229,22 @@ pub fn table(all: &Value) -> String {
         }
         if let Some(gc) = sc["gc"].as_array() {
             for p in gc {
+                // The per-key walk of the same pass in the same run, for the ratio.
+                let reference = gc.iter().find(|r| r["what"] == p["what"] && r["walk"] == "per-key reference");
+                let ratio = match (reference, p["walk"].as_str()) {
+                    (Some(r), Some("batched")) => format!(
+                        "; per-key walk {:.2} s ({:.1}× slower)",
+                        f(&r["seconds"]).unwrap_or(f64::NAN),
+                        f(&r["seconds"]).unwrap_or(f64::NAN) / f(&p["seconds"]).unwrap_or(f64::NAN)
+                    ),
+                    _ => String::new(),
+                };
+                if p["walk"] == "per-key reference" {
+                    continue;
+                }
                 let _ = writeln!(
                     o,
-                    "- GC pass ({}): {:.2} s over {} flows / {} mappings; expired {} flows, {} mappings, {} claims",
+                    "- GC pass ({}): {:.2} s over {} flows / {} mappings; expired {} flows, {} mappings, {} claims{ratio}",
                     s(&p["what"]), f(&p["seconds"]).unwrap_or(f64::NAN), p["flows_seen"], p["mappings_seen"], p["flows_expired"], p["mappings_expired"], p["claims_removed"]
                 );
             }

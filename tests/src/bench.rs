@@ -436,7 +436,7 @@ impl Drop for PinDir {
 
 fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64) -> Result<GcPass> {
     let t = Instant::now();
-    let r = podgate::nat::gc(pins, &Timeouts::default(), now)?;
+    let r = podgate::nat::gc(pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, now)?;
     Ok(GcPass {
         what: what.into(),
         flows_seen: r.flows_seen,

@@ -194,14 +194,14 @@ pub struct GcPreview {
     pub frags_would_expire: usize,
 }
 
-pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcPreview, DataplaneError> {
+pub fn gc_preview(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<GcPreview, DataplaneError> {
     use std::collections::HashMap as Map;
     let mut r = GcPreview::default();
     let ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
     let mut live_flows: Map<Endpoint4, u32> = Map::new();
     for (k, v) in ct.iter().filter_map(Result::ok) {
         r.flows_seen += 1;
-        if nat_rules::ct_expired(&k, &v, now, t) {
+        if nat_rules::ct_expired(&k, &v, now, t, unanswered_secs) {
             r.flows_would_expire += 1;
         } else {
             let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
@@ -224,7 +224,7 @@ pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcPreview, Data
 /// only they used; then mappings that no live flow holds and that sat idle for their protocol's
 /// timeout, with every claim still pointing at them and the owning pod's quota count; then
 /// stale fragment records.
-pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneError> {
+pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<GcReport, DataplaneError> {
     use std::collections::{HashMap as Map, HashSet};
     let start = Instant::now();
     let mut r = GcReport::default();
@@ -239,7 +239,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneErro
         let Ok((k, v)) = item else { continue };
         r.flows_seen += 1;
         let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
-        if nat_rules::ct_expired(&k, &v, now, t) {
+        if nat_rules::ct_expired(&k, &v, now, t, unanswered_secs) {
             dead.push((k, v, ep));
         } else {
             *live_flows.entry(ep).or_default() += 1;
@@ -429,15 +429,31 @@ pub fn occupancy(pins: &Pins, r: &GcReport) -> Vec<(&'static str, u64, u64)> {
 }
 
 /// Decides from a pass's occupancy whether the programs must refuse new flows
-/// (`podgate_common::pressure`), writes the answer to `nat4_pressure` and returns it.
+/// (`podgate_common::pressure`), writes the answer to `nat4_pressure` and returns whether every
+/// new flow is refused.
 pub fn update_pressure(pins: &Pins, r: &GcReport, was: bool) -> Result<bool, DataplaneError> {
     use aya::maps::Array;
     let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
-    let on = occupancy(pins, r)
-        .iter()
-        .any(|&(_, used, max)| podgate_common::pressure::under_pressure(was, used, max, ncpus));
+    let occ = occupancy(pins, r);
+    let on = occ.iter().any(|&(_, used, max)| podgate_common::pressure::under_pressure(was, used, max, ncpus));
+    let level = pressure_level(&occ, on, ncpus);
     let mut a: Array<MapData, u32> = Array::try_from(crate::dataplane::open_map(pins, nat_maps::NAT4_PRESSURE)?)
         .map_err(map_err(nat_maps::NAT4_PRESSURE))?;
-    a.set(0, u32::from(on), 0).map_err(map_err(nat_maps::NAT4_PRESSURE))?;
+    a.set(0, level, 0).map_err(map_err(nat_maps::NAT4_PRESSURE))?;
     Ok(on)
+}
+
+/// The `nat4_pressure` value (`podgate_common::nat::pressure_level`): `FULL` when every new flow
+/// must be refused (`on`, a map above its high-water mark), else `INBOUND` from `ct4`'s
+/// low-water mark on, so that flows a remote opens are refused a tenth of the map before the
+/// pods' own ones are.
+pub fn pressure_level(occupancy: &[(&'static str, u64, u64)], on: bool, ncpus: u64) -> u32 {
+    use podgate_common::nat::pressure_level as level;
+    if on {
+        return level::FULL;
+    }
+    let inbound = occupancy
+        .iter()
+        .any(|&(name, used, max)| name == nat_maps::CT4 && used >= podgate_common::pressure::low_water(max, ncpus));
+    if inbound { level::INBOUND } else { level::NONE }
 }

@@ -270,7 +270,7 @@ async fn daemon_loop(
                 }
                 let started = std::time::Instant::now();
                 let now = nat::boottime_ns();
-                let r = nat::gc(pins, &cfg.node.timeouts, now);
+                let r = nat::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now);
                 let mut pressure6 = false;
                 match podgate::sg_maps::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now) {
                     Ok(r6) => {

@@ -2,9 +2,9 @@
 //! Only atomic adds touch them here, so no increment is lost to another CPU, and the daemon's
 //! deletions go to `pod_freed` instead: nobody read-modify-writes another writer's field.
 
-use podgate_common::PodUsage;
+use podgate_common::{PodUsage, sg::pod_flow_admits};
 
-use crate::maps::{POD_FREED, POD_USAGE};
+use crate::maps::{NODE, POD_FREED, POD_USAGE};
 
 /// Which tally an entry counts in.
 #[derive(Clone, Copy)]
@@ -27,7 +27,7 @@ pub fn charge(id: u32, kind: Kind) {
             Kind::Flow4 => &raw mut (*u).flows4,
         }
     };
-    atomic_add(f);
+    crate::atomic::add_one(f);
 }
 
 /// What pod `id` holds now of `kind`: created minus freed. Reads the two fields only (no
@@ -46,12 +46,11 @@ pub fn held(id: u32, kind: Kind) -> u64 {
     u.saturating_sub(f)
 }
 
-/// `*p += 1` as one atomic instruction (no fetch: the old value is not needed, which keeps the
-/// instruction within what every supported kernel verifies).
-#[inline(always)]
-fn atomic_add(p: *mut u64) {
-    // SAFETY: `p` is an aligned u64 in map memory, valid for the program run.
-    unsafe {
-        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) 1u64, options(nostack));
-    }
+/// Whether pod `id` may get one more inbound-created `ct4` flow: it holds less than 7/8 of
+/// `[limits] pod_flows` IPv4 flows (the reserve `sg::pod_flow_admits` keeps for ct6 too; the
+/// pod's own flows are not bounded by it here, only by its mappings' quota and the maps).
+#[inline(never)]
+pub fn inbound_flow_admits(id: u32) -> bool {
+    let bound = NODE.get(0).map_or(0, |n| n.pod_flows);
+    bound == 0 || pod_flow_admits(held(id, Kind::Flow4), bound, true)
 }

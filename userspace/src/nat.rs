@@ -457,3 +457,22 @@ pub fn pressure_level(occupancy: &[(&'static str, u64, u64)], on: bool, ncpus: u
         .any(|&(name, used, max)| name == nat_maps::CT4 && used >= podgate_common::pressure::low_water(max, ncpus));
     if inbound { level::INBOUND } else { level::NONE }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podgate_common::{nat::pressure_level as level, pressure};
+
+    #[test]
+    fn inbound_flows_are_refused_before_the_pods_own() {
+        let (max, n) = (16_384, 2);
+        let occ = |ct4: u64| [(nat_maps::CT4, ct4, max), (nat_maps::NAT4_MAP, 10, max), (nat_maps::NAT4_CLAIM, 10, max)];
+        assert_eq!(pressure_level(&occ(pressure::low_water(max, n) - 1), false, n), level::NONE);
+        assert_eq!(pressure_level(&occ(pressure::low_water(max, n)), false, n), level::INBOUND);
+        assert_eq!(pressure_level(&occ(pressure::high_water(max, n)), true, n), level::FULL);
+        // A full mapping table refuses everything; it alone never refuses inbound flows first.
+        let maps_full = [(nat_maps::CT4, 10, max), (nat_maps::NAT4_MAP, max, max)];
+        assert_eq!(pressure_level(&maps_full, false, n), level::NONE);
+        assert_eq!(pressure_level(&maps_full, true, n), level::FULL);
+    }
+}

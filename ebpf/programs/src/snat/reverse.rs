@@ -9,7 +9,7 @@ use podgate_common::{
     NodeConfig,
     nat::{
         Claim4, Ct4, Endpoint4, FRAG_PASS, Flow4, FragKey4, FragVal4, PROTO_ICMP, PROTO_TCP,
-        PROTO_UDP, ct4_flags, frag_pass_may_replace, is_frag_pass, pressure_level,
+        PROTO_UDP, ct4_flags, frag_pass_may_replace, is_frag_pass,
     },
     stats::Counter,
     tcp::{self, Dir, TcpState},
@@ -25,7 +25,7 @@ use super::{
     usage::{self, Kind},
 };
 use crate::{
-    maps::{CT4, FRAG4, NAT4_CLAIM, NAT4_MAP, NAT4_PRESSURE, NODE, PODS},
+    maps::{CT4, FRAG4, NAT4_CLAIM, NAT4_MAP, NODE, PODS},
     verdict::{Verdict, count},
 };
 
@@ -184,15 +184,10 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp
     };
     // SAFETY: map value pointer.
     let m = unsafe { *m };
-    if NAT4_PRESSURE.get(0).is_some_and(|p| *p != pressure_level::NONE) {
-        return Err(Counter::DropMapFull);
-    }
-    // SAFETY: map value pointer, valid for the program run.
-    let pod_id = PODS.get_ptr(&m.pod_ifindex).map(|p| unsafe { (*p).id });
-    if let Some(id) = pod_id {
-        if !usage::inbound_flow_admits(id) {
-            return Err(Counter::DropNat4PodFlows);
-        }
+    match usage::admit_inbound(m.pod_ifindex) {
+        usage::ADMIT => {}
+        usage::REFUSE_POD_FLOWS => return Err(Counter::DropNat4PodFlows),
+        _ => return Err(Counter::DropMapFull),
     }
     let state = if ip.proto == PROTO_TCP {
         tcp::next(TcpState::None, Dir::In, tcp_flags) as u8
@@ -214,8 +209,9 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp
         packets_in: 1,
     };
     if CT4.insert(&flow, &ct, BPF_NOEXIST as u64).is_ok() {
-        if let Some(id) = pod_id {
-            usage::charge(id, Kind::Flow4);
+        // SAFETY: map value pointer.
+        if let Some(pod) = PODS.get_ptr(&m.pod_ifindex) {
+            usage::charge(unsafe { (*pod).id }, Kind::Flow4);
         }
         return Ok(());
     }

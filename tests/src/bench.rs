@@ -439,9 +439,9 @@ impl Drop for PinDir {
 fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64, reference: bool) -> Result<GcPass> {
     let t = Instant::now();
     let r = if reference {
-        crate::bench_gc_ref::reference_gc(pins, &Timeouts::default(), now)?
+        crate::bench_gc_ref::reference_gc(pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, now)?
     } else {
-        podgate::nat::gc(pins, &Timeouts::default(), now)?
+        podgate::nat::gc(pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, now)?
     };
     Ok(GcPass {
         what: what.into(),

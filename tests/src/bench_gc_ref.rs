@@ -34,7 +34,7 @@ fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
 /// only they used; then mappings that no live flow holds and that sat idle for their protocol's
 /// timeout, with every claim still pointing at them and the owning pod's quota count; then
 /// stale fragment records.
-pub fn reference_gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, DataplaneError> {
+pub fn reference_gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<GcReport, DataplaneError> {
     use std::collections::{HashMap as Map, HashSet};
     let start = Instant::now();
     let mut r = GcReport::default();
@@ -49,7 +49,7 @@ pub fn reference_gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, Dat
         let Ok((k, v)) = item else { continue };
         r.flows_seen += 1;
         let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
-        if nat_rules::ct_expired(&k, &v, now, t) {
+        if nat_rules::ct_expired(&k, &v, now, t, unanswered_secs) {
             dead.push((k, v, ep));
         } else {
             *live_flows.entry(ep).or_default() += 1;

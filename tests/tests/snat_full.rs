@@ -79,7 +79,7 @@ fn near_full_maps_refuse_new_flows_and_recover_after_gc() {
         assert_eq!(open_udp(&mut env, i).verdict, TC_ACT_OK, "flow {i}");
     }
     // The daemon's pass: nothing expired, occupancy at the high-water mark.
-    let r = nat::gc(&view.pins, &Timeouts::default(), nat::boottime_ns()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, nat::boottime_ns()).unwrap();
     assert_eq!((r.flows_seen, r.mappings_seen, r.claims_seen), (high as usize, high as usize, high as usize));
     assert_eq!(r.evictions(), 0, "{r:?}");
     assert!(nat::update_pressure(&view.pins, &r, false).unwrap(), "at the high-water mark");
@@ -104,12 +104,12 @@ fn near_full_maps_refuse_new_flows_and_recover_after_gc() {
     assert_no_port_leak(&env);
 
     // Between the marks the guard stays on (no flapping at every pass).
-    let r = nat::gc(&view.pins, &Timeouts::default(), nat::boottime_ns()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, nat::boottime_ns()).unwrap();
     assert!(nat::update_pressure(&view.pins, &r, true).unwrap());
 
     // Recovery: the flows time out (a later GC clock), the pass frees the maps, new flows work.
     let later = nat::boottime_ns() + 3600 * 1_000_000_000;
-    let r = nat::gc(&view.pins, &Timeouts::default(), later).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, later).unwrap();
     assert_eq!((r.flows_expired, r.mappings_expired), (high as usize, high as usize));
     assert!(!nat::update_pressure(&view.pins, &r, true).unwrap());
     assert_eq!(open_udp(&mut env, high + 100).verdict, TC_ACT_OK);
@@ -187,7 +187,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     // Updating an entry of a full LRU map (the aging above) evicts too: look again.
     let mapped: HashSet<_> = env.mappings().into_iter().map(|(k, _)| k).collect();
     let evicted: Vec<u32> = (0..FLOWS).filter(|&i| !mapped.contains(&endpoint(i))).collect();
-    let r = nat::gc(&view.pins, &Timeouts::default(), gc_clock()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
     let restore = evicted.iter().filter(|&&i| i % 3 == 0).count();
     let lost = evicted.iter().filter(|&&i| i % 3 != 0).count();
     assert_eq!(r.flows_expired, ended.len(), "{r:?}");
@@ -202,7 +202,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     assert_no_port_leak(&env);
 
     // A second pass finds nothing more.
-    let r = nat::gc(&view.pins, &Timeouts::default(), gc_clock()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
     assert_eq!(r.evictions(), 0, "{r:?}");
 
     // Flow and mapping both evicted (claims left behind, owned by nobody): the GC removes the
@@ -218,7 +218,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     for &i in &live[..10] {
         m.remove(&endpoint(i)).unwrap();
     }
-    let r = nat::gc(&view.pins, &Timeouts::default(), gc_clock()).unwrap();
+    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
     assert_eq!((r.evicted_mappings_lost, r.orphan_claims_removed), (10, 10), "{r:?}");
     assert_no_port_leak(&env);
     assert_eq!(env.mappings().len(), live.len() - 10);
@@ -306,5 +306,5 @@ fn refreshes_race_gc_passes(gc: GcFn) {
             deletion writes through the program's map-value pointer into an element the GC then \
             deletes; the flow loses its ct4 entry (and its claim) until its next packet"]
 fn gc_passes_racing_refreshes_never_take_a_live_flows_state() {
-    refreshes_race_gc_passes(|p, t, n| Ok(nat::gc(p, t, n)?));
+    refreshes_race_gc_passes(|p, t, n| Ok(nat::gc(p, t, podgate::config::DEFAULT_UNANSWERED_SECS, n)?));
 }

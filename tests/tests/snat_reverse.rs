@@ -624,3 +624,58 @@ fn mapping_quota_counts_usage_minus_freed() {
     open(&mut env, &udp(POD_A, 5004, REMOTE1, 53, b"q"));
     assert_eq!(env.usage(a).mappings, 3);
 }
+
+fn set_node(env: &mut Env, f: impl FnOnce(&mut podgate_common::NodeConfig)) {
+    let mut a: aya::maps::Array<_, podgate_common::NodeConfig> =
+        aya::maps::Array::try_from(env.h.ebpf.map_mut("node").unwrap()).unwrap();
+    let mut n = a.get(&0, 0).unwrap();
+    f(&mut n);
+    a.set(0, n, 0).unwrap();
+}
+
+fn set_pressure(env: &mut Env, level: u32) {
+    let mut a: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(env.h.ebpf.map_mut("nat4_pressure").unwrap()).unwrap();
+    a.set(0, level, 0).unwrap();
+}
+
+/// Inbound-created flows stop at 7/8 of `pod_flows` (the packet dropped and counted), while the
+/// pod's own new flows and the flows it holds go on; an answer marks the flow; the `INBOUND`
+/// pressure level refuses flows a remote opens but not the pod's, `FULL` refuses both.
+#[test]
+fn inbound_created_flows_are_bounded_per_pod_and_refused_first() {
+    use podgate_common::nat::{ct4_flags, pressure_level};
+    let mut env = Env::new();
+    set_node(&mut env, |n| n.pod_flows = 8);
+    let a = env.pod_a;
+    let ext = open(&mut env, &udp(POD_A, 5000, REMOTE1, 53, b"q"));
+    for sport in 6000..6006 {
+        let (pass, _) = run(&mut env, Path::Xdp, &udp(REMOTE1, sport, NODE_IP, ext, b"in"));
+        assert!(pass, "inbound flow {sport} refused below the bound");
+    }
+    assert_eq!(env.usage(a).flows4, 7);
+    let (pass, _) = run(&mut env, Path::Tc, &udp(REMOTE1, 6100, NODE_IP, ext, b"in"));
+    assert!(!pass, "an eighth inbound flow got in");
+    assert_eq!(env.counter(Counter::DropNat4PodFlows), 1);
+    assert!(env.ct(flow(POD_A, 5000, REMOTE1, 6100, UDP)).is_none());
+    let (pass, _) = run(&mut env, Path::Xdp, &udp(REMOTE1, 6000, NODE_IP, ext, b"again"));
+    assert!(pass, "a tracked flow is never refused");
+    open(&mut env, &udp(POD_A, 5000, REMOTE2, 53, b"own"));
+    assert_eq!(env.usage(a).flows4, 8, "the pod's own flow uses the reserve");
+
+    let f = flow(POD_A, 5000, REMOTE1, 6000, UDP);
+    assert_eq!(env.ct(f).unwrap().flags, ct4_flags::INBOUND);
+    snat_ok(&mut env, a, &udp(POD_A, 5000, REMOTE1, 6000, b"answer"));
+    assert_eq!(env.ct(f).unwrap().flags, ct4_flags::INBOUND | ct4_flags::ANSWERED);
+
+    env.set_freed(a, podgate_common::PodUsage { mappings: 0, flows4: 100, flows6: 0 });
+    set_pressure(&mut env, pressure_level::INBOUND);
+    let (pass, _) = run(&mut env, Path::Xdp, &udp(REMOTE1, 6200, NODE_IP, ext, b"in"));
+    assert!(!pass, "an inbound flow got in under INBOUND pressure");
+    assert_eq!(env.counter(Counter::DropMapFull), 1);
+    open(&mut env, &udp(POD_A, 5002, REMOTE1, 53, b"own"));
+    set_pressure(&mut env, pressure_level::FULL);
+    let out = env.egress(a, &udp(POD_A, 5004, REMOTE1, 53, b"q"));
+    assert_ne!(out.verdict, TC_ACT_OK, "a new outbound flow got in under FULL pressure");
+    assert_eq!(env.counter(Counter::DropMapFull), 2);
+}

@@ -429,11 +429,11 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             };
             // IPv4 counters stay at the top level; the IPv6 pass is nested under "ipv6".
             let mut out = if *dry_run {
-                let mut out = to_value(nat::gc_preview(pins, &node.timeouts, now)?)?;
+                let mut out = to_value(nat::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
                 out["ipv6"] = to_value(sg_maps::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
                 out
             } else {
-                let mut out = to_value(nat::gc(pins, &node.timeouts, now)?)?;
+                let mut out = to_value(nat::gc(pins, &node.timeouts, unanswered, now)?)?;
                 out["ipv6"] = to_value(sg_maps::gc(pins, &node.timeouts, unanswered, now)?)?;
                 out
             };

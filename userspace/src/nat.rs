@@ -202,14 +202,14 @@ pub struct GcPreview {
     pub frags_would_expire: usize,
 }
 
-pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcPreview, DataplaneError> {
+pub fn gc_preview(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<GcPreview, DataplaneError> {
     use std::collections::HashMap as Map;
     let mut r = GcPreview::default();
     let ct: HashMap<MapData, Flow4, Ct4> = open_hash(pins, nat_maps::CT4)?;
     let mut live_flows: Map<Endpoint4, u32> = Map::new();
     for (k, v) in ct.iter().filter_map(Result::ok) {
         r.flows_seen += 1;
-        if nat_rules::ct_expired(&k, &v, now, t) {
+        if nat_rules::ct_expired(&k, &v, now, t, unanswered_secs) {
             r.flows_would_expire += 1;
         } else {
             let ep = Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
@@ -229,8 +229,8 @@ pub fn gc_preview(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcPreview, Data
 
 /// One garbage-collection pass at time `now` (CLOCK_BOOTTIME ns) over the pinned maps, with
 /// batched reads and deletions (`crate::snat::gc`).
-pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, crate::snat::gc::GcError> {
-    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?, t, now)
+pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<GcReport, crate::snat::gc::GcError> {
+    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?, t, unanswered_secs, now)
 }
 
 /// [`gc`] with its writes (eviction repair, crediting) under `lock`, the daemon's mutation lock;
@@ -238,10 +238,11 @@ pub fn gc(pins: &Pins, t: &Timeouts, now: u64) -> Result<GcReport, crate::snat::
 pub fn gc_locked<'a>(
     pins: &'a Pins,
     t: &Timeouts,
+    unanswered_secs: u32,
     now: u64,
     lock: &'a dyn Fn() -> Box<dyn crate::snat::gc::Held + 'a>,
 ) -> Result<GcReport, crate::snat::gc::GcError> {
-    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?.with_lock(lock), t, now)
+    crate::snat::gc::pass(&crate::snat::gc::KernelNat::open(pins)?.with_lock(lock), t, unanswered_secs, now)
 }
 
 /// Occupancy of the three LRU maps after a GC pass: `(name, entries, max_entries)`.
@@ -257,15 +258,50 @@ pub fn occupancy(pins: &Pins, r: &GcReport) -> Vec<(&'static str, u64, u64)> {
 }
 
 /// Decides from a pass's occupancy whether the programs must refuse new flows
-/// (`podgate_common::pressure`), writes the answer to `nat4_pressure` and returns it.
+/// (`podgate_common::pressure`), writes the answer to `nat4_pressure` and returns whether every
+/// new flow is refused.
 pub fn update_pressure(pins: &Pins, r: &GcReport, was: bool) -> Result<bool, DataplaneError> {
     use aya::maps::Array;
     let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
-    let on = occupancy(pins, r)
-        .iter()
-        .any(|&(_, used, max)| podgate_common::pressure::under_pressure(was, used, max, ncpus));
+    let occ = occupancy(pins, r);
+    let on = occ.iter().any(|&(_, used, max)| podgate_common::pressure::under_pressure(was, used, max, ncpus));
+    let level = pressure_level(&occ, on, ncpus);
     let mut a: Array<MapData, u32> = Array::try_from(crate::dataplane::open_map(pins, nat_maps::NAT4_PRESSURE)?)
         .map_err(map_err(nat_maps::NAT4_PRESSURE))?;
-    a.set(0, u32::from(on), 0).map_err(map_err(nat_maps::NAT4_PRESSURE))?;
+    a.set(0, level, 0).map_err(map_err(nat_maps::NAT4_PRESSURE))?;
     Ok(on)
+}
+
+/// The `nat4_pressure` value (`podgate_common::nat::pressure_level`): `FULL` when every new flow
+/// must be refused (`on`, a map above its high-water mark), else `INBOUND` from `ct4`'s
+/// low-water mark on, so that flows a remote opens are refused a tenth of the map before the
+/// pods' own ones are.
+pub fn pressure_level(occupancy: &[(&'static str, u64, u64)], on: bool, ncpus: u64) -> u32 {
+    use podgate_common::nat::pressure_level as level;
+    if on {
+        return level::FULL;
+    }
+    let inbound = occupancy
+        .iter()
+        .any(|&(name, used, max)| name == nat_maps::CT4 && used >= podgate_common::pressure::low_water(max, ncpus));
+    if inbound { level::INBOUND } else { level::NONE }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podgate_common::{nat::pressure_level as level, pressure};
+
+    #[test]
+    fn inbound_flows_are_refused_before_the_pods_own() {
+        let (max, n) = (16_384, 2);
+        let occ = |ct4: u64| [(nat_maps::CT4, ct4, max), (nat_maps::NAT4_MAP, 10, max), (nat_maps::NAT4_CLAIM, 10, max)];
+        assert_eq!(pressure_level(&occ(pressure::low_water(max, n) - 1), false, n), level::NONE);
+        assert_eq!(pressure_level(&occ(pressure::low_water(max, n)), false, n), level::INBOUND);
+        assert_eq!(pressure_level(&occ(pressure::high_water(max, n)), true, n), level::FULL);
+        // A full mapping table refuses everything; it alone never refuses inbound flows first.
+        let maps_full = [(nat_maps::CT4, 10, max), (nat_maps::NAT4_MAP, max, max)];
+        assert_eq!(pressure_level(&maps_full, false, n), level::NONE);
+        assert_eq!(pressure_level(&maps_full, true, n), level::FULL);
+    }
 }

@@ -46,6 +46,33 @@ pub mod map_names {
     pub const NAT4_PRESSURE: &str = "nat4_pressure";
 }
 
+/// Values of `nat4_pressure` (slot 0), written by the daemon after every GC pass.
+pub mod pressure_level {
+    /// New flows of every kind are admitted.
+    pub const NONE: u32 = 0;
+    /// Every new flow is refused (a map is above its high-water mark). 1, what older programs
+    /// took any non-zero value for.
+    pub const FULL: u32 = 1;
+    /// Only new inbound-created `ct4` entries are refused (`ct4` is above its low-water mark):
+    /// a flood from outside loses first, the pods' own new flows still get in up to the
+    /// high-water mark. Older programs read it as `FULL`, which is only stricter.
+    pub const INBOUND: u32 = 2;
+}
+
+/// Bits of `Ct4::flags`.
+pub mod ct4_flags {
+    /// The flow was created by an inbound packet (a remote opened it through a claim).
+    pub const INBOUND: u8 = 1 << 0;
+    /// The pod sent a packet of the flow: set on every outbound packet of a tracked flow.
+    pub const ANSWERED: u8 = 1 << 1;
+}
+
+/// An inbound-created flow the pod never answered: it expires after `[timeouts] unanswered`
+/// and counts against the inbound share of `[limits] pod_flows`.
+pub const fn ct4_unanswered(ct: &Ct4) -> bool {
+    ct.flags & ct4_flags::INBOUND != 0 && ct.flags & ct4_flags::ANSWERED == 0
+}
+
 /// ICMP echo uses the identifier as its "port".
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
@@ -187,8 +214,15 @@ pub const fn ct_timeout_ns(proto: u8, state: u8, t: &crate::Timeouts) -> u64 {
 
 /// Whether the daemon's GC should delete this `ct4` entry. `now_ns` is `CLOCK_BOOTTIME`. An
 /// entry stamped in the future (clock read on another CPU a moment later) is never expired.
-pub const fn ct_expired(flow: &Flow4, ct: &Ct4, now_ns: u64, t: &crate::Timeouts) -> bool {
-    now_ns > ct.last_seen_ns && now_ns - ct.last_seen_ns > ct_timeout_ns(flow.proto, ct.state, t)
+/// An inbound-created flow the pod never answered ([`ct4_unanswered`]) expires after
+/// `unanswered_secs` (`[timeouts] unanswered`) when that is shorter than its protocol's timeout.
+pub const fn ct_expired(flow: &Flow4, ct: &Ct4, now_ns: u64, t: &crate::Timeouts, unanswered_secs: u32) -> bool {
+    let mut timeout = ct_timeout_ns(flow.proto, ct.state, t);
+    let short = unanswered_secs as u64 * NS_PER_SEC;
+    if ct4_unanswered(ct) && short < timeout {
+        timeout = short;
+    }
+    now_ns > ct.last_seen_ns && now_ns - ct.last_seen_ns > timeout
 }
 
 /// The idle timeout of a mapping: the longest one its protocol can have, because the mapping is
@@ -266,6 +300,28 @@ mod tests {
     }
 
     #[test]
+    fn unanswered_inbound_flows_expire_early() {
+        let t = Timeouts::default();
+        let udp = flow(PROTO_UDP);
+        let base = 1_000 * S;
+        let mut c = ct(TcpState::None, base);
+        c.flags = ct4_flags::INBOUND;
+        assert!(ct4_unanswered(&c));
+        assert!(!ct_expired(&udp, &c, base + 5 * S, &t, 5));
+        assert!(ct_expired(&udp, &c, base + 6 * S, &t, 5), "never answered: the short timeout");
+        c.flags |= ct4_flags::ANSWERED;
+        assert!(!ct4_unanswered(&c));
+        assert!(!ct_expired(&udp, &c, base + 6 * S, &t, 5), "answered: the protocol's timeout");
+        let out = ct(TcpState::None, base);
+        assert!(!ct4_unanswered(&out), "the pod's own flows are never 'unanswered'");
+        assert!(!ct_expired(&udp, &out, base + 6 * S, &t, 5));
+        let mut c = ct(TcpState::None, base);
+        c.flags = ct4_flags::INBOUND;
+        assert!(!ct_expired(&udp, &c, base + 100 * S, &t, 100_000), "never longer than the protocol's");
+        assert!(ct_expired(&udp, &c, base + 301 * S, &t, 100_000));
+    }
+
+    #[test]
     fn defaults_meet_the_rfc_minimums() {
         let t = Timeouts::default();
         // RFC 4787 REQ-5/5c, RFC 5382 REQ-5, RFC 5508 REQ-2.
@@ -285,26 +341,30 @@ mod tests {
             &flow(PROTO_UDP),
             &ct(TcpState::None, base),
             base + 299 * S,
-            &t
+            &t,
+            30
         ));
         assert!(ct_expired(
             &flow(PROTO_UDP),
             &ct(TcpState::None, base),
             base + 301 * S,
-            &t
+            &t,
+            30
         ));
         // ICMP query: 59 s alive, 61 s gone.
         assert!(!ct_expired(
             &flow(PROTO_ICMP),
             &ct(TcpState::None, base),
             base + 59 * S,
-            &t
+            &t,
+            30
         ));
         assert!(ct_expired(
             &flow(PROTO_ICMP),
             &ct(TcpState::None, base),
             base + 61 * S,
-            &t
+            &t,
+            30
         ));
         // TCP established survives 2 h 4 min, a reset one only 4 min.
         let tcp = flow(PROTO_TCP);
@@ -312,40 +372,46 @@ mod tests {
             &tcp,
             &ct(TcpState::Established, base),
             base + 7440 * S,
-            &t
+            &t,
+            30
         ));
         assert!(ct_expired(
             &tcp,
             &ct(TcpState::Established, base),
             base + 7441 * S,
-            &t
+            &t,
+            30
         ));
         assert!(!ct_expired(
             &tcp,
             &ct(TcpState::Rst, base),
             base + 239 * S,
-            &t
+            &t,
+            30
         ));
         assert!(ct_expired(
             &tcp,
             &ct(TcpState::Rst, base),
             base + 241 * S,
-            &t
+            &t,
+            30
         ));
         assert!(ct_expired(
             &tcp,
             &ct(TcpState::FinBoth, base),
             base + 241 * S,
-            &t
+            &t,
+            30
         ));
         assert!(!ct_expired(
             &tcp,
             &ct(TcpState::FinOut, base),
             base + 241 * S,
-            &t
+            &t,
+            30
         ));
         // A stamp from the future never expires.
-        assert!(!ct_expired(&tcp, &ct(TcpState::SynOut, base + S), base, &t));
+        assert!(!ct_expired(&tcp, &ct(TcpState::SynOut, base + S), base, &t, 30));
     }
 
     #[test]

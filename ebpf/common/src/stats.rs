@@ -106,6 +106,10 @@ counters! {
     // flows, where the LRU would evict for the pod's own): refused rather than inserted,
     // because the LRU would evict a live flow to make room.
     DropSg6CtPressure = 62 => "drop_sg6_ct_pressure",
+    // An inbound packet that would create a `ct4` flow for a pod already holding 7/8 of its
+    // `[limits] pod_flows` IPv4 flows: dropped, because the flow's entry is what carries the
+    // pod's answer back out through the port the remote wrote to.
+    DropNat4PodFlows = 63 => "drop_nat4_pod_flows",
 }
 
 /// Size of the `stats` array.

@@ -2,11 +2,13 @@
 //! error into an explicit, counted verdict.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// `core` has no atomic read-modify-write for the BPF target; `sg::quota::atomic_add` emits the
+// `core` has no atomic read-modify-write for the BPF target; `atomic::add_one` emits the
 // instruction (BPF_ATOMIC | BPF_ADD, the old XADD, verified since Linux 3.x) itself.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
+#[cfg(target_arch = "bpf")]
+mod atomic;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -311,7 +311,7 @@ fn gc_loop(pins: &Pins, cfg: &Config, daemon: &Daemon, metrics: &Mutex<DaemonMet
         }
         let started = std::time::Instant::now();
         let now = nat::boottime_ns();
-        let r = nat::gc_locked(pins, &cfg.node.timeouts, now, &lock);
+        let r = nat::gc_locked(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now, &lock);
         let mut pressure6 = false;
         {
             let _serialized = daemon.lock();

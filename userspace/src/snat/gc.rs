@@ -153,7 +153,7 @@ pub fn entries_per_sec(r: &GcReport) -> f64 {
 /// One pass at `now` (CLOCK_BOOTTIME ns), in the order `podgate_common::nat::mapping_expired`
 /// documents: expired flows; then mappings no live flow holds that sat idle for their timeout;
 /// then the claims of both and the eviction holes; then stale fragment records.
-pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcError> {
+pub fn pass(s: &dyn NatState, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<GcReport, GcError> {
     let _one = ONE_PASS.lock().unwrap_or_else(|e| e.into_inner());
     let start = Instant::now();
     let mut r = GcReport::default();
@@ -164,7 +164,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, now: u64) -> Result<GcReport, GcErro
     let ep_of = |k: &Flow4| Endpoint4 { addr: k.pod_addr, port: k.pod_port, proto: k.proto, _pad: 0 };
     let (seen, dead) = sweep(
         s.ct4(),
-        &|k, v| abi::ct_expired(k, v, now, t),
+        &|k, v| abi::ct_expired(k, v, now, t, unanswered_secs),
         &|a, b| a.last_seen_ns == b.last_seen_ns && a.state == b.state,
         &mut |k, v| {
             let ep = ep_of(k);

@@ -35,19 +35,9 @@ pub fn admit(pod_id: u32, inbound: bool) -> u32 {
 pub fn count(pod_id: u32) {
     if let Some(u) = POD_USAGE.get_ptr_mut(&pod_id) {
         // SAFETY: map value pointer.
-        atomic_add(unsafe { &raw mut (*u).flows6 });
+        crate::atomic::add_one(unsafe { &raw mut (*u).flows6 });
     }
     if let Some(c) = CT6_GUARD.get_ptr_mut(CT6_GUARD_CREATED) {
-        atomic_add(c);
-    }
-}
-
-/// `*p += 1` as one atomic instruction (no fetch: the old value is not needed, which keeps the
-/// instruction within what every supported kernel verifies).
-#[inline(always)]
-fn atomic_add(p: *mut u64) {
-    // SAFETY: `p` is an aligned u64 in map memory, valid for the program run.
-    unsafe {
-        core::arch::asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) 1u64, options(nostack));
+        crate::atomic::add_one(c);
     }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use podgate_common::{
     NodeConfig, Pod, csum,
-    nat::{Claim4, Ct4, Endpoint4, Flow4, Mapping4, PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    nat::{Claim4, Ct4, Endpoint4, Flow4, Mapping4, PROTO_ICMP, PROTO_TCP, PROTO_UDP, ct4_flags, pressure_level},
     node_flags, ports,
     stats::Counter,
     tcp::{self, Dir, TcpState},
@@ -287,6 +287,8 @@ pub fn pod_v4(ctx: &TcContext) -> Result<Verdict, Counter> {
                 }
                 (*ct).last_seen_ns = now;
                 (*ct).packets_out += 1;
+                // The pod answered an inbound-created flow: it keeps its protocol's timeout.
+                (*ct).flags |= ct4_flags::ANSWERED;
             }
             // Outbound packets refresh the mapping (RFC 4787 REQ-6), except an RST, which only
             // answers inbound traffic (RFC 7857 §7.1).
@@ -345,7 +347,7 @@ fn hairpin_in(ctx: &TcContext, node: &NodeConfig) -> Result<Verdict, Counter> {
     let Some(ep) = reverse::owner(ip.proto, l.dport, node.ipv4) else {
         return Ok(Verdict::Drop(Counter::DropNoMapping));
     };
-    reverse::track_in(&ip, &ep, l.dport, l.sport, l.tcp_flags);
+    reverse::track_in(&ip, &ep, l.dport, l.sport, l.tcp_flags)?;
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, l.dport, ep.port)?;
     // SAFETY: map value read.
     let ifindex = unsafe {
@@ -385,7 +387,8 @@ fn new_flow(
 ) -> Result<u16, Counter> {
     // Under map pressure a new flow is refused before it touches any map: an insert would make
     // the LRU evict a live flow, mapping or claim (RFC 7857 §3: existing flows come first).
-    if NAT4_PRESSURE.get(0).is_some_and(|p| *p != 0) {
+    // `INBOUND` pressure refuses only flows a remote opens (`reverse::track_in`).
+    if NAT4_PRESSURE.get(0).is_some_and(|p| *p == pressure_level::FULL) {
         return Err(Counter::DropMapFull);
     }
     let remote = claim_remote(node, flow.remote_addr);

@@ -9,7 +9,7 @@ use podgate_common::{
     NodeConfig,
     nat::{
         Claim4, Ct4, Endpoint4, FRAG_PASS, Flow4, FragKey4, FragVal4, PROTO_ICMP, PROTO_TCP,
-        PROTO_UDP, frag_pass_may_replace, is_frag_pass,
+        PROTO_UDP, ct4_flags, frag_pass_may_replace, is_frag_pass,
     },
     stats::Counter,
     tcp::{self, Dir, TcpState},
@@ -106,7 +106,7 @@ fn reverse<C: Ctx + LoadBytes>(ctx: &C) -> Result<Verdict, Counter> {
         // No mapping: possibly the node's own traffic.
         return for_node(&node, &ip);
     };
-    track_in(&ip, &ep, ext, remote_port, l.tcp_flags);
+    track_in(&ip, &ep, ext, remote_port, l.tcp_flags)?;
     rewrite(ctx, &ip, &l, IP_DST, ip.dst, ep.addr, ext, ep.port)?;
     if ip.is_first_fragment() {
         let k = frag_key_in(&ip);
@@ -154,8 +154,13 @@ fn for_node(node: &NodeConfig, ip: &Ip4) -> Result<Verdict, Counter> {
 /// Updates (or recreates) the flow's conntrack from an inbound packet that arrived on external
 /// port `ext`. The mapping itself is not refreshed: only outbound traffic keeps it alive (RFC
 /// 4787 REQ-6, RFC 7857 §7.1).
+///
+/// A flow this packet would create is refused (and the packet dropped: without the entry the
+/// pod's answer could not leave through the port the remote wrote to) when the pod already
+/// holds 7/8 of `[limits] pod_flows` (`DropNat4PodFlows`), or while `nat4_pressure` says `ct4`
+/// is near full (`DropMapFull`): a flood from outside is refused before the pods' own flows.
 #[inline(always)]
-pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp_flags: u8) {
+pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp_flags: u8) -> Result<(), Counter> {
     let now = now_ns();
     let flow = Flow4 {
         pod_addr: ep.addr,
@@ -168,17 +173,22 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp
     if let Some(ct) = CT4.get_ptr_mut(&flow) {
         // SAFETY: map value pointer; benign races on plain fields.
         unsafe { refresh_in(ct, ip.proto, tcp_flags, now) };
-        return;
+        return Ok(());
     }
     // A claim without a flow: an endpoint-independent-filtering inbound from a new remote, a
     // remote answering from another port, or a flow the LRU evicted under pressure (counted: the
     // GC should have had room).
     let Some(m) = NAT4_MAP.get_ptr(ep) else {
         count(Counter::LruEvictionSuspected);
-        return;
+        return Ok(());
     };
     // SAFETY: map value pointer.
     let m = unsafe { *m };
+    match usage::admit_inbound(m.pod_ifindex) {
+        usage::ADMIT => {}
+        usage::REFUSE_POD_FLOWS => return Err(Counter::DropNat4PodFlows),
+        _ => return Err(Counter::DropMapFull),
+    }
     let state = if ip.proto == PROTO_TCP {
         tcp::next(TcpState::None, Dir::In, tcp_flags) as u8
     } else {
@@ -190,7 +200,7 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp
         // REQ-3), and the pod's answers must leave from the port the remote wrote to.
         ext_port: ext,
         state,
-        flags: 0,
+        flags: ct4_flags::INBOUND,
         pod_ifindex: m.pod_ifindex,
         created_ns: now,
         last_seen_ns: now,
@@ -203,13 +213,14 @@ pub(super) fn track_in(ip: &Ip4, ep: &Endpoint4, ext: u16, remote_port: u16, tcp
         if let Some(pod) = PODS.get_ptr(&m.pod_ifindex) {
             usage::charge(unsafe { (*pod).id }, Kind::Flow4);
         }
-        return;
+        return Ok(());
     }
     // Another CPU created it first: count this packet in theirs.
     if let Some(ct) = CT4.get_ptr_mut(&flow) {
         // SAFETY: as above.
         unsafe { refresh_in(ct, ip.proto, tcp_flags, now) };
     }
+    Ok(())
 }
 
 /// An inbound packet of an existing flow: TCP state, last seen, packet count.

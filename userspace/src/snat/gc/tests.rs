@@ -179,7 +179,7 @@ fn an_expired_flow_goes_and_credits_its_pod_a_live_one_stays() {
         vec![(ep(POD_A, 1000), mapping(40000, IF_A, FRESH))],
         vec![(claim(40000), ep(POD_A, 1000))],
     );
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!((r.flows_seen, r.flows_expired), (2, 1));
     assert!(s.ct4.get(&flow(POD_A, 1000, 54)).is_some());
     assert!(s.ct4.get(&flow(POD_A, 1000, 53)).is_none());
@@ -198,7 +198,7 @@ fn a_flow_refreshed_between_the_walk_and_its_deletion_is_kept_with_its_mapping_a
         vec![(claim(40000), ep(POD_A, 1000))],
     );
     *s.ct4.race.borrow_mut() = Some(Box::new(move |rows: &mut Vec<(Flow4, Ct4)>| rows[0].1.last_seen_ns = NOW));
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.flows_expired, 0);
     assert!(s.ct4.get(&f).is_some());
     // The refreshed flow counts as live: its mapping and claim stay.
@@ -213,7 +213,7 @@ fn an_idle_mapping_without_flows_goes_with_every_claim_and_credits_once() {
     let e = ep(POD_B, 2000);
     let zero = Claim4 { remote: [0; 4], ..claim(41000) };
     let s = state(vec![], vec![(e, mapping(41000, IF_B, IDLE))], vec![(claim(41000), e), (zero, e)]);
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.mappings_expired, 1);
     assert_eq!(r.claims_removed, 2);
     assert_eq!((s.maps.len(), s.claims.len()), (0, 0));
@@ -225,7 +225,7 @@ fn an_idle_mapping_without_flows_goes_with_every_claim_and_credits_once() {
 fn an_idle_mapping_under_a_live_flow_stays() {
     let e = ep(POD_A, 1000);
     let s = state(vec![(flow(POD_A, 1000, 53), ct(40000, IF_A, FRESH))], vec![(e, mapping(40000, IF_A, IDLE))], vec![(claim(40000), e)]);
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.mappings_expired, 0);
     assert!(s.maps.get(&e).is_some());
     assert_eq!(freed(&s, 1), PodUsage::default());
@@ -236,7 +236,7 @@ fn a_mapping_refreshed_between_the_walk_and_its_deletion_is_kept_with_its_claims
     let e = ep(POD_B, 2000);
     let s = state(vec![], vec![(e, mapping(41000, IF_B, IDLE))], vec![(claim(41000), e)]);
     *s.maps.race.borrow_mut() = Some(Box::new(|rows: &mut Vec<(Endpoint4, Mapping4)>| rows[0].1.last_seen_ns = NOW));
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.mappings_expired, 0);
     assert!(s.maps.get(&e).is_some());
     assert!(s.claims.get(&claim(41000)).is_some());
@@ -249,7 +249,7 @@ fn a_claim_whose_owner_changed_before_its_deletion_is_kept() {
     let other = ep(POD_A, 1000);
     let s = state(vec![], vec![(e, mapping(41000, IF_B, IDLE)), (other, mapping(41000, IF_A, FRESH))], vec![(claim(41000), e)]);
     *s.claims.race.borrow_mut() = Some(Box::new(move |rows: &mut Vec<(Claim4, Endpoint4)>| rows[0].1 = other));
-    pass(&s, &Timeouts::default(), NOW).unwrap();
+    pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(s.claims.get(&claim(41000)), Some(other));
 }
 
@@ -257,7 +257,7 @@ fn a_claim_whose_owner_changed_before_its_deletion_is_kept() {
 fn a_live_flow_whose_mapping_and_claim_were_evicted_gets_both_back_uncredited() {
     let e = ep(POD_A, 1000);
     let s = state(vec![(flow(POD_A, 1000, 53), ct(40000, IF_A, FRESH))], vec![], vec![]);
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!((r.evicted_mappings_restored, r.evicted_claims_restored), (1, 1));
     assert_eq!(s.maps.get(&e).map(|m| (m.ext_port, m.pod_ifindex)), Some((40000, IF_A)));
     assert_eq!(s.claims.get(&claim(40000)), Some(e));
@@ -268,13 +268,13 @@ fn a_live_flow_whose_mapping_and_claim_were_evicted_gets_both_back_uncredited() 
 fn a_restored_mapping_is_credited_once_when_it_finally_expires() {
     let e = ep(POD_A, 1000);
     let s = state(vec![(flow(POD_A, 1000, 53), ct(40000, IF_A, FRESH))], vec![], vec![]);
-    pass(&s, &Timeouts::default(), NOW).unwrap();
+    pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     // A day later: the flow and the restored mapping expire.
     let later = NOW + 86_400 * S;
-    let r = pass(&s, &Timeouts::default(), later).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, later).unwrap();
     assert_eq!((r.flows_expired, r.mappings_expired, r.evicted_mappings_lost), (1, 1, 0));
     assert_eq!(freed(&s, 1), PodUsage { mappings: 1, flows4: 1, flows6: 0 });
-    let r = pass(&s, &Timeouts::default(), later).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, later).unwrap();
     assert_eq!(r.evictions(), 0);
     assert_eq!(freed(&s, 1), PodUsage { mappings: 1, flows4: 1, flows6: 0 });
     assert!(s.maps.get(&e).is_none());
@@ -285,7 +285,7 @@ fn an_orphan_claim_is_removed_and_its_lost_mapping_credited_once() {
     let e = ep(POD_B, 2000);
     let zero = Claim4 { remote: [0; 4], ..claim(41000) };
     let s = state(vec![], vec![], vec![(claim(41000), e), (zero, e)]);
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!((r.orphan_claims_removed, r.evicted_mappings_lost), (2, 1));
     assert_eq!(s.claims.len(), 0);
     assert_eq!(freed(&s, 2), PodUsage { mappings: 1, ..Default::default() });
@@ -295,7 +295,7 @@ fn an_orphan_claim_is_removed_and_its_lost_mapping_credited_once() {
 fn flows_ending_after_their_mapping_was_evicted_credit_the_lost_mapping() {
     let e = ep(POD_B, 2000);
     let s = state(vec![(flow(POD_B, 2000, 53), ct(41000, IF_B, IDLE))], vec![], vec![(claim(41000), e)]);
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!((r.flows_expired, r.evicted_mappings_lost, r.evicted_mappings_restored), (1, 1, 0));
     assert_eq!(s.claims.len(), 0);
     assert_eq!(freed(&s, 2), PodUsage { mappings: 1, flows4: 1, flows6: 0 });
@@ -308,7 +308,7 @@ fn a_claim_whose_mapping_appeared_after_the_walk_is_no_orphan() {
     // The program claimed the port, then inserted the mapping after nat4_map's walk.
     s.maps.insert_new(&e, &mapping(41000, IF_B, FRESH)).unwrap();
     let st = Lagging { s: &s, maps: LaggingMaps(&s.maps) };
-    let r = pass(&st, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&st, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.orphan_claims_removed, 0);
     assert_eq!(s.claims.get(&claim(41000)), Some(e));
     assert_eq!(freed(&s, 2), PodUsage::default());
@@ -373,7 +373,7 @@ impl NatState for Lagging<'_> {
 #[test]
 fn an_evicted_mapping_above_the_high_water_mark_is_left_pending() {
     let s = State { room: 0, ..state(vec![(flow(POD_A, 1000, 53), ct(40000, IF_A, FRESH))], vec![], vec![]) };
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!((r.evicted_mappings_pending, r.evicted_mappings_restored), (1, 0));
     assert_eq!(s.maps.len(), 0);
     assert_eq!(freed(&s, 1), PodUsage::default());
@@ -392,7 +392,7 @@ fn a_dead_flows_claim_goes_unless_another_live_flow_uses_it() {
         vec![(e, mapping(40000, IF_A, FRESH))],
         vec![(claim(40000), e), (other, e)],
     );
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!((r.flows_expired, r.claims_removed), (2, 1));
     assert!(s.claims.get(&claim(40000)).is_some());
     assert!(s.claims.get(&other).is_none());
@@ -401,7 +401,7 @@ fn a_dead_flows_claim_goes_unless_another_live_flow_uses_it() {
 #[test]
 fn a_flow_of_a_pod_removed_meanwhile_gets_nothing_back() {
     let s = State { pods: vec![], ..state(vec![(flow(POD_A, 1000, 53), ct(40000, IF_A, FRESH))], vec![], vec![]) };
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.evictions(), 0);
     assert_eq!((s.maps.len(), s.claims.len()), (0, 0));
 }
@@ -414,7 +414,7 @@ fn stale_fragment_records_go_fresh_ones_stay() {
         (k(1), FragVal4 { seen_ns: NOW - 60 * S, ..Default::default() }),
         (k(2), FragVal4 { seen_ns: NOW, ..Default::default() }),
     ]);
-    let r = pass(&s, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.frags_expired, 1);
     assert!(s.frags.get(&k(2)).is_some());
 }
@@ -443,7 +443,7 @@ fn a_dead_flows_claim_stays_when_the_flow_came_back_before_the_claim_walk() {
     // on the same claim before the claim walk.
     let ct4 = &s.ct4;
     let st = Recreating { s: &s, flow: (f, ct(40000, IF_A, FRESH)), ct4 };
-    let r = pass(&st, &Timeouts::default(), NOW).unwrap();
+    let r = pass(&st, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
     assert_eq!(r.flows_expired, 1);
     assert_eq!(r.claims_removed, 0);
     assert_eq!(s.claims.get(&claim(40000)), Some(e));

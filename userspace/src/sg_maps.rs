@@ -209,24 +209,15 @@ fn remove_flows(pins: &Pins, ct: &mut HashMap<MapData, Flow6, Ct6>, flows: &[(Fl
     Ok(by_pod.values().sum::<u64>() as usize)
 }
 
-/// Adds to `pod_freed.flows6` (userspace is its only writer, and the daemon serializes its
-/// passes). A pod without a `pod_usage` entry is gone: crediting it would hand its successor
-/// under the same id room it never had.
+/// Adds to `pod_freed.flows6` through [`crate::usage::Freed`], the one writer of that map (the
+/// daemon serializes its passes). A pod whose tallies are gone was removed: crediting it would
+/// hand its successor under the same id room it never had.
 pub fn credit_flows6(pins: &Pins, by_pod: &BTreeMap<u32, u64>) -> Result<(), DataplaneError> {
-    if by_pod.is_empty() {
-        return Ok(());
-    }
-    let usage: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_USAGE)?;
-    let mut freed: HashMap<MapData, u32, PodUsage> = open_hash(pins, map_names::POD_FREED)?;
+    let mut freed = crate::usage::Freed::default();
     for (&id, &n) in by_pod {
-        if usage.get(&id, 0).is_err() {
-            continue;
-        }
-        let mut f = freed.get(&id, 0).unwrap_or_default();
-        f.flows6 += n;
-        freed.insert(id, f, 0).map_err(map_err(map_names::POD_FREED))?;
+        freed.flows6(id, n);
     }
-    Ok(())
+    freed.credit(pins)
 }
 
 /// Pod id → `ct6` entries it is charged for now (`pod_usage - pod_freed`).

@@ -87,6 +87,9 @@ impl Freed {
     pub fn flow4(&mut self, id: u32) {
         self.0.entry(id).or_default().flows4 += 1;
     }
+    pub fn flows6(&mut self, id: u32, n: u64) {
+        self.0.entry(id).or_default().flows6 += n;
+    }
 
     /// Adds the deletions to `pod_freed`. Only the daemon writes that map; a pod without an
     /// entry (removed meanwhile) is skipped (`BPF_EXIST`).

@@ -588,6 +588,41 @@ fn inbound_flow_on_a_per_flow_port_keeps_the_arrival_port() {
     }
 }
 
+/// The same for UDP, where the port keeps its parity: the code that keeps the arrival port is
+/// protocol-independent, and the TCP test above alone would not show a UDP-only regression.
+#[test]
+fn inbound_udp_flow_on_a_per_flow_port_keeps_the_arrival_port() {
+    for path in [Path::Xdp, Path::Tc] {
+        let mut env = Env::with(Config {
+            port_min: 40000,
+            port_max: 40000,
+            ..Default::default()
+        });
+        let (a, b) = (env.pod_a, env.pod_b);
+        let (_, p) = snat_ok(&mut env, a, &udp(POD_A, 5000, REMOTE1, 53, b"q"));
+        let (_, pb) = snat_ok(&mut env, b, &udp(POD_B, 5000, REMOTE2, 53, b"q"));
+        assert_eq!((p, pb), (40000, 40000), "both mappings share the port");
+        // 40001 is odd: an even source port's per-flow port is the next even one.
+        env.set_ports(40000, 40002);
+        let (_, q) = snat_ok(&mut env, b, &udp(POD_B, 5000, REMOTE1, 53, b"q"));
+        assert_eq!(q, 40002, "B's flow to REMOTE1 gets its own port");
+        assert_eq!(env.claim(REMOTE1, q, UDP), Some(ep(POD_B, 5000, UDP)));
+        let (pass, out) = run(&mut env, path, &udp(REMOTE1, 5353, NODE_IP, q, b"in"));
+        assert!(pass, "{path:?}");
+        let p_in = parse_checked(&out);
+        assert_eq!((p_in.ip.destination, ports(&p_in)), (POD_B, (5353, 5000)));
+        let ct = env
+            .ct(flow(POD_B, 5000, REMOTE1, 5353, UDP))
+            .expect("flow created by inbound");
+        assert_eq!(ct.ext_port, q, "{path:?}: the flow keeps the port the packet arrived on");
+        let (_, out_port) = snat_ok(&mut env, b, &udp(POD_B, 5000, REMOTE1, 5353, b"a"));
+        assert_eq!(out_port, q, "{path:?}");
+        let (pass, out) = run(&mut env, path, &udp(REMOTE1, 53, NODE_IP, p, b"a"));
+        assert!(pass);
+        assert_eq!(parse_checked(&out).ip.destination, POD_A);
+    }
+}
+
 /// `pod_usage` counts once per created entry: a mapping and its flows, and a flow an inbound
 /// packet created, are charged to the pod (by `Pod::id`), and packets of existing flows add
 /// nothing.

@@ -298,7 +298,14 @@ fn refreshes_race_gc_passes(gc: GcFn) {
         }
     }
     assert!(passes >= ROUNDS, "the GC thread ran {passes} passes");
-    assert!(broken.is_empty(), "{} live flows lost state after {passes} passes (round, flow, ct4?, mapping?): {:?}", broken.len(), &broken[..broken.len().min(10)]);
+    let (no_ct, no_map) = (broken.iter().filter(|b| !b.2).count(), broken.iter().filter(|b| !b.3).count());
+    assert!(
+        broken.is_empty(),
+        "{} live flows lost state after {passes} passes ({no_ct} without ct4, {no_map} without a mapping, the rest \
+         without their claim or with a mismatched port) (round, flow, ct4?, mapping?): {:?}",
+        broken.len(),
+        &broken[..broken.len().min(10)]
+    );
 }
 
 #[test]

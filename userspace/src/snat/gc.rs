@@ -4,12 +4,12 @@
 //!
 //! A pass walks each map in chunks of the kernel's batch cursor; an entry found expired is
 //! re-read by key immediately before its own deletion, and deleted only if the re-read shows it
-//! unchanged (same `last_seen_ns`, same claim owner). The datapath refreshes an entry by writing
-//! through its lookup's value pointer, and the kernel has no compare-and-delete, so a refresh
-//! landing between that re-read and the deletion is still lost with the element: the window is
-//! the gap between two syscalls on one key, not a chunk's (`snat_full::gc_passes_racing_
-//! refreshes_never_take_a_live_flows_state`). Such a flow loses its ct4 entry until its next
-//! packet re-creates it on the same mapping and claim.
+//! unchanged (same `last_seen_ns`, same claim owner). The deletion returns the value it deleted
+//! (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`): one refreshed after the re-read goes back. The datapath
+//! refreshes through its lookup's value pointer and the kernel has no compare-and-delete, so a
+//! program that looked the entry up before the deletion and writes after it still writes into
+//! the deleted element; that flow loses its ct4 entry or mapping until its next packet or the
+//! next pass's repair (`snat_full::gc_passes_racing_refreshes_never_take_a_live_flows_state`).
 
 use std::collections::{HashMap as StdMap, HashSet as StdSet};
 
@@ -52,6 +52,11 @@ pub trait Table<K, V> {
     fn remove(&self, k: &K) -> Result<bool, GcError> {
         Ok(self.delete(std::slice::from_ref(k))? == 1)
     }
+    /// Deletes one key and returns its value as the deletion found it (`None`: gone already).
+    fn take(&self, k: &K) -> Result<Option<V>, GcError> {
+        let v = self.get(k)?;
+        Ok(if self.remove(k)? { v } else { None })
+    }
     fn get(&self, k: &K) -> Result<Option<V>, GcError>;
     /// Inserts only if absent; `false` when an entry was there (the datapath's wins).
     fn insert_new(&self, k: &K, v: &V) -> Result<bool, GcError>;
@@ -86,11 +91,11 @@ pub trait NatState {
 /// expired. Returns the deleted entries; `keep` gets every entry that stays (as last read).
 ///
 /// Per key, not per chunk: the programs refresh an entry by writing through the value pointer
-/// of their lookup, so a refresh landing between a re-read and the deletion is lost with the
-/// element. A chunk's re-read and batch deletion left that open for up to a chunk's worth of
-/// syscall time; one `BPF_MAP_LOOKUP_ELEM` followed at once by one `BPF_MAP_DELETE_ELEM` leaves
-/// it open for the gap between two syscalls. The kernel has no compare-and-delete, so that gap
-/// is not zero. Expired entries are usually few next to the walk, which stays batched.
+/// of their lookup, so a refresh landing between a re-read and the deletion would be lost with
+/// the element. A chunk's re-read and batch deletion left that open for a chunk's worth of
+/// syscalls; a per-key re-read narrows it to one key's, and `take` (lookup-and-delete) returns
+/// a refresh that landed before the deletion so it can be put back. Expired entries are usually
+/// few next to the walk, which stays batched.
 fn sweep<K: Copy + Eq + std::hash::Hash, V: Copy>(
     t: &dyn Table<K, V>,
     expired: &dyn Fn(&K, &V) -> bool,
@@ -105,12 +110,21 @@ fn sweep<K: Copy + Eq + std::hash::Hash, V: Copy>(
                 continue;
             }
             match t.get(k)? {
-                Some(cur) if same(old, &cur) && expired(k, &cur) => {
-                    // Gone meanwhile (the LRU, a flush): not ours to count.
-                    if t.remove(k)? {
-                        deleted.push((*k, cur));
+                Some(cur) if same(old, &cur) && expired(k, &cur) => match t.take(k)? {
+                    Some(gone) if same(&cur, &gone) => deleted.push((*k, gone)),
+                    // Refreshed between the re-read and the deletion: the deletion returned the
+                    // refresh, so the entry goes back, unless the programs re-created it
+                    // meanwhile (they charged the new one; the deleted one is credited).
+                    Some(gone) => {
+                        if t.insert_new(k, &gone)? {
+                            keep(k, &gone);
+                        } else {
+                            deleted.push((*k, gone));
+                        }
                     }
-                }
+                    // Gone meanwhile (the LRU, a flush): not ours to count.
+                    None => {}
+                },
                 // Refreshed or re-created meanwhile: live, kept.
                 Some(cur) => keep(k, &cur),
                 None => {}
@@ -263,17 +277,15 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, unanswered_secs: u32, now: u64) -> R
                     Some(cur) if cur == *o && *why == 2 && ct.get(&dead_claims[&(*k, *o)])?.is_some() => {
                         claims_now.insert(*k);
                     }
-                    Some(cur) if cur == *o => {
-                        if c.remove(k)? {
-                            match why {
-                                3 => {
-                                    orphans += 1;
-                                    lost.insert(*o);
-                                }
-                                _ => removed += 1,
-                            }
+                    Some(cur) if cur == *o && c.remove(k)? => match why {
+                        3 => {
+                            orphans += 1;
+                            lost.insert(*o);
                         }
-                    }
+                        _ => removed += 1,
+                    },
+                    // Gone since the re-read: not ours to count.
+                    Some(cur) if cur == *o => {}
                     Some(_) => {
                         claims_now.insert(*k);
                     }
@@ -423,6 +435,9 @@ impl<K: crate::maps::batch::Plain, V: crate::maps::batch::Plain> Table<K, V> for
     }
     fn remove(&self, k: &K) -> Result<bool, GcError> {
         Ok(BatchMap::remove(self, k)?)
+    }
+    fn take(&self, k: &K) -> Result<Option<V>, GcError> {
+        Ok(BatchMap::take(self, k)?)
     }
     fn get(&self, k: &K) -> Result<Option<V>, GcError> {
         Ok(BatchMap::get(self, k)?)

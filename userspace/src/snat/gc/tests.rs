@@ -59,6 +59,14 @@ impl<K: Copy + PartialEq, V: Copy> Table<K, V> for Mock<K, V> {
         rows.retain(|(k, _)| !keys.contains(k));
         Ok(n - rows.len())
     }
+    fn take(&self, k: &K) -> Result<Option<V>, GcError> {
+        if let Some(race) = self.race_delete.borrow_mut().take() {
+            race(&mut self.rows.borrow_mut());
+        }
+        // As the kernel's lookup-and-delete: the value as the deletion found it.
+        let mut rows = self.rows.borrow_mut();
+        Ok(rows.iter().position(|(a, _)| a == k).map(|i| rows.remove(i).1))
+    }
     fn get(&self, k: &K) -> Result<Option<V>, GcError> {
         if let Some(race) = self.race.borrow_mut().take() {
             race(&mut self.rows.borrow_mut());
@@ -229,6 +237,24 @@ fn a_flow_refreshed_after_a_neighbours_deletion_is_kept() {
     assert!(s.ct4.get(&b).is_some());
     assert!(s.claims.get(&claim(40000)).is_some());
     assert_eq!(freed(&s, 1), PodUsage { flows4: 1, ..Default::default() });
+}
+
+#[test]
+fn a_flow_refreshed_between_its_re_read_and_its_deletion_is_put_back() {
+    // The refresh lands after the key's own re-read: the deletion returns it, and the flow goes
+    // back uncredited, with its mapping and claim.
+    let f = flow(POD_A, 1000, 53);
+    let s = state(
+        vec![(f, ct(40000, IF_A, IDLE))],
+        vec![(ep(POD_A, 1000), mapping(40000, IF_A, FRESH))],
+        vec![(claim(40000), ep(POD_A, 1000))],
+    );
+    *s.ct4.race_delete.borrow_mut() = Some(Box::new(move |rows: &mut Vec<(Flow4, Ct4)>| rows[0].1.last_seen_ns = NOW));
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
+    assert_eq!(r.flows_expired, 0);
+    assert_eq!(s.ct4.get(&f).map(|c| c.last_seen_ns), Some(NOW));
+    assert!(s.claims.get(&claim(40000)).is_some());
+    assert_eq!(freed(&s, 1), PodUsage::default());
 }
 
 #[test]

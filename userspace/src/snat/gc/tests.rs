@@ -548,3 +548,74 @@ impl NatState for Recreating<'_> {
         self.s.room
     }
 }
+
+#[test]
+fn the_claim_of_a_mapping_re_created_during_the_pass_stays_the_old_ports_goes() {
+    // The endpoint's mapping expires in this pass; the pod then sends again, and the programs
+    // claim port 42000 and map it, after the pass re-walked nat4_map but before its claim walk.
+    let e = ep(POD_B, 2000);
+    let new = Claim4 { ext_port: 42000, ..claim(41000) };
+    let s = state(vec![], vec![(e, mapping(41000, IF_B, IDLE))], vec![(claim(41000), e), (new, e)]);
+    let st = Remapping { s: &s, ep: e, mapping: mapping(42000, IF_B, FRESH), done: RefCell::new(false) };
+    let r = pass(&st, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
+    assert_eq!(r.mappings_expired, 1);
+    assert_eq!(s.claims.get(&new), Some(e));
+    assert_eq!(s.claims.get(&claim(41000)), None);
+    assert_eq!(r.claims_removed, 1);
+}
+
+/// A claim table whose first re-read comes after the programs re-created `ep`'s mapping.
+struct Remapping<'a> {
+    s: &'a State,
+    ep: Endpoint4,
+    mapping: Mapping4,
+    done: RefCell<bool>,
+}
+
+impl Table<Claim4, Endpoint4> for Remapping<'_> {
+    fn walk(&self, f: &mut ChunkFn<'_, Claim4, Endpoint4>) -> Result<usize, GcError> {
+        self.s.claims.walk(f)
+    }
+    fn delete(&self, k: &[Claim4]) -> Result<usize, GcError> {
+        self.s.claims.delete(k)
+    }
+    fn get(&self, k: &Claim4) -> Result<Option<Endpoint4>, GcError> {
+        if !self.done.replace(true) {
+            self.s.maps.insert_new(&self.ep, &self.mapping)?;
+        }
+        Ok(self.s.claims.get(k))
+    }
+    fn insert_new(&self, k: &Claim4, v: &Endpoint4) -> Result<bool, GcError> {
+        self.s.claims.insert_new(k, v)
+    }
+}
+
+impl NatState for Remapping<'_> {
+    fn ct4(&self) -> &dyn Table<Flow4, Ct4> {
+        &self.s.ct4
+    }
+    fn nat4_map(&self) -> &dyn Table<Endpoint4, Mapping4> {
+        &self.s.maps
+    }
+    fn nat4_claim(&self) -> &dyn Table<Claim4, Endpoint4> {
+        self
+    }
+    fn frag4(&self) -> &dyn Table<FragKey4, FragVal4> {
+        &self.s.frags
+    }
+    fn pods(&self) -> Result<Vec<(u32, Pod)>, GcError> {
+        self.s.pods()
+    }
+    fn pods_v4(&self) -> Result<Vec<([u8; 4], u32)>, GcError> {
+        self.s.pods_v4()
+    }
+    fn credit(&self, id: u32, f: PodUsage) -> Result<(), GcError> {
+        self.s.credit(id, f)
+    }
+    fn eif(&self) -> bool {
+        false
+    }
+    fn mapping_room(&self) -> usize {
+        self.s.room
+    }
+}

@@ -44,7 +44,7 @@ pub type ChunkFn<'a, K, V> = dyn FnMut(Cursor, &[K], &[V]) -> Result<(), GcError
 
 /// One map as the GC sees it: walked in chunks, keys re-read and deleted one by one.
 pub trait Table<K, V> {
-    /// Calls `f` for each chunk with the cursor that re-reads it; returns the entries walked.
+    /// Calls `f` for each chunk with its cursor; returns the entries walked.
     fn walk(&self, f: &mut ChunkFn<'_, K, V>) -> Result<usize, GcError>;
     /// Deletes `keys` (already gone ones are skipped); returns how many went.
     fn delete(&self, keys: &[K]) -> Result<usize, GcError>;

@@ -24,6 +24,7 @@ use std::{
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -262,6 +263,24 @@ impl<K: Plain, V: Plain> BatchMap<K, V> {
         }
     }
 
+    /// Deletes `key` and returns its value as the deletion found it (`None` when it was gone):
+    /// one bucket-locked step, so a write that landed before it is in the value returned.
+    pub fn take(&self, key: &K) -> Result<Option<V>, BatchError> {
+        let mut v = MaybeUninit::<V>::uninit();
+        let mut attr = ElemAttr {
+            map_fd: self.fd.as_raw_fd() as u32,
+            key: key as *const K as u64,
+            value: v.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
+            // SAFETY: the kernel filled the value; `V` is `Plain`.
+            Ok(()) => Ok(Some(unsafe { v.assume_init() })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(source) => Err(BatchError::Syscall { cmd: "BPF_MAP_LOOKUP_AND_DELETE_ELEM", source }),
+        }
+    }
+
     /// `Ok(false)` when the key was already gone.
     pub fn remove(&self, key: &K) -> Result<bool, BatchError> {
         let mut attr = ElemAttr { map_fd: self.fd.as_raw_fd() as u32, key: key as *const K as u64, ..Default::default() };
@@ -370,6 +389,16 @@ mod tests {
         assert_eq!(m.delete(&keys).unwrap(), 0);
         assert_eq!(m.get(&10).unwrap(), Some(30));
         assert_eq!(m.get(&3).unwrap(), None);
+    }
+
+    #[test]
+    fn take_returns_the_value_it_deleted_and_none_when_gone() {
+        let m = map(BPF_MAP_TYPE_LRU_HASH, 1000);
+        fill(&m, 10);
+        assert_eq!(m.take(&4).unwrap(), Some(12));
+        assert_eq!(m.get(&4).unwrap(), None);
+        assert_eq!(m.take(&4).unwrap(), None);
+        assert_eq!(m.entries().unwrap().len(), 9);
     }
 
     #[test]

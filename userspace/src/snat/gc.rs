@@ -3,13 +3,13 @@
 //! implements with batched map walks ([`KernelNat`]) and the tests with a mock.
 //!
 //! A pass walks each map in chunks of the kernel's batch cursor; an entry found expired is
-//! re-read with its chunk right before the chunk's deletions, and deleted only if the re-read
-//! shows it unchanged (same `last_seen_ns`, same claim owner), so the window in which the
-//! datapath can refresh an entry the GC then deletes is one chunk's re-read and batch deletion
-//! (at most 4,096 entries), not a whole pass. It is not closed: a refresh inside it writes through
-//! the program's value pointer into an element the batch then deletes, and the flow loses its
-//! ct4 entry until its next packet (`snat_full::gc_passes_racing_refreshes_never_take_a_live_
-//! flows_state`, ignored while it fails).
+//! re-read by key immediately before its own deletion, and deleted only if the re-read shows it
+//! unchanged (same `last_seen_ns`, same claim owner). The deletion returns the value it deleted
+//! (`BPF_MAP_LOOKUP_AND_DELETE_ELEM`): one refreshed after the re-read goes back. The datapath
+//! refreshes through its lookup's value pointer and the kernel has no compare-and-delete, so a
+//! program that looked the entry up before the deletion and writes after it still writes into
+//! the deleted element; that flow loses its ct4 entry or mapping until its next packet or the
+//! next pass's repair (`snat_full::gc_passes_racing_refreshes_never_take_a_live_flows_state`).
 
 use std::collections::{HashMap as StdMap, HashSet as StdSet};
 
@@ -42,14 +42,21 @@ impl<T> Held for T {}
 /// What a walk calls for each chunk: its cursor, keys and values.
 pub type ChunkFn<'a, K, V> = dyn FnMut(Cursor, &[K], &[V]) -> Result<(), GcError> + 'a;
 
-/// One map as the GC sees it: walked in chunks, a chunk re-read, keys deleted in a batch.
+/// One map as the GC sees it: walked in chunks, keys re-read and deleted one by one.
 pub trait Table<K, V> {
-    /// Calls `f` for each chunk with the cursor that re-reads it; returns the entries walked.
+    /// Calls `f` for each chunk with its cursor; returns the entries walked.
     fn walk(&self, f: &mut ChunkFn<'_, K, V>) -> Result<usize, GcError>;
-    /// The chunk at `at` as it is now (at least `max` entries' worth of its buckets).
-    fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(K, V)>, GcError>;
     /// Deletes `keys` (already gone ones are skipped); returns how many went.
     fn delete(&self, keys: &[K]) -> Result<usize, GcError>;
+    /// Deletes one key with its own syscall; `false` when it was gone already.
+    fn remove(&self, k: &K) -> Result<bool, GcError> {
+        Ok(self.delete(std::slice::from_ref(k))? == 1)
+    }
+    /// Deletes one key and returns its value as the deletion found it (`None`: gone already).
+    fn take(&self, k: &K) -> Result<Option<V>, GcError> {
+        let v = self.get(k)?;
+        Ok(if self.remove(k)? { v } else { None })
+    }
     fn get(&self, k: &K) -> Result<Option<V>, GcError>;
     /// Inserts only if absent; `false` when an entry was there (the datapath's wins).
     fn insert_new(&self, k: &K, v: &V) -> Result<bool, GcError>;
@@ -79,9 +86,16 @@ pub trait NatState {
     }
 }
 
-/// Walks `t`, asking `expired` of each entry; expired entries are re-read with their chunk and
-/// deleted only when `same(old, now)` and still expired. Returns the deleted entries; `keep` gets
-/// every entry that stays (as last read).
+/// Walks `t` in batched chunks, asking `expired` of each entry; each expired one is re-read by
+/// key immediately before its own deletion and deleted only when `same(old, now)` and still
+/// expired. Returns the deleted entries; `keep` gets every entry that stays (as last read).
+///
+/// Per key, not per chunk: the programs refresh an entry by writing through the value pointer
+/// of their lookup, so a refresh landing between a re-read and the deletion would be lost with
+/// the element. A chunk's re-read and batch deletion left that open for a chunk's worth of
+/// syscalls; a per-key re-read narrows it to one key's, and `take` (lookup-and-delete) returns
+/// a refresh that landed before the deletion so it can be put back. Expired entries are usually
+/// few next to the walk, which stays batched.
 fn sweep<K: Copy + Eq + std::hash::Hash, V: Copy>(
     t: &dyn Table<K, V>,
     expired: &dyn Fn(&K, &V) -> bool,
@@ -89,37 +103,33 @@ fn sweep<K: Copy + Eq + std::hash::Hash, V: Copy>(
     keep: &mut dyn FnMut(&K, &V),
 ) -> Result<(usize, Vec<(K, V)>), GcError> {
     let mut deleted = Vec::new();
-    let mut candidates: Vec<(K, V)> = Vec::new();
-    let mut confirmed: Vec<K> = Vec::new();
-    let seen = t.walk(&mut |at, ks, vs| {
-        candidates.clear();
-        for (k, v) in ks.iter().zip(vs) {
-            if expired(k, v) {
-                candidates.push((*k, *v));
-            } else {
-                keep(k, v);
+    let seen = t.walk(&mut |_, ks, vs| {
+        for (k, old) in ks.iter().zip(vs) {
+            if !expired(k, old) {
+                keep(k, old);
+                continue;
             }
-        }
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        let now: HashMap<K, V> = t.reread(at, ks.len())?.into_iter().collect();
-        confirmed.clear();
-        let mut went = Vec::new();
-        for (k, old) in &candidates {
-            match now.get(k) {
-                Some(cur) if same(old, cur) && expired(k, cur) => {
-                    confirmed.push(*k);
-                    went.push((*k, *cur));
-                }
+            match t.get(k)? {
+                Some(cur) if same(old, &cur) && expired(k, &cur) => match t.take(k)? {
+                    Some(gone) if same(&cur, &gone) => deleted.push((*k, gone)),
+                    // Refreshed between the re-read and the deletion: the deletion returned the
+                    // refresh, so the entry goes back, unless the programs re-created it
+                    // meanwhile (they charged the new one; the deleted one is credited).
+                    Some(gone) => {
+                        if t.insert_new(k, &gone)? {
+                            keep(k, &gone);
+                        } else {
+                            deleted.push((*k, gone));
+                        }
+                    }
+                    // Gone meanwhile (the LRU, a flush): not ours to count.
+                    None => {}
+                },
                 // Refreshed or re-created meanwhile: live, kept.
-                Some(cur) => keep(k, cur),
-                // Gone already (the LRU, a flush) or past the re-read's reach: not ours to count.
+                Some(cur) => keep(k, &cur),
                 None => {}
             }
         }
-        t.delete(&confirmed)?;
-        deleted.extend(went);
         Ok(())
     })?;
     Ok((seen, deleted))
@@ -233,7 +243,7 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, unanswered_secs: u32, now: u64) -> R
         let m = s.nat4_map();
         let ct = s.ct4();
         let mut cand: Vec<(Claim4, Endpoint4, u8)> = Vec::new();
-        c.walk(&mut |at, ks, vs| {
+        c.walk(&mut |_, ks, vs| {
             claims_seen += ks.len();
             cand.clear();
             for (k, o) in ks.iter().zip(vs) {
@@ -247,37 +257,41 @@ pub fn pass(s: &dyn NatState, t: &Timeouts, unanswered_secs: u32, now: u64) -> R
             if cand.is_empty() {
                 return Ok(());
             }
-            let now: HashMap<Claim4, Endpoint4> = c.reread(at, ks.len())?.into_iter().collect();
-            let mut del = Vec::new();
+            // Each candidate is re-read, checked and deleted on its own, as `sweep` does: a
+            // flow re-created on its claim after the check would lose the claim to a deletion
+            // batched behind other keys' checks.
             for (k, o, why) in &cand {
-                match now.get(k) {
+                match c.get(k)? {
                     // The programs claim a port just before they insert its mapping: a mapping
                     // made since the walk read nat4_map makes its claim no orphan.
-                    Some(cur) if cur == o && *why == 3 && m.get(o)?.is_some() => {
+                    Some(cur) if cur == *o && *why == 3 && m.get(o)?.is_some() => {
+                        claims_now.insert(*k);
+                    }
+                    // An endpoint whose mapping expired this pass and that sent again since:
+                    // the claim of its new mapping's port is live (its old port's claim is not).
+                    Some(cur) if cur == *o && *why == 1 && m.get(o)?.is_some_and(|n| n.ext_port == k.ext_port) => {
                         claims_now.insert(*k);
                     }
                     // A dead flow's claim under a live mapping: the pod may have sent on that
                     // flow again since the ct4 walk, re-creating it on the same claim.
-                    Some(cur) if cur == o && *why == 2 && ct.get(&dead_claims[&(*k, *o)])?.is_some() => {
+                    Some(cur) if cur == *o && *why == 2 && ct.get(&dead_claims[&(*k, *o)])?.is_some() => {
                         claims_now.insert(*k);
                     }
-                    Some(cur) if cur == o => {
-                        del.push(*k);
-                        match why {
-                            3 => {
-                                orphans += 1;
-                                lost.insert(*o);
-                            }
-                            _ => removed += 1,
+                    Some(cur) if cur == *o && c.remove(k)? => match why {
+                        3 => {
+                            orphans += 1;
+                            lost.insert(*o);
                         }
-                    }
+                        _ => removed += 1,
+                    },
+                    // Gone since the re-read: not ours to count.
+                    Some(cur) if cur == *o => {}
                     Some(_) => {
                         claims_now.insert(*k);
                     }
                     None => {}
                 }
             }
-            c.delete(&del)?;
             Ok(())
         })?;
     }
@@ -416,13 +430,14 @@ impl<K: crate::maps::batch::Plain, V: crate::maps::batch::Plain> Table<K, V> for
             (n, None) => Ok(n?),
         }
     }
-    fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(K, V)>, GcError> {
-        let (mut k, mut v) = (Vec::new(), Vec::new());
-        BatchMap::reread(self, at, max, &mut k, &mut v)?;
-        Ok(k.into_iter().zip(v).collect())
-    }
     fn delete(&self, keys: &[K]) -> Result<usize, GcError> {
         Ok(BatchMap::delete(self, keys)?)
+    }
+    fn remove(&self, k: &K) -> Result<bool, GcError> {
+        Ok(BatchMap::remove(self, k)?)
+    }
+    fn take(&self, k: &K) -> Result<Option<V>, GcError> {
+        Ok(BatchMap::take(self, k)?)
     }
     fn get(&self, k: &K) -> Result<Option<V>, GcError> {
         Ok(BatchMap::get(self, k)?)

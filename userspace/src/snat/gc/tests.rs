@@ -7,19 +7,22 @@ use std::collections::HashMap;
 use super::*;
 
 /// A map in insertion order, walked in chunks of `CHUNK`; `race` runs once, right before the
-/// first re-read, as the datapath would between the walk and the deletion.
+/// first re-read of a key, as the datapath would between the walk and the
+/// deletion; `race_delete` runs once, right before the first deletion, as the datapath would
+/// after a re-read.
 type Race<K, V> = Box<dyn FnOnce(&mut Vec<(K, V)>)>;
 
 struct Mock<K, V> {
     rows: RefCell<Vec<(K, V)>>,
     race: RefCell<Option<Race<K, V>>>,
+    race_delete: RefCell<Option<Race<K, V>>>,
 }
 
 const CHUNK: usize = 2;
 
 impl<K: Copy + PartialEq, V: Copy> Mock<K, V> {
     fn new(rows: Vec<(K, V)>) -> Self {
-        Self { rows: RefCell::new(rows), race: RefCell::new(None) }
+        Self { rows: RefCell::new(rows), race: RefCell::new(None), race_delete: RefCell::new(None) }
     }
     fn get(&self, k: &K) -> Option<V> {
         self.rows.borrow().iter().find(|(a, _)| a == k).map(|(_, v)| *v)
@@ -47,20 +50,27 @@ impl<K: Copy + PartialEq, V: Copy> Table<K, V> for Mock<K, V> {
             i = (i + CHUNK).saturating_sub(before - after);
         }
     }
-    fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(K, V)>, GcError> {
-        if let Some(race) = self.race.borrow_mut().take() {
+    fn delete(&self, keys: &[K]) -> Result<usize, GcError> {
+        if let Some(race) = self.race_delete.borrow_mut().take() {
             race(&mut self.rows.borrow_mut());
         }
-        let i = at.raw().unwrap_or(0) as usize;
-        Ok(self.rows.borrow().iter().skip(i).take(max.max(CHUNK)).copied().collect())
-    }
-    fn delete(&self, keys: &[K]) -> Result<usize, GcError> {
         let mut rows = self.rows.borrow_mut();
         let n = rows.len();
         rows.retain(|(k, _)| !keys.contains(k));
         Ok(n - rows.len())
     }
+    fn take(&self, k: &K) -> Result<Option<V>, GcError> {
+        if let Some(race) = self.race_delete.borrow_mut().take() {
+            race(&mut self.rows.borrow_mut());
+        }
+        // As the kernel's lookup-and-delete: the value as the deletion found it.
+        let mut rows = self.rows.borrow_mut();
+        Ok(rows.iter().position(|(a, _)| a == k).map(|i| rows.remove(i).1))
+    }
     fn get(&self, k: &K) -> Result<Option<V>, GcError> {
+        if let Some(race) = self.race.borrow_mut().take() {
+            race(&mut self.rows.borrow_mut());
+        }
         Ok(Mock::get(self, k))
     }
     fn insert_new(&self, k: &K, v: &V) -> Result<bool, GcError> {
@@ -209,6 +219,45 @@ fn a_flow_refreshed_between_the_walk_and_its_deletion_is_kept_with_its_mapping_a
 }
 
 #[test]
+fn a_flow_refreshed_after_a_neighbours_deletion_is_kept() {
+    // Two expired flows in one chunk; the second is refreshed while the first is being deleted,
+    // after any re-read of the whole chunk: only a re-read of the key itself sees it.
+    let (a, b) = (flow(POD_A, 1000, 53), flow(POD_A, 1000, 54));
+    let s = state(
+        vec![(a, ct(40000, IF_A, IDLE)), (b, ct(40000, IF_A, IDLE))],
+        vec![(ep(POD_A, 1000), mapping(40000, IF_A, FRESH))],
+        vec![(claim(40000), ep(POD_A, 1000))],
+    );
+    *s.ct4.race_delete.borrow_mut() = Some(Box::new(move |rows: &mut Vec<(Flow4, Ct4)>| {
+        rows.iter_mut().filter(|(k, _)| *k == b).for_each(|(_, v)| v.last_seen_ns = NOW)
+    }));
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
+    assert_eq!(r.flows_expired, 1);
+    assert!(s.ct4.get(&a).is_none());
+    assert!(s.ct4.get(&b).is_some());
+    assert!(s.claims.get(&claim(40000)).is_some());
+    assert_eq!(freed(&s, 1), PodUsage { flows4: 1, ..Default::default() });
+}
+
+#[test]
+fn a_flow_refreshed_between_its_re_read_and_its_deletion_is_put_back() {
+    // The refresh lands after the key's own re-read: the deletion returns it, and the flow goes
+    // back uncredited, with its mapping and claim.
+    let f = flow(POD_A, 1000, 53);
+    let s = state(
+        vec![(f, ct(40000, IF_A, IDLE))],
+        vec![(ep(POD_A, 1000), mapping(40000, IF_A, FRESH))],
+        vec![(claim(40000), ep(POD_A, 1000))],
+    );
+    *s.ct4.race_delete.borrow_mut() = Some(Box::new(move |rows: &mut Vec<(Flow4, Ct4)>| rows[0].1.last_seen_ns = NOW));
+    let r = pass(&s, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
+    assert_eq!(r.flows_expired, 0);
+    assert_eq!(s.ct4.get(&f).map(|c| c.last_seen_ns), Some(NOW));
+    assert!(s.claims.get(&claim(40000)).is_some());
+    assert_eq!(freed(&s, 1), PodUsage::default());
+}
+
+#[test]
 fn an_idle_mapping_without_flows_goes_with_every_claim_and_credits_once() {
     let e = ep(POD_B, 2000);
     let zero = Claim4 { remote: [0; 4], ..claim(41000) };
@@ -325,9 +374,6 @@ struct LaggingMaps<'a>(&'a Mock<Endpoint4, Mapping4>);
 impl Table<Endpoint4, Mapping4> for LaggingMaps<'_> {
     fn walk(&self, _: &mut ChunkFn<'_, Endpoint4, Mapping4>) -> Result<usize, GcError> {
         Ok(0)
-    }
-    fn reread(&self, _: Cursor, _: usize) -> Result<Vec<(Endpoint4, Mapping4)>, GcError> {
-        Ok(vec![])
     }
     fn delete(&self, k: &[Endpoint4]) -> Result<usize, GcError> {
         self.0.delete(k)
@@ -460,9 +506,6 @@ impl Table<Flow4, Ct4> for Recreating<'_> {
     fn walk(&self, f: &mut ChunkFn<'_, Flow4, Ct4>) -> Result<usize, GcError> {
         self.ct4.walk(f)
     }
-    fn reread(&self, at: Cursor, max: usize) -> Result<Vec<(Flow4, Ct4)>, GcError> {
-        self.ct4.reread(at, max)
-    }
     fn delete(&self, k: &[Flow4]) -> Result<usize, GcError> {
         let n = self.ct4.delete(k)?;
         self.ct4.insert_new(&self.flow.0, &self.flow.1)?;
@@ -485,6 +528,77 @@ impl NatState for Recreating<'_> {
     }
     fn nat4_claim(&self) -> &dyn Table<Claim4, Endpoint4> {
         &self.s.claims
+    }
+    fn frag4(&self) -> &dyn Table<FragKey4, FragVal4> {
+        &self.s.frags
+    }
+    fn pods(&self) -> Result<Vec<(u32, Pod)>, GcError> {
+        self.s.pods()
+    }
+    fn pods_v4(&self) -> Result<Vec<([u8; 4], u32)>, GcError> {
+        self.s.pods_v4()
+    }
+    fn credit(&self, id: u32, f: PodUsage) -> Result<(), GcError> {
+        self.s.credit(id, f)
+    }
+    fn eif(&self) -> bool {
+        false
+    }
+    fn mapping_room(&self) -> usize {
+        self.s.room
+    }
+}
+
+#[test]
+fn the_claim_of_a_mapping_re_created_during_the_pass_stays_the_old_ports_goes() {
+    // The endpoint's mapping expires in this pass; the pod then sends again, and the programs
+    // claim port 42000 and map it, after the pass re-walked nat4_map but before its claim walk.
+    let e = ep(POD_B, 2000);
+    let new = Claim4 { ext_port: 42000, ..claim(41000) };
+    let s = state(vec![], vec![(e, mapping(41000, IF_B, IDLE))], vec![(claim(41000), e), (new, e)]);
+    let st = Remapping { s: &s, ep: e, mapping: mapping(42000, IF_B, FRESH), done: RefCell::new(false) };
+    let r = pass(&st, &Timeouts::default(), crate::config::DEFAULT_UNANSWERED_SECS, NOW).unwrap();
+    assert_eq!(r.mappings_expired, 1);
+    assert_eq!(s.claims.get(&new), Some(e));
+    assert_eq!(s.claims.get(&claim(41000)), None);
+    assert_eq!(r.claims_removed, 1);
+}
+
+/// A claim table whose first re-read comes after the programs re-created `ep`'s mapping.
+struct Remapping<'a> {
+    s: &'a State,
+    ep: Endpoint4,
+    mapping: Mapping4,
+    done: RefCell<bool>,
+}
+
+impl Table<Claim4, Endpoint4> for Remapping<'_> {
+    fn walk(&self, f: &mut ChunkFn<'_, Claim4, Endpoint4>) -> Result<usize, GcError> {
+        self.s.claims.walk(f)
+    }
+    fn delete(&self, k: &[Claim4]) -> Result<usize, GcError> {
+        self.s.claims.delete(k)
+    }
+    fn get(&self, k: &Claim4) -> Result<Option<Endpoint4>, GcError> {
+        if !self.done.replace(true) {
+            self.s.maps.insert_new(&self.ep, &self.mapping)?;
+        }
+        Ok(self.s.claims.get(k))
+    }
+    fn insert_new(&self, k: &Claim4, v: &Endpoint4) -> Result<bool, GcError> {
+        self.s.claims.insert_new(k, v)
+    }
+}
+
+impl NatState for Remapping<'_> {
+    fn ct4(&self) -> &dyn Table<Flow4, Ct4> {
+        &self.s.ct4
+    }
+    fn nat4_map(&self) -> &dyn Table<Endpoint4, Mapping4> {
+        &self.s.maps
+    }
+    fn nat4_claim(&self) -> &dyn Table<Claim4, Endpoint4> {
+        self
     }
     fn frag4(&self) -> &dyn Table<FragKey4, FragVal4> {
         &self.s.frags

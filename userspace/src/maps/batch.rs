@@ -231,6 +231,11 @@ impl<K: Plain, V: Plain> BatchMap<K, V> {
     }
 
     pub fn get(&self, key: &K) -> Result<Option<V>, BatchError> {
+        self.read_elem(key, BPF_MAP_LOOKUP_ELEM, "BPF_MAP_LOOKUP_ELEM")
+    }
+
+    /// One element read by `cmd` (a lookup, or a lookup that also deletes); `None` when absent.
+    fn read_elem(&self, key: &K, cmd: libc::c_long, name: &'static str) -> Result<Option<V>, BatchError> {
         let mut v = MaybeUninit::<V>::uninit();
         let mut attr = ElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
@@ -238,11 +243,11 @@ impl<K: Plain, V: Plain> BatchMap<K, V> {
             value: v.as_mut_ptr() as u64,
             ..Default::default()
         };
-        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        match bpf(cmd, &mut attr) {
             // SAFETY: the kernel filled the value; `V` is `Plain`.
             Ok(()) => Ok(Some(unsafe { v.assume_init() })),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(source) => Err(BatchError::Syscall { cmd: "BPF_MAP_LOOKUP_ELEM", source }),
+            Err(source) => Err(BatchError::Syscall { cmd: name, source }),
         }
     }
 
@@ -266,19 +271,7 @@ impl<K: Plain, V: Plain> BatchMap<K, V> {
     /// Deletes `key` and returns its value as the deletion found it (`None` when it was gone):
     /// one bucket-locked step, so a write that landed before it is in the value returned.
     pub fn take(&self, key: &K) -> Result<Option<V>, BatchError> {
-        let mut v = MaybeUninit::<V>::uninit();
-        let mut attr = ElemAttr {
-            map_fd: self.fd.as_raw_fd() as u32,
-            key: key as *const K as u64,
-            value: v.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        match bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-            // SAFETY: the kernel filled the value; `V` is `Plain`.
-            Ok(()) => Ok(Some(unsafe { v.assume_init() })),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-            Err(source) => Err(BatchError::Syscall { cmd: "BPF_MAP_LOOKUP_AND_DELETE_ELEM", source }),
-        }
+        self.read_elem(key, BPF_MAP_LOOKUP_AND_DELETE_ELEM, "BPF_MAP_LOOKUP_AND_DELETE_ELEM")
     }
 
     /// `Ok(false)` when the key was already gone.

@@ -392,18 +392,7 @@ pub fn attach_tc(pins: &Pins, ifname: &str, prog: &str, dir: TcAttachType) -> Re
         }
         return attach_tc_netlink(pins, &mut p, ifname, prog, dir, &others);
     }
-    let updated = if link_path.exists() {
-        match p.attach_to_link(relink(&link_path)?) {
-            Ok(id) => Some(id),
-            Err(e) if link_severed(&e) => {
-                log_severed(ifname, prog);
-                None
-            }
-            Err(e) => return Err(prog_err(prog)(e)),
-        }
-    } else {
-        None
-    };
+    let updated = readopt(&link_path, ifname, prog, |l| p.attach_to_link(l))?;
     let id = match updated {
         Some(id) => id,
         None => {
@@ -518,18 +507,7 @@ pub fn attach_xdp(pins: &Pins, ifname: &str, prog: &str, mode: CfgXdpMode) -> Re
     }
     let mut p = Xdp::from_pin(pins.prog(prog), XdpAttachType::Interface).map_err(prog_err(prog))?;
     let link_path = pins.link(ifname, prog);
-    let updated = if link_path.exists() {
-        match p.attach_to_link(relink(&link_path)?) {
-            Ok(id) => Some(id),
-            Err(e) if link_severed(&e) => {
-                log_severed(ifname, prog);
-                None
-            }
-            Err(e) => return Err(prog_err(prog)(e)),
-        }
-    } else {
-        None
-    };
+    let updated = readopt(&link_path, ifname, prog, |l| p.attach_to_link(l))?;
     let id = match updated {
         Some(id) => id,
         None => {
@@ -567,6 +545,31 @@ fn log_severed(ifname: &str, prog: &str) {
 /// The link pinned at `path`, unpinned and typed for `attach_to_link` (which re-points it).
 fn relink<L: TryFrom<FdLink, Error = LinkError>>(path: &Path) -> Result<L, DataplaneError> {
     L::try_from(take_pinned_link(path)?).map_err(|source| DataplaneError::Link { path: path.to_owned(), source })
+}
+
+/// Re-points the link pinned at `link_path` (if any) to the freshly loaded program with
+/// `attach_to_link`. `None`: nothing was pinned, or the pinned link was severed (its interface
+/// was deleted), logged; the caller then attaches afresh.
+fn readopt<L, Id>(
+    link_path: &Path,
+    ifname: &str,
+    prog: &str,
+    attach_to_link: impl FnOnce(L) -> Result<Id, ProgramError>,
+) -> Result<Option<Id>, DataplaneError>
+where
+    L: TryFrom<FdLink, Error = LinkError>,
+{
+    if !link_path.exists() {
+        return Ok(None);
+    }
+    match attach_to_link(relink(link_path)?) {
+        Ok(id) => Ok(Some(id)),
+        Err(e) if link_severed(&e) => {
+            log_severed(ifname, prog);
+            Ok(None)
+        }
+        Err(e) => Err(prog_err(prog)(e)),
+    }
 }
 
 /// Pins a link taken from its program, so that it outlives this process.

@@ -221,27 +221,14 @@ fn repin(
     pin(&path).map_err(|source| DataplaneError::Pin { path, source })
 }
 
-/// Refuses pinned maps written by a podgate with another map layout.
+/// Refuses pinned maps written by a podgate with another map layout (`podgate run` starts clean
+/// first, see `upgrade`; this guards every other installer).
 fn check_abi(pins: &Pins) -> Result<(), DataplaneError> {
-    if !pins.exists() {
-        return Ok(());
-    }
-    let path = pins.map(map_names::NODE);
-    let data = MapData::from_pin(&path).map_err(map_err(map_names::NODE))?;
-    let info = data.info().map_err(map_err(map_names::NODE))?;
-    let found = if info.value_size() as usize != std::mem::size_of::<NodeConfig>() {
-        // A different layout cannot even be read as ours.
-        u32::MAX
-    } else {
-        let map = Map::from_map_data(data).map_err(map_err(map_names::NODE))?;
-        let arr: Array<MapData, NodeConfig> = Array::try_from(map).map_err(map_err(map_names::NODE))?;
-        arr.get(&0, 0).map_err(map_err(map_names::NODE))?.abi_version
-    };
-    // 0: the map exists but was never filled (a start that failed half-way).
-    if found != 0 && found != ABI_VERSION {
+    let found = crate::upgrade::pinned_abi(pins)?;
+    if !crate::upgrade::compatible(found) {
         return Err(DataplaneError::AbiMismatch {
             root: pins.root().to_owned(),
-            found,
+            found: found.unwrap_or_default(),
             ours: ABI_VERSION,
         });
     }

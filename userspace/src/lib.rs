@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod frag_punt;
+pub mod health;
 pub mod foreign;
 pub mod maps;
 pub mod metrics;
@@ -16,6 +17,7 @@ pub mod pins;
 pub mod reserved_ports;
 pub mod sg_maps;
 pub mod snat;
+pub mod upgrade;
 pub mod usage;
 
 pub mod sg;

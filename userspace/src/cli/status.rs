@@ -3,6 +3,10 @@ use podgate::control::{Answered, Request};
 
 use super::{Ctl, table::cell};
 
+/// Exit status of `podgate status` when no podgate program is attached (not installed, or
+/// everything detached): the report is still printed.
+pub const NOTHING_ATTACHED: i32 = 3;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
@@ -11,9 +15,17 @@ pub struct Args {
 
 pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
     let (s, answered) = ctl.call(Request::Status)?;
+    // A probe or script asking "is podgate forwarding here?" gets the answer in the exit status.
+    let nothing_attached = s["links"].as_array().is_none_or(|l| l.is_empty());
+    let done = || -> Result<()> {
+        if nothing_attached {
+            std::process::exit(NOTHING_ATTACHED);
+        }
+        Ok(())
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        return done();
     }
     let via = match answered {
         Answered::Daemon => format!(
@@ -28,7 +40,7 @@ pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
     if s["installed"] != true {
         println!("podgate: not installed under {} (start it with `podgate run --config FILE`)", cell(&s["pin_root"]));
         println!("answered by: {via}");
-        return Ok(());
+        return done();
     }
     let links = cell(&s["links"]);
     println!("answered by: {via}");
@@ -50,5 +62,5 @@ pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
             println!("  {}", p.as_str().unwrap_or_default());
         }
     }
-    Ok(())
+    done()
 }

@@ -308,6 +308,8 @@ pub struct DaemonStatus {
     pub info: DaemonInfo,
     pub uptime_secs: u64,
     pub security_groups: Vec<String>,
+    /// Where the daemon's `node.ipv4` and `node.pod_prefix` came from (`node_source`).
+    pub node_sources: crate::node_source::NodeSources,
 }
 
 #[derive(Debug, Serialize)]
@@ -467,6 +469,7 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
             info: d.info.clone(),
             uptime_secs: unix_now().saturating_sub(d.info.started),
             security_groups: d.lock().groups.keys().cloned().collect(),
+            node_sources: d.lock().node.sources,
         }),
     };
     if s.installed {

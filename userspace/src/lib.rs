@@ -13,6 +13,7 @@ pub mod maps;
 pub mod metrics;
 pub mod nat;
 pub mod netif;
+pub mod node_source;
 pub mod pins;
 pub mod reserved_ports;
 pub mod sg_maps;

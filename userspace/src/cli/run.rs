@@ -186,6 +186,8 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         ipv4 = %std::net::Ipv4Addr::from(node.ipv4),
         uplink = %cfg.node.uplink,
         prefix = %cfg.node.pod_prefix,
+        ipv4_from = %cfg.node.sources.ipv4,
+        prefix_from = %cfg.node.sources.pod_prefix,
         "node configured"
     );
     // Before the uplink and pods are attached: a pod's interface replaced while podgate was down

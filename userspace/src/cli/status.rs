@@ -46,8 +46,14 @@ pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
     println!("answered by: {via}");
     println!("pin root:    {}", cell(&s["pin_root"]));
     println!("map ABI:     v{}", s["abi_version"]);
-    println!("node IPv4:   {}", cell(&s["node_ipv4"]));
-    println!("pod prefix:  {}", cell(&s["pod_prefix"]));
+    // Where the daemon took them from (file, environment, uplink); the pins alone do not know.
+    let from = |k: &str| match &s["daemon"]["node_sources"][k] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(v) => format!(" (from {})", v.replace('_', " ")),
+        v => format!(" (from {})", v.as_object().and_then(|o| o.iter().next()).map(|(k, v)| format!("{k} {}", cell(v))).unwrap_or_default()),
+    };
+    println!("node IPv4:   {}{}", cell(&s["node_ipv4"]), from("ipv4"));
+    println!("pod prefix:  {}{}", cell(&s["pod_prefix"]), from("pod_prefix"));
     println!("SNAT ports:  {}", cell(&s["snat_ports"]));
     println!("pods:        {}", s["pods"]);
     println!("mappings:    {}", s["mappings"]);

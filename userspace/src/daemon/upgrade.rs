@@ -8,10 +8,7 @@
 use aya::maps::{Array, Map, MapData};
 use podgate_common::{ABI_VERSION, NodeConfig, map_names};
 
-use crate::{
-    dataplane::{self, DataplaneError, map_err},
-    pins::Pins,
-};
+use crate::{attach as links, error::DataplaneError, maps::map_err, pins::Pins};
 
 /// `abi_version` of the pinned `node` entry: `None` without pins, 0 for an entry never written
 /// (a start that failed half-way), `u32::MAX` for a value of another size (not even readable).
@@ -53,7 +50,7 @@ pub fn clean_start_if_incompatible(pins: &Pins) -> Result<Option<AbiReset>, Data
     if compatible(found) {
         return Ok(None);
     }
-    let links = dataplane::reset(pins, true)?;
+    let links = links::reset(pins, true)?;
     Ok(Some(AbiReset { found: found.unwrap_or_default(), ours: ABI_VERSION, links }))
 }
 

@@ -10,9 +10,13 @@ use std::{collections::HashSet, fmt, time::Duration};
 use aya::programs::tc::TcAttachType;
 
 use crate::{
+    attach::{
+        self, POD_EGRESS, POD_INGRESS, attach_tc, attach_uplink,
+        foreign::{self, Hook},
+    },
     config::{NodeSettings, ReversePath},
-    dataplane::{self, DataplaneError},
-    foreign::{self, Hook},
+    error::DataplaneError,
+    maps::pods::list_pods,
     netif,
     pins::Pins,
 };
@@ -83,17 +87,17 @@ impl Health {
 /// TC beside another tool's XDP program), the configured one when neither is.
 fn uplink_want(pins: &Pins, node: &NodeSettings) -> Want {
     let pinned = |p: &str| pins.link(&node.uplink, p).exists() || pins.netlink_link(&node.uplink, p).exists();
-    let tc = if pinned(dataplane::UPLINK_TC) {
+    let tc = if pinned(attach::UPLINK_TC) {
         true
-    } else if pinned(dataplane::UPLINK_XDP) {
+    } else if pinned(attach::UPLINK_XDP) {
         false
     } else {
         node.reverse_path == ReversePath::Tc
     };
     if tc {
-        Want { ifname: node.uplink.clone(), prog: dataplane::UPLINK_TC, hook: Hook::TcIngress }
+        Want { ifname: node.uplink.clone(), prog: attach::UPLINK_TC, hook: Hook::TcIngress }
     } else {
-        Want { ifname: node.uplink.clone(), prog: dataplane::UPLINK_XDP, hook: Hook::Xdp }
+        Want { ifname: node.uplink.clone(), prog: attach::UPLINK_XDP, hook: Hook::Xdp }
     }
 }
 
@@ -101,14 +105,14 @@ fn uplink_want(pins: &Pins, node: &NodeSettings) -> Want {
 /// interface is gone has nothing to attach to (its record goes with `pod del` or the CNI's DEL).
 pub fn wanted(pins: &Pins, node: &NodeSettings) -> Result<Vec<Want>, DataplaneError> {
     let mut v = vec![uplink_want(pins, node)];
-    for e in dataplane::list_pods(pins)? {
+    for e in list_pods(pins)? {
         let Some(veth) = netif::name_of(e.pod.ifindex) else { continue };
-        v.push(Want { ifname: veth.clone(), prog: dataplane::POD_INGRESS, hook: Hook::TcIngress });
-        v.push(Want { ifname: veth, prog: dataplane::POD_EGRESS, hook: Hook::TcEgress });
+        v.push(Want { ifname: veth.clone(), prog: POD_INGRESS, hook: Hook::TcIngress });
+        v.push(Want { ifname: veth, prog: POD_EGRESS, hook: Hook::TcEgress });
         if e.pod.ifindex_v4 != e.pod.ifindex
             && let Some(v4) = netif::name_of(e.pod.ifindex_v4)
         {
-            v.push(Want { ifname: v4, prog: dataplane::POD_INGRESS, hook: Hook::TcIngress });
+            v.push(Want { ifname: v4, prog: POD_INGRESS, hook: Hook::TcIngress });
         }
     }
     Ok(v)
@@ -134,9 +138,9 @@ pub fn missing(pins: &Pins, wants: &[Want]) -> Result<Vec<Want>, DataplaneError>
 /// Attaches `w` again the way the daemon first did.
 pub fn reattach(pins: &Pins, node: &NodeSettings, w: &Want) -> Result<(), DataplaneError> {
     match w.prog {
-        dataplane::UPLINK_XDP | dataplane::UPLINK_TC => dataplane::attach_uplink(pins, node).map(|_| ()),
-        dataplane::POD_EGRESS => dataplane::attach_tc(pins, &w.ifname, w.prog, TcAttachType::Egress),
-        _ => dataplane::attach_tc(pins, &w.ifname, w.prog, TcAttachType::Ingress),
+        attach::UPLINK_XDP | attach::UPLINK_TC => attach_uplink(pins, node).map(|_| ()),
+        POD_EGRESS => attach_tc(pins, &w.ifname, w.prog, TcAttachType::Egress),
+        _ => attach_tc(pins, &w.ifname, w.prog, TcAttachType::Ingress),
     }
 }
 

@@ -467,12 +467,15 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
         flags: Vec::new(),
         foreign_programs: Vec::new(),
         answered_by: if ctx.daemon.is_some() { "daemon" } else { "pins" },
-        daemon: ctx.daemon.map(|d| DaemonStatus {
+        daemon: ctx.daemon.map(|d| {
+            // One guard: a second `lock()` in the same expression would wait on the first.
+            let cfg = d.lock();
+            DaemonStatus {
             info: d.info.clone(),
             uptime_secs: unix_now().saturating_sub(d.info.started),
-            security_groups: d.lock().groups.keys().cloned().collect(),
-            node_sources: d.lock().node.sources,
-        }),
+            security_groups: cfg.groups.keys().cloned().collect(),
+            node_sources: cfg.node.sources,
+        }}),
     };
     if s.installed {
         let n = maps::read_node(pins)?;

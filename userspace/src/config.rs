@@ -110,7 +110,8 @@ pub struct RawLimits {
 pub struct RawNode {
     pub uplink: String,
     pub ipv4: Option<String>,
-    pub pod_prefix: String,
+    /// Absent: `PODGATE_POD_PREFIX` (`node_source`).
+    pub pod_prefix: Option<String>,
     pub pod_ipv4_cidr: Option<String>,
     pub snat_ports: Option<String>,
     pub pin_root: Option<String>,
@@ -271,6 +272,8 @@ pub struct NodeSettings {
     /// `daemon.frag_punt`: the daemon holds orphan fragments (`frag_punt` module).
     pub frag_punt: bool,
     pub limits: Limits,
+    /// Where `ipv4` and `pod_prefix` came from.
+    pub sources: crate::node_source::NodeSources,
 }
 
 /// Validated `[limits]`.
@@ -398,7 +401,21 @@ impl Config {
     }
 
     pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-        let mut node = validate_node(&raw.node, &raw.timeouts, &raw.daemon)?;
+        Self::validate_with_env(raw, &crate::node_source::process_env)
+    }
+
+    /// Like [`Config::parse`], with `env` standing for the process environment.
+    pub fn parse_with_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<input>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Self::validate_with_env(raw, env)
+    }
+
+    /// Like [`Config::validate`]; keys the file leaves out come from `env` (`node_source`).
+    pub fn validate_with_env(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut node = validate_node(&raw.node, &raw.timeouts, &raw.daemon, env)?;
         node.limits = validate_limits(&raw.limits)?;
         let mut pods = Vec::with_capacity(raw.pods.len());
         for (i, p) in raw.pods.iter().enumerate() {
@@ -442,27 +459,39 @@ impl Config {
     }
 }
 
-fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSettings, ConfigError> {
+fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon, env: &dyn Fn(&str) -> Option<String>) -> Result<NodeSettings, ConfigError> {
+    use crate::node_source::{ENV_NODE_IPV4, ENV_POD_PREFIX, NodeSources, Source, pick};
     if n.uplink.is_empty() || n.uplink.len() > 15 {
         return Err(invalid("node.uplink", &n.uplink, "not an interface name (1 to 15 characters)"));
     }
-    let ipv4 = n
-        .ipv4
-        .as_deref()
-        .map(|s| Ipv4Addr::from_str(s).map_err(|_| invalid("node.ipv4", s, "not an IPv4 address")))
-        .transpose()?;
-    let pod_prefix = Ipv6Net::from_str(&n.pod_prefix)
-        .map_err(|_| invalid("node.pod_prefix", &n.pod_prefix, "not an IPv6 prefix"))?;
-    if pod_prefix.prefix_len() != 80 {
+    // A value from the environment is named by its variable in errors: the file has no line for it.
+    let field = |key: &str, src: Source| match src {
+        Source::Env(var) => format!("{key} (from {var})"),
+        _ => key.to_string(),
+    };
+    let (ipv4, ipv4_src) = match pick(n.ipv4.as_deref(), ENV_NODE_IPV4, env) {
+        Some((s, src)) => (
+            Some(Ipv4Addr::from_str(&s).map_err(|_| invalid(field("node.ipv4", src), &s, "not an IPv4 address"))?),
+            src,
+        ),
+        None => (None, Source::Uplink),
+    };
+    let Some((prefix_s, prefix_src)) = pick(n.pod_prefix.as_deref(), ENV_POD_PREFIX, env) else {
         return Err(invalid(
             "node.pod_prefix",
-            &n.pod_prefix,
-            "must be the node's delegated /80",
+            "",
+            format!("missing: set it in the file, or {ENV_POD_PREFIX} in the daemon's environment (one ConfigMap for every node)"),
         ));
+    };
+    let pf = field("node.pod_prefix", prefix_src);
+    let pod_prefix = Ipv6Net::from_str(&prefix_s).map_err(|_| invalid(pf.clone(), &prefix_s, "not an IPv6 prefix"))?;
+    if pod_prefix.prefix_len() != 80 {
+        return Err(invalid(pf, &prefix_s, "must be the node's delegated /80"));
     }
     if pod_prefix.network() != pod_prefix.addr() {
-        return Err(invalid("node.pod_prefix", &n.pod_prefix, "host bits are set"));
+        return Err(invalid(pf, &prefix_s, "host bits are set"));
     }
+    let sources = NodeSources { ipv4: ipv4_src, pod_prefix: prefix_src };
     let cidr_s = n.pod_ipv4_cidr.as_deref().unwrap_or(DEFAULT_POD_IPV4_CIDR);
     let pod_ipv4_cidr = Ipv4Net::from_str(cidr_s)
         .map_err(|_| invalid("node.pod_ipv4_cidr", cidr_s, "not an IPv4 prefix"))?;
@@ -590,6 +619,7 @@ fn validate_node(n: &RawNode, t: &RawTimeouts, d: &RawDaemon) -> Result<NodeSett
         })
         .transpose()?;
     Ok(NodeSettings {
+        sources,
         metrics,
         socket,
         frag_punt: d.frag_punt.unwrap_or(true),
@@ -719,6 +749,45 @@ veth_v4 = "v4a"
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn one_configmap_for_every_node_takes_the_node_values_from_the_environment() {
+        use crate::node_source::{ENV_NODE_IPV4, ENV_POD_PREFIX, Source};
+        // What a DaemonSet's ConfigMap holds: nothing that differs between nodes.
+        let shared = "[node]\nuplink = \"eth0\"\n";
+        let env = |v: &str| match v {
+            ENV_POD_PREFIX => Some("2001:db8:0:7::/80".to_string()),
+            ENV_NODE_IPV4 => Some("198.51.100.7".to_string()),
+            _ => None,
+        };
+        let c = Config::parse_with_env(shared, &env).unwrap();
+        assert_eq!(c.node.pod_prefix.to_string(), "2001:db8:0:7::/80");
+        assert_eq!(c.node.ipv4, Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(c.node.sources.pod_prefix, Source::Env(ENV_POD_PREFIX));
+        assert_eq!(c.node.sources.ipv4, Source::Env(ENV_NODE_IPV4));
+        // Without PODGATE_NODE_IPV4 the uplink's address is used, as before.
+        let prefix_only = |v: &str| (v == ENV_POD_PREFIX).then(|| "2001:db8:0:7::/80".to_string());
+        let c = Config::parse_with_env(shared, &prefix_only).unwrap();
+        assert_eq!((c.node.ipv4, c.node.sources.ipv4), (None, Source::Uplink));
+        // The file wins where it sets a key.
+        let c = Config::parse_with_env(GOOD, &env).unwrap();
+        assert_eq!(c.node.pod_prefix.to_string(), "2001:db8:0:1::/80");
+        assert_eq!((c.node.sources.ipv4, c.node.sources.pod_prefix), (Source::Config, Source::Config));
+        // Neither: the error says both ways to set it.
+        let e = Config::parse_with_env(shared, &|_| None).unwrap_err().to_string();
+        assert!(e.contains("node.pod_prefix") && e.contains(ENV_POD_PREFIX), "{e}");
+        // A bad value from the environment is named by its variable.
+        let bad = |v: &str| (v == ENV_POD_PREFIX).then(|| "2001:db8:0:7::/64".to_string());
+        let e = Config::parse_with_env(shared, &bad).unwrap_err();
+        assert_eq!(e.field_value().map(|(f, _)| f.to_string()), Some(format!("node.pod_prefix (from {ENV_POD_PREFIX})")), "{e}");
+        let bad = |v: &str| match v {
+            ENV_POD_PREFIX => Some("2001:db8:0:7::/80".to_string()),
+            ENV_NODE_IPV4 => Some("not-an-ip".to_string()),
+            _ => None,
+        };
+        let e = Config::parse_with_env(shared, &bad).unwrap_err().to_string();
+        assert!(e.contains(ENV_NODE_IPV4) && e.contains("not-an-ip"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod maps;
 pub mod netif;
 pub mod node;
+pub mod node_source;
 pub mod pins;
 pub mod pods;
 pub mod reserved_ports;

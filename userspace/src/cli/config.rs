@@ -29,6 +29,7 @@ pub fn run(v: ConfigVerb) -> Result<()> {
                         "ipv4": c.node.ipv4,
                         "pod_prefix": c.node.pod_prefix,
                         "pod_ipv4_cidr": c.node.pod_ipv4_cidr,
+                        "sources": c.node.sources,
                         "snat_ports": format!("{}-{}", c.node.port_min, c.node.port_max),
                         "pin_root": c.node.pin_root,
                         "socket": socket,
@@ -39,12 +40,17 @@ pub fn run(v: ConfigVerb) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&summary)?);
                 } else {
                     println!(
-                        "{}: ok ({} pods, {} security groups, uplink {}, pod prefix {})",
+                        "{}: ok ({} pods, {} security groups, uplink {}, pod prefix {} from the {}, node IPv4 {})",
                         file.display(),
                         c.pods.len(),
                         c.security_groups.len(),
                         c.node.uplink,
-                        c.node.pod_prefix
+                        c.node.pod_prefix,
+                        c.node.sources.pod_prefix,
+                        match c.node.ipv4 {
+                            Some(ip) => format!("{ip} from the {}", c.node.sources.ipv4),
+                            None => "from the uplink address".to_string(),
+                        }
                     );
                 }
                 Ok(())

@@ -107,6 +107,20 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
     // The node's own sockets must never be handed a port a pod's mapping may hold: podgate's
     // range goes into this namespace's ip_local_reserved_ports before anything translates
     // (after every check that can refuse the start, so a refusal leaves no reservation behind).
+    // Pins of another map ABI (a rolling update across an ABI bump, or a rollback): refusing
+    // would crash-loop the DaemonSet and leave the node without a dataplane; start clean.
+    let abi_reset = podgate::daemon::upgrade::clean_start_if_incompatible(&pins).context("clearing pinned state of another map ABI")?;
+    if let Some(r) = abi_reset {
+        warn!(
+            found = r.found,
+            ours = r.ours,
+            links_detached = r.links,
+            root = %pins.root().display(),
+            "pinned state has another map ABI and cannot be migrated: starting clean (all flows, \
+             mappings and pods registered at runtime were dropped; the CNI re-registers pods only on \
+             their next ADD)"
+        );
+    }
     let record = podgate::reserved_ports::record_path(pins.root());
     let plan = podgate::reserved_ports::reserve((cfg.node.port_min, cfg.node.port_max), &record)
         .context("reserving node.snat_ports for podgate (net.ipv4.ip_local_reserved_ports)")?;
@@ -154,7 +168,7 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
     ));
     let listener = control_socket.take_listener().expect("listener taken once");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let r = rt.block_on(daemon_loop(&pins, &cfg, metrics_listener, listener, daemon));
+    let r = rt.block_on(daemon_loop(&pins, &cfg, metrics_listener, listener, daemon, u64::from(abi_reset.is_some())));
     // Dropping the socket removes its file: a clean exit leaves no stale socket behind.
     drop(control_socket);
     r
@@ -177,6 +191,8 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         ipv4 = %std::net::Ipv4Addr::from(node.ipv4),
         uplink = %cfg.node.uplink,
         prefix = %cfg.node.pod_prefix,
+        ipv4_from = %cfg.node.sources.ipv4,
+        prefix_from = %cfg.node.sources.pod_prefix,
         "node configured"
     );
     // Before the uplink and pods are attached: a pod's interface replaced while podgate was down
@@ -232,9 +248,11 @@ async fn daemon_loop(
     listener: Option<std::net::TcpListener>,
     control_listener: std::os::unix::net::UnixListener,
     daemon: Arc<Daemon>,
+    abi_resets: u64,
 ) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let metrics = Arc::new(Mutex::new(DaemonMetrics::default()));
+    metrics.lock().expect("metrics lock").health.abi_resets = abi_resets;
     tokio::spawn(control::serve(control_listener, pins.clone(), daemon.clone()));
     if let Some(listener) = listener {
         let addr = listener.local_addr()?;
@@ -271,6 +289,13 @@ async fn daemon_loop(
             .name("podgate-gc".into())
             .spawn(move || gc_loop(&pins, &cfg, &daemon, &metrics, stopped))?
     };
+    let (stop_health, health_stopped) = std::sync::mpsc::channel::<()>();
+    let health_thread = {
+        let (pins, node, daemon, metrics) = (pins.clone(), cfg.node.clone(), daemon.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("podgate-health".into())
+            .spawn(move || health_loop(&pins, &node, &daemon, &metrics, health_stopped))?
+    };
     loop {
         tokio::select! {
             r = async { bpf_log.as_mut().expect("guarded").readable_mut().await }, if bpf_log.is_some() => {
@@ -283,6 +308,8 @@ async fn daemon_loop(
         }
     }
     drop(stop_gc);
+    drop(stop_health);
+    let _ = tokio::task::spawn_blocking(move || health_thread.join()).await;
     // A pass in progress finishes first: its deletions and repairs are never left half-done.
     let _ = tokio::task::spawn_blocking(move || gc_thread.join()).await;
     if bpf_log.is_some() {
@@ -293,6 +320,31 @@ async fn daemon_loop(
     }
     info!("exiting; programs stay attached and maps pinned (`podgate reset` removes them)");
     Ok(())
+}
+
+/// Attachment checks (`health`) until `stop` is dropped: the first at once, so that /readyz
+/// turns ready as soon as the start is verified.
+fn health_loop(
+    pins: &Pins,
+    node: &podgate::config::NodeSettings,
+    daemon: &Daemon,
+    metrics: &Mutex<DaemonMetrics>,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    let mut next = Duration::ZERO;
+    loop {
+        match stop.recv_timeout(next) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        next = podgate::daemon::health::CHECK_INTERVAL;
+        let mut h = metrics.lock().expect("metrics lock").health.clone();
+        {
+            let _serialized = daemon.lock();
+            podgate::daemon::health::check_and_repair(pins, node, &mut h);
+        }
+        metrics.lock().expect("metrics lock").health = h;
+    }
 }
 
 /// GC passes until `stop` is dropped: IPv4 NAT (its walks without the daemon's lock, its
@@ -411,14 +463,23 @@ async fn serve_metrics(listener: tokio::net::TcpListener, pins: Pins, d: Arc<Mut
             };
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = if path == "/metrics" {
+            let (status, body) = if path == "/healthz" || path == "/readyz" {
+                let h = d.lock().expect("metrics lock").health.clone();
+                let ok = if path == "/healthz" { h.live(std::time::Instant::now()) } else { h.ready() };
+                let body = if path == "/healthz" {
+                    if ok { "ok\n".to_string() } else { "attachment checks stopped: the daemon is wedged\n".to_string() }
+                } else {
+                    h.readiness()
+                };
+                (if ok { "200 OK" } else { "503 Service Unavailable" }, body)
+            } else if path == "/metrics" {
                 let snapshot = d.lock().expect("metrics lock").clone();
                 match metrics::render(&pins, &snapshot) {
                     Ok(b) => ("200 OK", b),
                     Err(e) => ("500 Internal Server Error", format!("{:#}\n", anyhow::Error::new(e))),
                 }
             } else {
-                ("404 Not Found", "try /metrics\n".to_string())
+                ("404 Not Found", "try /metrics, /healthz or /readyz\n".to_string())
             };
             let head = format!(
                 "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n",

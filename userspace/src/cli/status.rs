@@ -3,6 +3,10 @@ use podgate::control::{Answered, Request};
 
 use super::{Ctl, table::cell};
 
+/// Exit status of `podgate status` when no podgate program is attached (not installed, or
+/// everything detached): the report is still printed.
+pub const NOTHING_ATTACHED: i32 = 3;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
@@ -11,9 +15,17 @@ pub struct Args {
 
 pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
     let (s, answered) = ctl.call(Request::Status)?;
+    // A probe or script asking "is podgate forwarding here?" gets the answer in the exit status.
+    let nothing_attached = s["links"].as_array().is_none_or(|l| l.is_empty());
+    let done = || -> Result<()> {
+        if nothing_attached {
+            std::process::exit(NOTHING_ATTACHED);
+        }
+        Ok(())
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+        return done();
     }
     let via = match answered {
         Answered::Daemon => format!(
@@ -28,14 +40,20 @@ pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
     if s["installed"] != true {
         println!("podgate: not installed under {} (start it with `podgate run --config FILE`)", cell(&s["pin_root"]));
         println!("answered by: {via}");
-        return Ok(());
+        return done();
     }
     let links = cell(&s["links"]);
     println!("answered by: {via}");
     println!("pin root:    {}", cell(&s["pin_root"]));
     println!("map ABI:     v{}", s["abi_version"]);
-    println!("node IPv4:   {}", cell(&s["node_ipv4"]));
-    println!("pod prefix:  {}", cell(&s["pod_prefix"]));
+    // Where the daemon took them from (file, environment, uplink); the pins alone do not know.
+    let from = |k: &str| match &s["daemon"]["node_sources"][k] {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(v) => format!(" (from {})", v.replace('_', " ")),
+        v => format!(" (from {})", v.as_object().and_then(|o| o.iter().next()).map(|(k, v)| format!("{k} {}", cell(v))).unwrap_or_default()),
+    };
+    println!("node IPv4:   {}{}", cell(&s["node_ipv4"]), from("ipv4"));
+    println!("pod prefix:  {}{}", cell(&s["pod_prefix"]), from("pod_prefix"));
     println!("SNAT ports:  {}", cell(&s["snat_ports"]));
     println!("pods:        {}", s["pods"]);
     println!("mappings:    {}", s["mappings"]);
@@ -50,5 +68,5 @@ pub fn run(a: Args, ctl: &Ctl) -> Result<()> {
             println!("  {}", p.as_str().unwrap_or_default());
         }
     }
-    Ok(())
+    done()
 }

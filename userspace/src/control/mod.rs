@@ -310,6 +310,8 @@ pub struct DaemonStatus {
     pub info: DaemonInfo,
     pub uptime_secs: u64,
     pub security_groups: Vec<String>,
+    /// Where the daemon's `node.ipv4` and `node.pod_prefix` came from (`node_source`).
+    pub node_sources: crate::node_source::NodeSources,
 }
 
 #[derive(Debug, Serialize)]
@@ -465,11 +467,15 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
         flags: Vec::new(),
         foreign_programs: Vec::new(),
         answered_by: if ctx.daemon.is_some() { "daemon" } else { "pins" },
-        daemon: ctx.daemon.map(|d| DaemonStatus {
+        daemon: ctx.daemon.map(|d| {
+            // One guard: a second `lock()` in the same expression would wait on the first.
+            let cfg = d.lock();
+            DaemonStatus {
             info: d.info.clone(),
             uptime_secs: unix_now().saturating_sub(d.info.started),
-            security_groups: d.lock().groups.keys().cloned().collect(),
-        }),
+            security_groups: cfg.groups.keys().cloned().collect(),
+            node_sources: cfg.node.sources,
+        }}),
     };
     if s.installed {
         let n = maps::read_node(pins)?;

@@ -31,6 +31,8 @@ pub struct DaemonMetrics {
     /// New flows refused (`nat4_pressure`) now, and GC passes that found the maps near full.
     pub pressure: bool,
     pub pressure_passes: u64,
+    /// Attachment checks, re-attaches and ABI clean starts (`health`).
+    pub health: crate::daemon::health::Health,
 }
 
 /// What the daemon did with orphans (Prometheus: `podgate_frag_punt_*`).
@@ -129,6 +131,21 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "# TYPE podgate_gc_last_expired gauge");
     let _ = writeln!(w, "podgate_gc_last_expired{{map=\"ct4\"}} {}", d.last_gc.flows_expired);
     let _ = writeln!(w, "podgate_gc_last_expired{{map=\"nat4_map\"}} {}", d.last_gc.mappings_expired);
+    let h = &d.health;
+    let _ = writeln!(w, "# HELP podgate_attached 1 while every program podgate owns (uplink, registered pods' veths) is attached.");
+    let _ = writeln!(w, "# TYPE podgate_attached gauge");
+    let _ = writeln!(w, "podgate_attached {}", u8::from(h.ready()));
+    let _ = writeln!(w, "# HELP podgate_detached_hooks Hooks found without podgate's program after the last check and repair.");
+    let _ = writeln!(w, "# TYPE podgate_detached_hooks gauge");
+    let _ = writeln!(w, "podgate_detached_hooks {}", h.missing.len());
+    let _ = writeln!(w, "# HELP podgate_reattach_total Programs found detached behind the daemon's back and attached again.");
+    let _ = writeln!(w, "# TYPE podgate_reattach_total counter");
+    let _ = writeln!(w, "podgate_reattach_total {}", h.reattached);
+    let _ = writeln!(w, "# TYPE podgate_reattach_errors_total counter");
+    let _ = writeln!(w, "podgate_reattach_errors_total {}", h.reattach_errors);
+    let _ = writeln!(w, "# HELP podgate_abi_reset_total Clean starts over pinned state of another map ABI (flows and runtime pods lost).");
+    let _ = writeln!(w, "# TYPE podgate_abi_reset_total counter");
+    let _ = writeln!(w, "podgate_abi_reset_total {}", h.abi_resets);
     let f = &d.frag_punt;
     let _ = writeln!(w, "# HELP podgate_frag_punt_held Inbound fragments the daemon holds until their first fragment.");
     let _ = writeln!(w, "# TYPE podgate_frag_punt_held gauge");

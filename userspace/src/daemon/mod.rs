@@ -2,4 +2,6 @@
 
 pub mod bpf_log;
 pub mod frag_punt;
+pub mod health;
 pub mod metrics;
+pub mod upgrade;

@@ -271,7 +271,7 @@ fn fixed_point(env: &mut Env) {
 
 /// An established flow of pod A (`EST_PORT` → `remote`:`rport`), mapped to its own port.
 fn established(env: &mut Env, proto: u8, remote: [u8; 4], rport: u16) {
-    let now = podgate::nat::boottime_ns();
+    let now = podgate::util::boottime_ns();
     let a = env.pod_a;
     let ep = fixture::ep(POD_A, EST_PORT, proto);
     env.set_mapping(ep, Mapping4 { ext_port: EST_PORT, _pad: 0, pod_ifindex: a, created_ns: now, last_seen_ns: now });
@@ -378,7 +378,7 @@ impl Filler {
     /// Adds prefilled entries until `upto` of them exist.
     fn fill(&mut self, upto: usize) -> Result<()> {
         let t = Instant::now();
-        let now = podgate::nat::boottime_ns();
+        let now = podgate::util::boottime_ns();
         while self.next < upto {
             let (ep, m, c, f, ct) = prefill_entry(self.next, now, self.ifindex);
             self.maps.insert(ep, m, 0).context("nat4_map insert")?;
@@ -441,7 +441,7 @@ fn gc_pass(pins: &podgate::pins::Pins, what: &str, now: u64, reference: bool) ->
     let r = if reference {
         crate::bench_gc_ref::reference_gc(pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, now)?
     } else {
-        podgate::nat::gc(pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, now)?
+        podgate::snat::gc(pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, now)?
     };
     Ok(GcPass {
         what: what.into(),
@@ -543,7 +543,7 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
             env.h.ebpf.map(n).with_context(|| format!("map {n}"))?.pin(dir.join(n))?;
         }
         let pins = podgate::pins::Pins::new(&dir);
-        let now = podgate::nat::boottime_ns();
+        let now = podgate::util::boottime_ns();
         let day = 86_400 * 1_000_000_000;
         gc.push(gc_pass(&pins, "scan: nothing expired", now, false)?);
         // A day later every UDP flow and mapping has expired: the pass deletes them all.
@@ -553,7 +553,7 @@ pub fn scale(o: &MicroOpts) -> Result<Scale> {
         let filled = filler.next;
         filler.next = 0;
         filler.fill(filled)?;
-        let now = podgate::nat::boottime_ns();
+        let now = podgate::util::boottime_ns();
         gc.push(gc_pass(&pins, "scan: nothing expired", now, true)?);
         gc.push(gc_pass(&pins, "expire: every entry", now + day, true)?);
         drop(guard);

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use aya::maps::{HashMap, MapData, MapError};
-use podgate::{nat::GcReport, pins::Pins};
+use podgate::{snat::GcReport, pins::Pins};
 use podgate_common::{
     Pod, Timeouts, map_names,
     nat::{self as nat_rules, Claim4, Ct4, Endpoint4, FragKey4, FragVal4, Flow4, Mapping4, map_names as nat_maps},
@@ -15,7 +15,7 @@ use podgate_common::{
 type DataplaneError = anyhow::Error;
 
 fn open_hash<K: aya::Pod, V: aya::Pod>(pins: &Pins, name: &str) -> anyhow::Result<HashMap<MapData, K, V>> {
-    Ok(HashMap::try_from(podgate::dataplane::open_map(pins, name)?)?)
+    Ok(HashMap::try_from(podgate::maps::open_map(pins, name)?)?)
 }
 
 fn map_err(_: &str) -> impl Fn(MapError) -> anyhow::Error {
@@ -153,7 +153,7 @@ fn repair_evictions(
     const BPF_NOEXIST: u64 = 1;
     let eif = read_node(pins).is_ok_and(|n| n.flags & podgate_common::node_flags::FILTER_EIF != 0);
     let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
-    let room = podgate::dataplane::map_max_entries(pins, nat_maps::NAT4_MAP)
+    let room = podgate::maps::map_max_entries(pins, nat_maps::NAT4_MAP)
         .map(|max| podgate_common::pressure::high_water(u64::from(max), ncpus) as usize)
         .unwrap_or(0);
     let live_eps: HashSet<Endpoint4> = live.iter().map(|l| l.0).collect();
@@ -217,5 +217,5 @@ fn repair_evictions(
 
 
 fn read_node(pins: &Pins) -> anyhow::Result<podgate_common::NodeConfig> {
-    Ok(podgate::dataplane::read_node(pins)?)
+    Ok(podgate::maps::read_node(pins)?)
 }

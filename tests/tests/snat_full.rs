@@ -1,10 +1,10 @@
 //! Full NAT maps (issue 3 "LRU eviction only as a last resort and counted", issue 7 fault
 //! "conntrack and NAT maps full"), through the real programs with shrunken maps and the
-//! daemon's real GC (`podgate::nat::gc`) over a pinned view of them.
+//! daemon's real GC (`podgate::snat::gc`) over a pinned view of them.
 mod snat_common;
 use std::{collections::HashSet, path::PathBuf};
 
-use podgate::{nat, pins::Pins};
+use podgate::{pins::Pins, snat};
 use podgate_common::{Timeouts, pressure, stats::Counter};
 use snat_common::*;
 
@@ -79,10 +79,10 @@ fn near_full_maps_refuse_new_flows_and_recover_after_gc() {
         assert_eq!(open_udp(&mut env, i).verdict, TC_ACT_OK, "flow {i}");
     }
     // The daemon's pass: nothing expired, occupancy at the high-water mark.
-    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, nat::boottime_ns()).unwrap();
+    let r = snat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, podgate::util::boottime_ns()).unwrap();
     assert_eq!((r.flows_seen, r.mappings_seen, r.claims_seen), (high as usize, high as usize, high as usize));
     assert_eq!(r.evictions(), 0, "{r:?}");
-    assert!(nat::update_pressure(&view.pins, &r, false).unwrap(), "at the high-water mark");
+    assert!(snat::update_pressure(&view.pins, &r, false).unwrap(), "at the high-water mark");
 
     // New flows: refused before they touch a map, the pod told (3/13), counted.
     for i in high..high + 50 {
@@ -104,14 +104,14 @@ fn near_full_maps_refuse_new_flows_and_recover_after_gc() {
     assert_no_port_leak(&env);
 
     // Between the marks the guard stays on (no flapping at every pass).
-    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, nat::boottime_ns()).unwrap();
-    assert!(nat::update_pressure(&view.pins, &r, true).unwrap());
+    let r = snat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, podgate::util::boottime_ns()).unwrap();
+    assert!(snat::update_pressure(&view.pins, &r, true).unwrap());
 
     // Recovery: the flows time out (a later GC clock), the pass frees the maps, new flows work.
-    let later = nat::boottime_ns() + 3600 * 1_000_000_000;
-    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, later).unwrap();
+    let later = podgate::util::boottime_ns() + 3600 * 1_000_000_000;
+    let r = snat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, later).unwrap();
     assert_eq!((r.flows_expired, r.mappings_expired), (high as usize, high as usize));
-    assert!(!nat::update_pressure(&view.pins, &r, true).unwrap());
+    assert!(!snat::update_pressure(&view.pins, &r, true).unwrap());
     assert_eq!(open_udp(&mut env, high + 100).verdict, TC_ACT_OK);
     assert_eq!(env.counter(Counter::DropMapFull), 51);
     assert_no_port_leak(&env);
@@ -128,7 +128,7 @@ fn endpoint(i: u32) -> podgate_common::nat::Endpoint4 {
 /// are still inside their timeout.
 fn gc_clock() -> u64 {
     let udp = u64::from(Timeouts::default().udp) * 1_000_000_000;
-    nat::boottime_ns().max(1 + udp + 1_000_000_000)
+    podgate::util::boottime_ns().max(1 + udp + 1_000_000_000)
 }
 
 /// Ages flow `i` (and its mapping, if any) so that the next GC pass expires it: the flow ended.
@@ -187,7 +187,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     // Updating an entry of a full LRU map (the aging above) evicts too: look again.
     let mapped: HashSet<_> = env.mappings().into_iter().map(|(k, _)| k).collect();
     let evicted: Vec<u32> = (0..FLOWS).filter(|&i| !mapped.contains(&endpoint(i))).collect();
-    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
+    let r = snat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
     let restore = evicted.iter().filter(|&&i| i % 3 == 0).count();
     let lost = evicted.iter().filter(|&&i| i % 3 != 0).count();
     assert_eq!(r.flows_expired, ended.len(), "{r:?}");
@@ -202,7 +202,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     assert_no_port_leak(&env);
 
     // A second pass finds nothing more.
-    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
+    let r = snat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
     assert_eq!(r.evictions(), 0, "{r:?}");
 
     // Flow and mapping both evicted (claims left behind, owned by nobody): the GC removes the
@@ -218,7 +218,7 @@ fn lru_evictions_are_counted_and_repaired_by_the_gc() {
     for &i in &live[..10] {
         m.remove(&endpoint(i)).unwrap();
     }
-    let r = nat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
+    let r = snat::gc(&view.pins, &Timeouts::default(), podgate::config::DEFAULT_UNANSWERED_SECS, gc_clock()).unwrap();
     assert_eq!((r.evicted_mappings_lost, r.orphan_claims_removed), (10, 10), "{r:?}");
     assert_no_port_leak(&env);
     assert_eq!(env.mappings().len(), live.len() - 10);
@@ -241,7 +241,7 @@ fn age_if_present(env: &mut Env, i: u32) {
     }
 }
 
-type GcFn = fn(&Pins, &Timeouts, u64) -> anyhow::Result<nat::GcReport>;
+type GcFn = fn(&Pins, &Timeouts, u64) -> anyhow::Result<snat::GcReport>;
 
 /// Rounds of: every flow made idle, then refreshed by a packet while GC passes run on another
 /// thread. A flow refreshed after a pass read it must keep its conntrack entry, mapping and
@@ -268,7 +268,7 @@ fn refreshes_race_gc_passes(gc: GcFn) {
             std::thread::spawn(move || {
                 // At least one pass; bounded at 10,000 whatever happens to the refresh sweep.
                 loop {
-                    gc(&pins, &Timeouts::default(), nat::boottime_ns()).expect("gc pass");
+                    gc(&pins, &Timeouts::default(), podgate::util::boottime_ns()).expect("gc pass");
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                     if stop.load(Ordering::Relaxed) || n >= 10_000 {
                         return n;
@@ -314,5 +314,5 @@ fn refreshes_race_gc_passes(gc: GcFn) {
             before the GC's per-key lookup-and-delete and writes its refresh after it writes into \
             the deleted element; the flow loses its ct4 entry or mapping until its next packet"]
 fn gc_passes_racing_refreshes_never_take_a_live_flows_state() {
-    refreshes_race_gc_passes(|p, t, n| Ok(nat::gc(p, t, podgate::config::DEFAULT_UNANSWERED_SECS, n)?));
+    refreshes_race_gc_passes(|p, t, n| Ok(snat::gc(p, t, podgate::config::DEFAULT_UNANSWERED_SECS, n)?));
 }

@@ -13,6 +13,8 @@ use podgate_common::Timeouts;
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::util::parse_port_range;
+
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/podgate";
 pub const DEFAULT_POD_IPV4_CIDR: &str = "169.254.172.0/22";
 pub const DEFAULT_SNAT_PORTS: &str = "49152-65535";
@@ -421,9 +423,9 @@ impl Config {
                 }
             }
         }
-        let security_groups = crate::sg_maps::parse_groups(&raw.security_groups, node.pod_prefix)
+        let security_groups = crate::sg::parse_groups(&raw.security_groups, node.pod_prefix)
             .map_err(|e| match &e {
-                crate::sg_maps::SgStateError::Sg(crate::sg::SgError::Rule { group, dir, index, field, value, .. }) => {
+                crate::sg::SgError::Rule { group, dir, index, field, value, .. } => {
                     ConfigError::SecurityGroupRule {
                         field: format!("security_groups.{group}.{dir}[{index}].{field}"),
                         value: value.clone(),
@@ -697,18 +699,6 @@ pub fn check_unique(pods: &[PodSpec]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `"LOW-HIGH"` or a single port.
-pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
-    let (lo, hi) = match s.split_once('-') {
-        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
-        None => {
-            let p = s.trim().parse().ok()?;
-            (p, p)
-        }
-    };
-    (lo <= hi).then_some((lo, hi))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,10 +739,10 @@ veth_v4 = "v4a"
         let ip = Ipv4Addr::new(198, 51, 100, 2);
         let on = Config::parse(GOOD).unwrap().node;
         assert!(on.udp_port_parity);
-        assert_eq!(crate::dataplane::node_config(&on, ip, 1).flags & UDP_NO_PARITY, 0);
+        assert_eq!(crate::node::node_config(&on, ip, 1).flags & UDP_NO_PARITY, 0);
         let off = Config::parse(&GOOD.replace("pod_prefix", "udp_port_parity = false\npod_prefix")).unwrap().node;
         assert!(!off.udp_port_parity);
-        assert_ne!(crate::dataplane::node_config(&off, ip, 1).flags & UDP_NO_PARITY, 0);
+        assert_ne!(crate::node::node_config(&off, ip, 1).flags & UDP_NO_PARITY, 0);
         let e = err(&GOOD.replace("pod_prefix", "udp_port_parity = \"yes\"\npod_prefix"));
         assert!(e.contains("udp_port_parity"), "{e}");
     }
@@ -779,7 +769,7 @@ veth_v4 = "v4a"
         assert_eq!((c.limits.conntrack6, c.limits.pod_flows, c.unanswered_secs), (4096, 512, 5));
         assert_eq!(c.limits.map_sizes()[3], ("ct6", 4096));
         let c = Config::parse(&format!("{GOOD}\n[limits]\nconntrack6 = 4096\npod_flows = 100\n")).unwrap().node;
-        assert_eq!(crate::dataplane::node_config(&c, Ipv4Addr::new(198, 51, 100, 2), 1).pod_flows, 100);
+        assert_eq!(crate::node::node_config(&c, Ipv4Addr::new(198, 51, 100, 2), 1).pod_flows, 100);
         for (text, field) in [
             ("[limits]\nconntrack6 = 10\n", "limits.conntrack6"),
             ("[limits]\nconntrack6 = 4096\npod_flows = 4097\n", "limits.pod_flows"),

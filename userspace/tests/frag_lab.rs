@@ -85,7 +85,7 @@ fn a_killed_daemon_stops_punting_within_seconds() {
     // SAFETY: the daemon is our child.
     unsafe { libc::kill(d.pid() as i32, libc::SIGKILL) };
     drop(d);
-    thread::sleep(podgate::frag_punt::ALIVE_AHEAD + Duration::from_secs(1));
+    thread::sleep(podgate::daemon::frag_punt::ALIVE_AHEAD + Duration::from_secs(1));
     orphans_dropped_without_daemon(&n, 44022);
 }
 

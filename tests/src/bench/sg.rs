@@ -1,11 +1,11 @@
 //! IPv6 security-group cost: one pod in 5 groups of 60 ingress rules each, compiled and written
-//! with podgate's own `sg::compile` / `sg::apply`, measured through `pod_egress` (what is delivered
+//! with podgate's own `sg::compile` / `sg::write_in`, measured through `pod_egress` (what is delivered
 //! to the pod) next to `noop_tc`.
 
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap};
 use etherparse::PacketBuilder;
-use podgate::sg::{self, CompileInput, PodSpec, SecurityGroups};
+use podgate::sg::{self, CompileInput, PodGroups, SecurityGroups};
 use podgate_common::{ABI_VERSION, NodeConfig, Pod, stats::Counter};
 use serde_json::json;
 
@@ -62,7 +62,7 @@ pub fn cases(o: &MicroOpts) -> Result<Vec<Case>> {
     let mut h = Harness::new()?;
     let names: Vec<String> = (0..GROUPS).map(|g| format!("g{g}")).collect();
     let groups = groups()?;
-    let pods = vec![PodSpec { name: "pod".into(), ifindex: POD_IFINDEX, ipv6: POD.parse()?, groups: names }];
+    let pods = vec![PodGroups { name: "pod".into(), ifindex: POD_IFINDEX, ipv6: POD.parse()?, groups: names }];
     let compiled = sg::compile(&CompileInput {
         groups: &groups,
         pods: &pods,
@@ -76,7 +76,7 @@ pub fn cases(o: &MicroOpts) -> Result<Vec<Case>> {
     let pod = Pod { id: 7, ifindex: POD_IFINDEX, ifindex_v4: POD_IFINDEX, ipv6: a(POD), group_count: count, groups: g, ..Default::default() };
     HashMap::<_, u32, Pod>::try_from(h.ebpf.map_mut("pods").context("pods")?)?.insert(POD_IFINDEX, pod, 0)?;
     HashMap::<_, [u8; 16], u32>::try_from(h.ebpf.map_mut("pods_v6").context("pods_v6")?)?.insert(a(POD), POD_IFINDEX, 0)?;
-    sg::apply(&mut h.ebpf, &compiled)?;
+    sg::write_in(&mut h.ebpf, &compiled)?;
     let label = format!("{GROUPS} groups × {RULES} rules");
 
     // A port no rule opens: every group is looked up and searched, then the drop (no state).

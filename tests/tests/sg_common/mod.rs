@@ -9,7 +9,7 @@ use etherparse::{
     EtherType, Ethernet2Header, IpNumber, Ipv6FlowLabel, Ipv6Header,
     Ipv6RawExtHeader, PacketBuilder, TcpHeader,
 };
-use podgate::sg::{self, CompileInput, Compiled, PodSpec, SecurityGroups};
+use podgate::sg::{self, CompileInput, Compiled, PodGroups, SecurityGroups};
 use podgate_common::{
     Event, NodeConfig, Pod,
     sg::{Ct6, Flow6, FragKey6, FragVal6},
@@ -34,7 +34,7 @@ pub fn a(s: &str) -> [u8; 16] {
 pub struct Fx {
     pub h: Harness,
     pub compiled: Compiled,
-    pub pods: Vec<PodSpec>,
+    pub pods: Vec<PodGroups>,
 }
 
 pub fn parse_groups(toml_text: &str) -> SecurityGroups {
@@ -72,14 +72,14 @@ impl Fx {
     /// The pod under test (ifindex 1, address `POD`) gets `pod_groups`; `DB_POD` is in `db`.
     pub fn new(groups_toml: &str, pod_groups: &[&str]) -> Self {
         let groups = parse_groups(groups_toml);
-        let mut pods = vec![PodSpec {
+        let mut pods = vec![PodGroups {
             name: "pod".into(),
             ifindex: POD_IFINDEX,
             ipv6: POD.parse().unwrap(),
             groups: pod_groups.iter().map(|s| s.to_string()).collect(),
         }];
         if groups.contains_key("db") {
-            pods.push(PodSpec { name: "db".into(), ifindex: 99, ipv6: DB_POD.parse().unwrap(), groups: vec!["db".into()] });
+            pods.push(PodGroups { name: "db".into(), ifindex: 99, ipv6: DB_POD.parse().unwrap(), groups: vec!["db".into()] });
         }
         let compiled = compile(&groups, &pods, None);
         routed_netns();
@@ -92,7 +92,7 @@ impl Fx {
         let mut m: Array<_, NodeConfig> = Array::try_from(fx.h.ebpf.map_mut("node").unwrap()).unwrap();
         m.set(0, node, 0).unwrap();
         fx.write_pod();
-        sg::apply(&mut fx.h.ebpf, &fx.compiled).expect("apply");
+        sg::write_in(&mut fx.h.ebpf, &fx.compiled).expect("apply");
         fx
     }
 
@@ -118,7 +118,7 @@ impl Fx {
         let groups = parse_groups(groups_toml);
         self.compiled = compile(&groups, &self.pods, Some(&self.compiled.group_ids));
         self.write_pod();
-        sg::apply(&mut self.h.ebpf, &self.compiled).expect("apply")
+        sg::write_in(&mut self.h.ebpf, &self.compiled).expect("apply")
     }
 
     /// What the pod sends: TC ingress of its veth.
@@ -196,7 +196,7 @@ impl Fx {
     }
 }
 
-pub fn compile(groups: &SecurityGroups, pods: &[PodSpec], prev: Option<&std::collections::BTreeMap<String, u32>>) -> Compiled {
+pub fn compile(groups: &SecurityGroups, pods: &[PodGroups], prev: Option<&std::collections::BTreeMap<String, u32>>) -> Compiled {
     sg::compile(&CompileInput {
         groups,
         pods,

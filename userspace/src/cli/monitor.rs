@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
-use podgate::{dataplane::open_map, nat::proto_name, pins::Pins};
+use podgate::{maps::open_map, pins::Pins, util::proto_name};
 use podgate_common::{Event, event_kind, map_names, stats::Counter};
 use serde::Serialize;
 

@@ -1,5 +1,5 @@
 use anyhow::Result;
-use podgate::{dataplane, pins::Pins, reserved_ports};
+use podgate::{attach, pins::Pins, reserved_ports};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,7 +10,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, pins: &Pins) -> Result<()> {
-    let n = dataplane::reset(pins, a.purge)?;
+    let n = attach::reset(pins, a.purge)?;
     let mut released = String::new();
     if a.purge {
         let r = reserved_ports::release(&reserved_ports::record_path(pins.root()))?;

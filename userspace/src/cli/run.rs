@@ -13,10 +13,15 @@ use std::str::FromStr as _;
 use podgate::{
     config::{Config, ForeignPrograms, parse_bpf_log},
     control::{self, ControlSocket, Daemon, DaemonConfig, DaemonInfo},
-    dataplane,
-    metrics::{self, DaemonMetrics},
-    nat, netif,
+    attach,
+    daemon::{
+        bpf_log,
+        frag_punt,
+        metrics::{self, DaemonMetrics},
+    },
+    maps, netif, node,
     pins::Pins,
+    pods, snat,
 };
 use tracing::{debug, info, warn};
 
@@ -93,9 +98,9 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
     };
     // Other tools' programs on our hooks: refused here, before anything is loaded or attached;
     // with coexist, `attach_*` say where podgate goes beside each of them.
-    let hooks = dataplane::hooks_for(&cfg.node, &cfg.pods);
+    let hooks = attach::hooks_for(&cfg.node, &cfg.pods);
     let tc_netlink = cfg.node.tc_attach == podgate::config::TcAttach::Netlink;
-    let others = dataplane::scan_foreign(&pins, &hooks, cfg.node.foreign_programs, tc_netlink)?;
+    let others = attach::scan_foreign(&pins, &hooks, cfg.node.foreign_programs, tc_netlink)?;
     for f in &others {
         info!(other = %f, "another tool's program on a hook podgate uses: left in place (foreign_programs = \"coexist\")");
     }
@@ -119,7 +124,7 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
             if let Err(r) = podgate::reserved_ports::release(&record) {
                 warn!("giving back the reserved ports failed: {r:#}");
             }
-            match dataplane::reset(&pins, true) {
+            match attach::reset(&pins, true) {
                 Ok(_) => return Err(e.context("nothing was left attached or pinned")),
                 Err(r) => warn!("rolling back failed too: {r:#}"),
             }
@@ -158,16 +163,16 @@ pub fn run(a: Args, cli_pin_root: PathBuf, cli_socket: Option<PathBuf>) -> Resul
 /// Installs or adopts the dataplane and applies the configuration to it.
 fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     let sizes = cfg.node.limits.map_sizes();
-    for (name, have, want) in dataplane::size_mismatches(pins, &sizes) {
+    for (name, have, want) in attach::size_mismatches(pins, &sizes) {
         warn!(map = %name, pinned = have, configured = want, "map keeps its pinned size; `podgate reset` applies [limits]");
     }
-    let adopted = dataplane::install_sized(pins, &sizes, podgate::bpf_log::aya_level(cfg.node.bpf_log)).context("installing the dataplane")?;
+    let adopted = attach::install_sized(pins, &sizes, bpf_log::aya_level(cfg.node.bpf_log)).context("installing the dataplane")?;
     if adopted.is_empty() {
         info!(root = %pins.root().display(), "created new pinned maps");
     } else {
         info!(root = %pins.root().display(), maps = adopted.len(), "adopted pinned maps from a previous run (flows kept)");
     }
-    let node = dataplane::write_node(pins, &cfg.node)?;
+    let node = node::write_node(pins, &cfg.node)?;
     info!(
         ipv4 = %std::net::Ipv4Addr::from(node.ipv4),
         uplink = %cfg.node.uplink,
@@ -177,7 +182,7 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
     // Before the uplink and pods are attached: a pod's interface replaced while podgate was down
     // leaves entries keyed by an ifindex that is gone and flows that point at it.
     let configured: std::collections::HashSet<&str> = cfg.pods.iter().map(|p| p.name.as_str()).collect();
-    for e in dataplane::remove_vanished_pods(pins)? {
+    for e in pods::remove_vanished_pods(pins)? {
         let again = if configured.contains(e.name.as_str()) {
             "registered again from the config with its new interfaces"
         } else {
@@ -190,19 +195,19 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
              and mappings were flushed as on pod removal; {again}"
         );
     }
-    let path = dataplane::attach_uplink(pins, &cfg.node)?;
+    let path = attach::attach_uplink(pins, &cfg.node)?;
     info!(uplink = %cfg.node.uplink, ?path, "uplink attached");
     // On a restart the config's pods keep their pinned group ids while they are re-registered:
     // a record without groups would let the pod send anything until the groups are applied.
-    let pinned_groups = podgate::sg_maps::group_ids(pins)?;
+    let pinned_groups = podgate::sg::group_ids(pins)?;
     for p in &cfg.pods {
         let ids: Vec<u32> = p.security_groups.iter().filter_map(|g| pinned_groups.get(g).copied()).collect();
-        let pod = dataplane::add_pod(pins, cfg.node.pod_quota, p, &ids)
+        let pod = pods::add_pod(pins, cfg.node.pod_quota, p, &ids)
             .with_context(|| format!("registering pod {}", p.name))?;
         info!(pod = %p.name, id = pod.id, ipv6 = %p.ipv6, ipv4 = %p.ipv4, "pod registered");
     }
     let assign = cfg.pods.iter().map(|p| (p.name.clone(), p.security_groups.clone())).collect();
-    let r = podgate::sg_maps::apply(
+    let r = podgate::sg::apply(
         pins,
         &cfg.security_groups,
         &assign,
@@ -211,9 +216,9 @@ fn bring_up(pins: &Pins, cfg: &Config) -> Result<()> {
         false,
     )?;
     info!(groups = r.groups, rule_entries = r.rule_entries, generation = r.generation, "security groups applied");
-    for e in dataplane::list_pods(pins)? {
+    for e in maps::pods::list_pods(pins)? {
         // Pods registered at runtime by an older daemon get their tallies too.
-        podgate::usage::init(pins, e.pod.id, e.pod.ipv4)?;
+        podgate::maps::usage::init(pins, e.pod.id, e.pod.ipv4)?;
         if !configured.contains(e.name.as_str()) {
             info!(pod = %e.name, "keeping pod registered at runtime (not in the config file)");
         }
@@ -238,11 +243,11 @@ async fn daemon_loop(
         tokio::spawn(serve_metrics(listener, pins.clone(), metrics.clone()));
     }
     if cfg.node.frag_punt {
-        tokio::spawn(podgate::frag_punt::run(pins.clone(), metrics.clone()));
+        tokio::spawn(frag_punt::run(pins.clone(), metrics.clone()));
     }
     let mut bpf_log = match cfg.node.bpf_log {
         Some(level) => {
-            let logger = podgate::bpf_log::open(pins).context("forwarding eBPF logs (daemon.bpf_log)")?;
+            let logger = bpf_log::open(pins).context("forwarding eBPF logs (daemon.bpf_log)")?;
             info!(%level, "forwarding eBPF log lines (target podgate::bpf)");
             // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for
             // as long as the logger lives, and the AsyncFd owns the logger.
@@ -282,7 +287,7 @@ async fn daemon_loop(
     let _ = tokio::task::spawn_blocking(move || gc_thread.join()).await;
     if bpf_log.is_some() {
         // Nobody reads the log buffer once this daemon is gone: stop the programs writing it.
-        if let Err(e) = dataplane::set_node_flag(pins, podgate_common::node_flags::BPF_LOG, false) {
+        if let Err(e) = maps::set_node_flag(pins, podgate_common::node_flags::BPF_LOG, false) {
             warn!("turning eBPF logging off: {e:#}");
         }
     }
@@ -303,19 +308,19 @@ fn gc_loop(pins: &Pins, cfg: &Config, daemon: &Daemon, metrics: &Mutex<DaemonMet
         }
         {
             let _serialized = daemon.lock();
-            match dataplane::follow_uplink_ipv4(pins, &cfg.node) {
+            match node::follow_uplink_ipv4(pins, &cfg.node) {
                 Ok(Some((old, new))) => warn!(%old, %new, "uplink address changed: translating to the new one"),
                 Ok(None) => {}
                 Err(e) => warn!("reading the uplink address: {e:#}"),
             }
         }
         let started = std::time::Instant::now();
-        let now = nat::boottime_ns();
-        let r = nat::gc_locked(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now, &lock);
+        let now = podgate::util::boottime_ns();
+        let r = snat::gc_locked(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now, &lock);
         let mut pressure6 = false;
         {
             let _serialized = daemon.lock();
-            match podgate::sg_maps::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now) {
+            match podgate::sg::gc(pins, &cfg.node.timeouts, cfg.node.unanswered_secs, now) {
                 Ok(r6) => {
                     if r6.pressure {
                         warn!(?r6, "ct6 near full: unassured flows dropped early, new inbound flows refused (drop_sg6_ct_pressure) until GC frees room");
@@ -346,7 +351,7 @@ fn gc_loop(pins: &Pins, cfg: &Config, daemon: &Daemon, metrics: &Mutex<DaemonMet
                 m.evicted_mappings_restored += r.evicted_mappings_restored as u64;
                 m.evicted_claims_restored += r.evicted_claims_restored as u64;
                 m.evicted_mappings_lost += r.evicted_mappings_lost as u64;
-                let occ = nat::occupancy(pins, &r);
+                let occ = snat::occupancy(pins, &r);
                 let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
                 for &(_, used, max) in &occ {
                     if max > 0 && used as f64 / max as f64 >= fullest {
@@ -354,7 +359,7 @@ fn gc_loop(pins: &Pins, cfg: &Config, daemon: &Daemon, metrics: &Mutex<DaemonMet
                         high = podgate_common::pressure::high_water(max, ncpus) as f64 / max as f64;
                     }
                 }
-                match nat::update_pressure(pins, &r, pressure) {
+                match snat::update_pressure(pins, &r, pressure) {
                     Ok(p) => {
                         if p != pressure {
                             let occ: Vec<String> = occ.iter().map(|(n, u, x)| format!("{n} {u}/{x}")).collect();

@@ -62,7 +62,7 @@ impl<T: BorrowMut<MapData>> SgMaps<T> {
     /// `sg_gen` — one array write, the switch. The previous set stays in the maps until the next
     /// apply, so a packet that read the old generation just before the flip still finds its
     /// entries. A failure before (4) leaves the live set untouched; apply again to retry.
-    pub fn apply(&mut self, c: &Compiled) -> Result<u32, SgError> {
+    pub fn write(&mut self, c: &Compiled) -> Result<u32, SgError> {
         let live = self.live_generation()?;
         let next = live ^ 1;
         let stale: Vec<Key<SgKey>> = self
@@ -93,8 +93,8 @@ impl<T: BorrowMut<MapData>> SgMaps<T> {
 }
 
 /// Writes `c` into the rule maps of a loaded object; returns the new generation.
-pub fn apply(ebpf: &mut Ebpf, c: &Compiled) -> Result<u32, SgError> {
-    SgMaps::from_ebpf(ebpf)?.apply(c)
+pub fn write_in(ebpf: &mut Ebpf, c: &Compiled) -> Result<u32, SgError> {
+    SgMaps::from_ebpf(ebpf)?.write(c)
 }
 
 /// The key of the packet that opened a tracked flow, and its direction.

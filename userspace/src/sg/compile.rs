@@ -24,7 +24,7 @@ use super::{
 
 /// A pod as the compiler needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodSpec {
+pub struct PodGroups {
     pub name: String,
     /// The `pods` key of its IPv6 veth (what `ct6` entries record).
     pub ifindex: u32,
@@ -37,7 +37,7 @@ pub struct PodSpec {
 #[derive(Clone, Debug)]
 pub struct CompileInput<'a> {
     pub groups: &'a SecurityGroups,
-    pub pods: &'a [PodSpec],
+    pub pods: &'a [PodGroups],
     /// The node's /80 (the `node` keyword).
     pub node_prefix: Ipv6Net,
     /// Groups a pod may have (5 by default, at most `MAX_POD_GROUPS`).
@@ -297,12 +297,12 @@ mod tests {
         }
     }
 
-    fn input<'a>(groups: &'a SecurityGroups, pods: &'a [PodSpec]) -> CompileInput<'a> {
+    fn input<'a>(groups: &'a SecurityGroups, pods: &'a [PodGroups]) -> CompileInput<'a> {
         CompileInput { groups, pods, node_prefix: node(), max_groups_per_pod: 16, previous_ids: None }
     }
 
-    fn pod(name: &str, ifindex: u32, addr: &str, groups: &[&str]) -> PodSpec {
-        PodSpec { name: name.into(), ifindex, ipv6: addr.parse().unwrap(), groups: groups.iter().map(|s| s.to_string()).collect() }
+    fn pod(name: &str, ifindex: u32, addr: &str, groups: &[&str]) -> PodGroups {
+        PodGroups { name: name.into(), ifindex, ipv6: addr.parse().unwrap(), groups: groups.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]
@@ -447,7 +447,7 @@ mod tests {
                         egress: eg.iter().map(|r| to_config(r, &names)).collect(),
                     });
                 }
-                let pod_specs: Vec<PodSpec> = pods.iter().enumerate().map(|(i, (a, gs))| PodSpec {
+                let pod_specs: Vec<PodGroups> = pods.iter().enumerate().map(|(i, (a, gs))| PodGroups {
                     name: format!("p{i}"),
                     ifindex: i as u32 + 1,
                     ipv6: format!("2001:db8:0:1:1::{}", a).parse().unwrap(),

@@ -217,7 +217,7 @@ pub fn validate_rule(
 fn parse_ports(p: &NameOrNumber) -> Option<(u16, u16)> {
     match p {
         NameOrNumber::Number(n) => u16::try_from(*n).ok().map(|n| (n, n)),
-        NameOrNumber::Name(s) => crate::config::parse_port_range(s),
+        NameOrNumber::Name(s) => crate::util::parse_port_range(s),
     }
 }
 

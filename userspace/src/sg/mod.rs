@@ -7,14 +7,20 @@
 //! egress  = [{ proto = "udp", ports = "53", cidr = "node" }]
 //! ```
 //! `compile` turns the groups and the pods into the exact map entries (pure, unit-tested);
-//! `apply` writes them under a new generation and switches; `cut_flows` removes the tracked flows
+//! `SgMaps::write` writes them under a new generation and switches, `apply` does both against the
+//! pinned maps and the registered pods (`state`); `cut_flows` removes the tracked flows
 //! the new rules would not open (otherwise they survive a change, as in AWS).
 mod apply;
 mod compile;
 mod config;
+mod state;
 
-pub use apply::{SgMaps, apply, cut_flows, cut_flows_by_pod, cut_flows_in};
-pub use compile::{CompileInput, Compiled, PodSpec, RuleKey, RuleRef, compile, merge};
+pub use apply::{SgMaps, cut_flows, cut_flows_by_pod, cut_flows_in, write_in};
+pub use state::{
+    ApplyReport, Flow6Row, Gc6Preview, Gc6Report, apply, credit_flows6, ct6_expired, ct6_timeout_ns, early_drop_victims,
+    eviction_credit, flow_rows, flush_pod, gc, gc_preview, group_ids, parse_groups, read_guard,
+};
+pub use compile::{CompileInput, Compiled, PodGroups, RuleKey, RuleRef, compile, merge};
 pub use config::{Direction, GroupConfig, NameOrNumber, Proto, Remote, Rule, RuleConfig, SecurityGroups, validate_rule};
 
 /// Everything that can be wrong with a rule set or while writing it.
@@ -30,6 +36,10 @@ pub enum SgError {
     Capacity { what: &'static str, need: usize, max: usize },
     #[error("map `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error(transparent)]
+    Dataplane(#[from] crate::error::DataplaneError),
+    #[error("security_groups: {0}")]
+    Config(String),
     #[error("map `{map}`: {op} failed")]
     Map {
         map: &'static str,

@@ -24,7 +24,7 @@ use podgate_common::{
 };
 
 use crate::maps::batch::{BPF_NOEXIST, BatchError, BatchMap, Cursor};
-use crate::nat::GcReport;
+use super::report::GcReport;
 use crate::pins::Pins;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ pub enum GcError {
     #[error(transparent)]
     Batch(#[from] BatchError),
     #[error(transparent)]
-    Dataplane(#[from] crate::dataplane::DataplaneError),
+    Dataplane(#[from] crate::error::DataplaneError),
 }
 
 /// Whatever keeps a lock held while it lives (a guard, or nothing).
@@ -389,7 +389,7 @@ impl<'a> KernelNat<'a> {
         let open = |n: &str| -> Result<std::path::PathBuf, GcError> {
             let p = pins.map(n);
             if !p.exists() {
-                return Err(crate::dataplane::DataplaneError::NotInstalled { root: pins.root().to_owned() }.into());
+                return Err(crate::error::DataplaneError::NotInstalled { root: pins.root().to_owned() }.into());
             }
             Ok(p)
         };
@@ -483,11 +483,11 @@ impl NatState for KernelNat<'_> {
         Ok(())
     }
     fn eif(&self) -> bool {
-        crate::dataplane::read_node(self.pins).is_ok_and(|n| n.flags & podgate_common::node_flags::FILTER_EIF != 0)
+        crate::maps::read_node(self.pins).is_ok_and(|n| n.flags & podgate_common::node_flags::FILTER_EIF != 0)
     }
     fn mapping_room(&self) -> usize {
         let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
-        crate::dataplane::map_max_entries(self.pins, nat_maps::NAT4_MAP)
+        crate::maps::map_max_entries(self.pins, nat_maps::NAT4_MAP)
             .map(|max| podgate_common::pressure::high_water(u64::from(max), ncpus) as usize)
             .unwrap_or(0)
     }

@@ -20,45 +20,28 @@ use podgate_common::{
 };
 use serde::Serialize;
 
+use super::{CompileInput, Compiled, SecurityGroups, SgError, SgMaps, compile};
 use crate::{
-    dataplane::{self, DataplaneError, ignore_missing, map_err, open_hash, open_map},
+    error::DataplaneError,
+    maps::{self, ignore_missing, map_err, open_hash, open_map, usage::Freed},
     pins::Pins,
-    sg::{self, CompileInput, Compiled, SecurityGroups, SgError, SgMaps},
+
+    util::{boottime_ns, proto_name},
 };
 
-pub const MAP_NAMES: &[&str] = &[
-    sg_names::SG_RULES,
-    sg_names::SG_RANGES,
-    sg_names::SG_GEN,
-    sg_names::CT6,
-    sg_names::CT6_GUARD,
-    sg_names::FRAG6,
-    sg_names::SG_SCRATCH,
-    sg_names::SG_NAMES,
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum SgStateError {
-    #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
-    #[error(transparent)]
-    Sg(#[from] SgError),
-    #[error("security_groups: {0}")]
-    Config(String),
-}
 
 /// The `[security_groups]` table of a config, checked by compiling it without pods (every rule
 /// field is validated there, with the group, direction and index in the message).
-pub fn parse_groups(raw: &BTreeMap<String, toml::Value>, node_prefix: Ipv6Net) -> Result<SecurityGroups, SgStateError> {
+pub fn parse_groups(raw: &BTreeMap<String, toml::Value>, node_prefix: Ipv6Net) -> Result<SecurityGroups, SgError> {
     let mut groups = SecurityGroups::new();
     for (name, v) in raw {
         let g = v
             .clone()
             .try_into()
-            .map_err(|e: toml::de::Error| SgStateError::Config(format!("[security_groups.{name}]: {}", e.message())))?;
+            .map_err(|e: toml::de::Error| SgError::Config(format!("[security_groups.{name}]: {}", e.message())))?;
         groups.insert(name.clone(), g);
     }
-    sg::compile(&CompileInput {
+    compile(&CompileInput {
         groups: &groups,
         pods: &[],
         node_prefix,
@@ -108,10 +91,10 @@ pub fn apply(
     node_prefix: Ipv6Net,
     max_groups_per_pod: usize,
     cut: bool,
-) -> Result<ApplyReport, SgStateError> {
+) -> Result<ApplyReport, SgError> {
     let previous = group_ids(pins)?;
     let by_id: BTreeMap<u32, String> = previous.iter().map(|(n, id)| (*id, n.clone())).collect();
-    let registered = dataplane::list_pods(pins)?;
+    let registered = maps::pods::list_pods(pins)?;
     let mut specs = Vec::new();
     for e in &registered {
         let names: Vec<String> = match assign.get(&e.name) {
@@ -122,9 +105,9 @@ pub fn apply(
                 .filter(|n| groups.contains_key(n))
                 .collect(),
         };
-        specs.push(sg::PodSpec { name: e.name.clone(), ifindex: e.pod.ifindex, ipv6: Ipv6Addr::from(e.pod.ipv6), groups: names });
+        specs.push(super::PodGroups { name: e.name.clone(), ifindex: e.pod.ifindex, ipv6: Ipv6Addr::from(e.pod.ipv6), groups: names });
     }
-    let compiled: Compiled = sg::compile(&CompileInput {
+    let compiled: Compiled = compile(&CompileInput {
         groups,
         pods: &specs,
         node_prefix,
@@ -150,7 +133,7 @@ pub fn apply(
         ranges: Array::try_from(open_map(pins, sg_names::SG_RANGES)?).map_err(map_err(sg_names::SG_RANGES))?,
         generation: Array::try_from(open_map(pins, sg_names::SG_GEN)?).map_err(map_err(sg_names::SG_GEN))?,
     };
-    let generation = maps.apply(&compiled)?;
+    let generation = maps.write(&compiled)?;
     let mut names: HashMap<MapData, u32, PodName> = open_hash(pins, sg_names::SG_NAMES)?;
     let live: HashSet<u32> = compiled.group_ids.values().copied().collect();
     for (name, id) in &compiled.group_ids {
@@ -161,7 +144,7 @@ pub fn apply(
     }
     let flows_cut = if cut {
         let mut ct6: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
-        let by_pod = sg::cut_flows_by_pod(&mut ct6, &compiled)?;
+        let by_pod = super::cut_flows_by_pod(&mut ct6, &compiled)?;
         credit_flows6(pins, &by_pod)?;
         by_pod.values().sum::<u64>() as usize
     } else {
@@ -209,11 +192,11 @@ fn remove_flows(pins: &Pins, ct: &mut HashMap<MapData, Flow6, Ct6>, flows: &[(Fl
     Ok(by_pod.values().sum::<u64>() as usize)
 }
 
-/// Adds to `pod_freed.flows6` through [`crate::usage::Freed`], the one writer of that map (the
+/// Adds to `pod_freed.flows6` through [`Freed`], the one writer of that map (the
 /// daemon serializes its passes). A pod whose tallies are gone was removed: crediting it would
 /// hand its successor under the same id room it never had.
 pub fn credit_flows6(pins: &Pins, by_pod: &BTreeMap<u32, u64>) -> Result<(), DataplaneError> {
-    let mut freed = crate::usage::Freed::default();
+    let mut freed = Freed::default();
     for (&id, &n) in by_pod {
         freed.flows6(id, n);
     }
@@ -354,7 +337,7 @@ pub fn gc(pins: &Pins, t: &Timeouts, unanswered_secs: u32, now: u64) -> Result<G
     r.unanswered_expired = dead.iter().filter(|(_, v)| is_unanswered(v)).count();
     r.flows_expired = remove_flows(pins, &mut ct, &dead)?;
     let ncpus = aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1);
-    let max = u64::from(dataplane::map_max_entries(pins, sg_names::CT6).unwrap_or(podgate_common::sg::CT6_DEFAULT_ENTRIES));
+    let max = u64::from(maps::map_max_entries(pins, sg_names::CT6).unwrap_or(podgate_common::sg::CT6_DEFAULT_ENTRIES));
     r.high_water = pressure::high_water(max, ncpus);
     let mut used = r.flows_seen.saturating_sub(r.flows_expired) as u64;
     if used >= r.high_water {
@@ -402,7 +385,7 @@ pub struct Flow6Row {
 }
 
 pub fn flow_rows(pins: &Pins) -> Result<Vec<Flow6Row>, DataplaneError> {
-    let now = crate::nat::boottime_ns();
+    let now = boottime_ns();
     let ct: HashMap<MapData, Flow6, Ct6> = open_hash(pins, sg_names::CT6)?;
     let mut rows: Vec<Flow6Row> = ct
         .iter()
@@ -410,7 +393,7 @@ pub fn flow_rows(pins: &Pins) -> Result<Vec<Flow6Row>, DataplaneError> {
         .map(|(k, v)| Flow6Row {
             proto: match k.proto {
                 58 => "icmpv6".into(),
-                p => crate::nat::proto_name(p),
+                p => proto_name(p),
             },
             pod_addr: Ipv6Addr::from(k.pod_addr),
             pod_port: k.pod_port,

@@ -9,7 +9,7 @@ use aya_log::EbpfLogger;
 use thiserror::Error;
 use tracing::Level;
 
-use crate::{dataplane, pins::Pins};
+use crate::{attach, pins::Pins};
 
 /// aya-log's numbering (`aya_log_common::Level`): 0 turns every log point off.
 pub fn aya_level(level: Option<Level>) -> u8 {
@@ -61,7 +61,7 @@ impl log::Log for Forward {
 /// Opens the log buffer of the pinned programs (all of them share one, from one load).
 pub fn open(pins: &Pins) -> Result<EbpfLogger<Forward>, BpfLogError> {
     let mut last = aya_log::Error::MapNotFound;
-    for prog in [dataplane::POD_INGRESS, dataplane::POD_EGRESS, dataplane::UPLINK_XDP, dataplane::UPLINK_TC] {
+    for prog in [attach::POD_INGRESS, attach::POD_EGRESS, attach::UPLINK_XDP, attach::UPLINK_TC] {
         let path = pins.prog(prog);
         let info = ProgramInfo::from_pin(&path).map_err(|source| BpfLogError::Program { path, source })?;
         match EbpfLogger::init_from_id_with_logger(info.id(), Forward) {

@@ -6,8 +6,10 @@ use std::fmt::Write as _;
 use podgate_common::NodeConfig;
 
 use crate::{
-    dataplane::{self, DataplaneError},
-    nat::{self, GcReport},
+    error::DataplaneError,
+    maps::{self, pods::list_pods, usage},
+    sg,
+    snat::{self, GcReport},
     pins::Pins,
 };
 
@@ -21,8 +23,8 @@ pub struct DaemonMetrics {
     pub last_gc: GcReport,
     pub gc_errors: u64,
     /// The orphan-fragment slow path (`frag_punt`).
-    pub frag_punt: crate::frag_punt::PuntStats,
-    /// LRU evictions the GC found, by kind (`nat::GcReport`), since the daemon started.
+    pub frag_punt: PuntStats,
+    /// LRU evictions the GC found, by kind (`snat::GcReport`), since the daemon started.
     pub evicted_mappings_restored: u64,
     pub evicted_claims_restored: u64,
     pub evicted_mappings_lost: u64,
@@ -31,23 +33,39 @@ pub struct DaemonMetrics {
     pub pressure_passes: u64,
 }
 
+/// What the daemon did with orphans (Prometheus: `podgate_frag_punt_*`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PuntStats {
+    /// Fragments and their bytes held now.
+    pub held: u64,
+    pub held_bytes: u64,
+    /// Fragments handed back to the program once their first fragment was translated.
+    pub released: u64,
+    /// Fragments whose first fragment never came within `max_age_ns`.
+    pub expired: u64,
+    /// Fragments refused or evicted by the limits.
+    pub dropped: u64,
+    /// Failed re-runs of the program.
+    pub reinject_errors: u64,
+}
+
 pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> {
     let mut out = String::new();
-    let node: NodeConfig = dataplane::read_node(pins)?;
+    let node: NodeConfig = maps::read_node(pins)?;
     let w = &mut out;
     let _ = writeln!(w, "# HELP podgate_packets_total Packets by verdict or drop reason.");
     let _ = writeln!(w, "# TYPE podgate_packets_total counter");
-    for (c, v) in dataplane::read_stats(pins)? {
+    for (c, v) in maps::read_stats(pins)? {
         let kind = if c.is_drop() { "drop" } else { "verdict" };
         let _ = writeln!(w, "podgate_packets_total{{kind=\"{kind}\",reason=\"{}\"}} {v}", c.name());
     }
-    let mappings = nat::mappings(pins)?;
-    let flows = nat::flows(pins)?;
+    let mappings = snat::mappings(pins)?;
+    let flows = snat::flows(pins)?;
     let _ = writeln!(w, "# HELP podgate_map_entries Entries in each state map.");
     let _ = writeln!(w, "# TYPE podgate_map_entries gauge");
     let _ = writeln!(w, "podgate_map_entries{{map=\"nat4_map\"}} {}", mappings.len());
     let _ = writeln!(w, "podgate_map_entries{{map=\"ct4\"}} {}", flows.len());
-    let ct6 = crate::sg_maps::flow_rows(pins)?.len();
+    let ct6 = sg::flow_rows(pins)?.len();
     let _ = writeln!(w, "podgate_map_entries{{map=\"ct6\"}} {ct6}");
     let _ = writeln!(w, "# HELP podgate_map_capacity Maximum entries of each state map.");
     let _ = writeln!(w, "# TYPE podgate_map_capacity gauge");
@@ -57,7 +75,7 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
         podgate_common::nat::map_names::NAT4_CLAIM,
         podgate_common::sg::map_names::CT6,
     ] {
-        if let Some(max) = dataplane::map_max_entries(pins, name) {
+        if let Some(max) = maps::map_max_entries(pins, name) {
             let _ = writeln!(w, "podgate_map_capacity{{map=\"{name}\"}} {max}");
         }
     }
@@ -70,9 +88,9 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "# TYPE podgate_pod_quota gauge");
     let _ = writeln!(w, "# HELP podgate_pod_flows4 IPv4 flows (ct4 entries) held by each pod.");
     let _ = writeln!(w, "# TYPE podgate_pod_flows4 gauge");
-    for p in dataplane::list_pods(pins)? {
+    for p in list_pods(pins)? {
         // What the quota compares: pod_usage − pod_freed, one count per pod.
-        let held = crate::usage::held(pins, p.pod.id)?;
+        let held = usage::held(pins, p.pod.id)?;
         let _ = writeln!(w, "podgate_pod_mappings{{pod=\"{}\"}} {}", escape(&p.name), held.mappings);
         let _ = writeln!(w, "podgate_pod_flows4{{pod=\"{}\"}} {}", escape(&p.name), held.flows4);
         let _ = writeln!(w, "podgate_pod_quota{{pod=\"{}\"}} {}", escape(&p.name), p.pod.quota);
@@ -100,7 +118,7 @@ pub fn render(pins: &Pins, d: &DaemonMetrics) -> Result<String, DataplaneError> 
     let _ = writeln!(w, "podgate_gc_last_seconds {}", d.last_gc.duration_us as f64 / 1e6);
     let _ = writeln!(w, "# HELP podgate_gc_last_entries_per_second Entries (ct4, nat4_map, nat4_claim) the last IPv4 NAT GC pass walked per second.");
     let _ = writeln!(w, "# TYPE podgate_gc_last_entries_per_second gauge");
-    let _ = writeln!(w, "podgate_gc_last_entries_per_second {:.0}", crate::snat::gc::entries_per_sec(&d.last_gc));
+    let _ = writeln!(w, "podgate_gc_last_entries_per_second {:.0}", snat::gc::entries_per_sec(&d.last_gc));
     let _ = writeln!(w, "# HELP podgate_gc_next_seconds Delay until the next GC pass (sooner as the tables fill).");
     let _ = writeln!(w, "# TYPE podgate_gc_next_seconds gauge");
     let _ = writeln!(w, "podgate_gc_next_seconds {}", d.gc_next_secs);

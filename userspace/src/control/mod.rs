@@ -33,12 +33,14 @@ use thiserror::Error;
 
 use crate::{
     config::{ConfigError, DEFAULT_PIN_ROOT, DEFAULT_SOCKET, NodeSettings, RawPod, validate_pod},
-    dataplane::{self, DataplaneError},
-    foreign::{self, Hook},
-    nat,
+    attach::{self, foreign::{self, Hook}},
+    error::DataplaneError,
+    maps::{self, pods::{PodEntry, list_pods}, usage},
     pins::Pins,
-    sg::SecurityGroups,
-    sg_maps::{self, SgStateError},
+    pods,
+    sg::{self, SecurityGroups, SgError},
+    snat,
+    util::boottime_ns,
 };
 
 /// Bumped whenever a request or a result changes shape.
@@ -164,7 +166,7 @@ pub enum ControlError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
-    Sg(#[from] SgStateError),
+    Sg(#[from] SgError),
     #[error(transparent)]
     Gc(#[from] crate::snat::gc::GcError),
     #[error(transparent)]
@@ -366,7 +368,7 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
         Request::PodList => to_value(pod_rows(pins)?),
         Request::PodAdd(p) => pod_add(ctx, guard.as_deref(), p),
         Request::PodDel { name } => {
-            let e = dataplane::remove_pod(pins, name)?;
+            let e = pods::remove_pod(pins, name)?;
             // Rules naming a group must stop matching the removed pod's address at once: a pod
             // that gets the address next is not a member.
             if let Some(cfg) = guard.as_deref() {
@@ -377,11 +379,11 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
         Request::SgList => to_value(sg_rows(pins)?),
         Request::SgApply { config, cut } => {
             let cfg = crate::config::Config::parse(config)?;
-            let node = dataplane::read_node(pins)?;
+            let node = maps::read_node(pins)?;
             let prefix = Ipv6Net::new(Ipv6Addr::from(node.pod_prefix), 80).map_err(|e| ControlError::Invalid(e.to_string()))?;
             let assign: BTreeMap<String, Vec<String>> =
                 cfg.pods.iter().map(|p| (p.name.clone(), p.security_groups.clone())).collect();
-            let r = sg_maps::apply(pins, &cfg.security_groups, &assign, prefix, cfg.node.max_groups_per_pod as usize, *cut)?;
+            let r = sg::apply(pins, &cfg.security_groups, &assign, prefix, cfg.node.max_groups_per_pod as usize, *cut)?;
             // From now on the daemon resolves `pod add --security-group` against these groups.
             if let Some(d) = guard.as_deref_mut() {
                 d.groups = cfg.security_groups;
@@ -391,9 +393,9 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             to_value(r)
         }
         Request::NatList(f) => {
-            let node = dataplane::read_node(pins)?;
+            let node = maps::read_node(pins)?;
             let pod = f.pod.as_deref().map(|n| find_pod(pins, n)).transpose()?;
-            let mut rows: Vec<_> = nat::mapping_rows(pins, Ipv4Addr::from(node.ipv4))?
+            let mut rows: Vec<_> = snat::mapping_rows(pins, Ipv4Addr::from(node.ipv4))?
                 .into_iter()
                 .filter(|r| pod.as_ref().is_none_or(|p| r.pod_addr.octets() == p.pod.ipv4))
                 .filter(|r| f.proto.as_deref().is_none_or(|p| r.proto == p))
@@ -404,12 +406,12 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
         Request::CtList(f) => ct_list(pins, f),
         Request::CtFlush { pod } => {
             let e = find_pod(pins, pod)?;
-            let n = nat::flush_pod(pins, Ipv4Addr::from(e.pod.ipv4))?;
-            let n6 = sg_maps::flush_pod(pins, Ipv6Addr::from(e.pod.ipv6))?;
+            let n = snat::flush_pod(pins, Ipv4Addr::from(e.pod.ipv4))?;
+            let n6 = sg::flush_pod(pins, Ipv6Addr::from(e.pod.ipv6))?;
             Ok(json!({"pod": pod, "ipv4": Ipv4Addr::from(e.pod.ipv4), "entries": n + n6}))
         }
         Request::Stats { all } => {
-            let rows: Vec<StatRow> = dataplane::read_stats(pins)?
+            let rows: Vec<StatRow> = maps::read_stats(pins)?
                 .into_iter()
                 .filter(|(_, v)| *all || *v > 0)
                 .map(|(c, v)| StatRow { counter: c.name(), kind: if c.is_drop() { "drop" } else { "verdict" }, value: v })
@@ -417,8 +419,8 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             to_value(rows)
         }
         Request::Gc { advance_secs, dry_run } => {
-            let node = dataplane::read_node(pins)?;
-            let now = nat::boottime_ns() + advance_secs.saturating_mul(1_000_000_000);
+            let node = maps::read_node(pins)?;
+            let now = boottime_ns() + advance_secs.saturating_mul(1_000_000_000);
             // Only the daemon knows `[timeouts] unanswered` (it is not in the kernel's node entry).
             // A deleting pass already holds the daemon's lock (it mutates): locking it again
             // would deadlock the control socket.
@@ -429,12 +431,12 @@ pub fn execute(ctx: &Context<'_>, req: &Request) -> Result<Value, ControlError> 
             };
             // IPv4 counters stay at the top level; the IPv6 pass is nested under "ipv6".
             let mut out = if *dry_run {
-                let mut out = to_value(nat::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
-                out["ipv6"] = to_value(sg_maps::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
+                let mut out = to_value(snat::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
+                out["ipv6"] = to_value(sg::gc_preview(pins, &node.timeouts, unanswered, now)?)?;
                 out
             } else {
-                let mut out = to_value(nat::gc(pins, &node.timeouts, unanswered, now)?)?;
-                out["ipv6"] = to_value(sg_maps::gc(pins, &node.timeouts, unanswered, now)?)?;
+                let mut out = to_value(snat::gc(pins, &node.timeouts, unanswered, now)?)?;
+                out["ipv6"] = to_value(sg::gc(pins, &node.timeouts, unanswered, now)?)?;
                 out
             };
             out["dry_run"] = json!(dry_run);
@@ -470,16 +472,16 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
         }),
     };
     if s.installed {
-        let n = dataplane::read_node(pins)?;
+        let n = maps::read_node(pins)?;
         s.abi_version = n.abi_version;
         s.node_ipv4 = Some(Ipv4Addr::from(n.ipv4));
         s.pod_prefix = Some(format!("{}/80", Ipv6Addr::from(n.pod_prefix)));
         s.uplink_ifindex = n.uplink_ifindex;
         s.snat_ports = Some(format!("{}-{}", n.port_min, n.port_max));
-        s.pods = dataplane::list_pods(pins)?.len();
-        s.mappings = nat::mappings(pins)?.len();
-        s.flows = nat::flows(pins)?.len();
-        s.links = dataplane::list_links(pins)?
+        s.pods = list_pods(pins)?.len();
+        s.mappings = snat::mappings(pins)?.len();
+        s.flows = snat::flows(pins)?.len();
+        s.links = attach::list_links(pins)?
             .iter()
             .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
             .collect();
@@ -502,15 +504,15 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
             let Some((ifname, prog)) = Pins::parse_link_name(l) else { continue };
             let prog = prog.trim_end_matches(crate::pins::NETLINK_SUFFIX).to_string();
             let hook = match prog.as_str() {
-                dataplane::UPLINK_XDP => {
+                attach::UPLINK_XDP => {
                     s.reverse_path = Some("xdp");
                     Hook::Xdp
                 }
-                dataplane::UPLINK_TC => {
+                attach::UPLINK_TC => {
                     s.reverse_path = Some("tc");
                     Hook::TcIngress
                 }
-                dataplane::POD_EGRESS => Hook::TcEgress,
+                attach::POD_EGRESS => Hook::TcEgress,
                 _ => Hook::TcIngress,
             };
             hooks.push((ifname, hook));
@@ -535,11 +537,11 @@ fn status(ctx: &Context<'_>) -> Result<Value, ControlError> {
 }
 
 pub fn pod_rows(pins: &Pins) -> Result<Vec<PodRow>, ControlError> {
-    let names: BTreeMap<u32, String> = sg_maps::group_ids(pins)?.into_iter().map(|(n, id)| (id, n)).collect();
-    Ok(dataplane::list_pods(pins)?
+    let names: BTreeMap<u32, String> = sg::group_ids(pins)?.into_iter().map(|(n, id)| (id, n)).collect();
+    Ok(list_pods(pins)?
         .into_iter()
         .map(|e| {
-            let held = crate::usage::held(pins, e.pod.id).unwrap_or_default();
+            let held = usage::held(pins, e.pod.id).unwrap_or_default();
             let groups = e.pod.groups[..(e.pod.group_count as usize).min(e.pod.groups.len())].to_vec();
             PodRow {
                 id: e.pod.id,
@@ -559,8 +561,8 @@ pub fn pod_rows(pins: &Pins) -> Result<Vec<PodRow>, ControlError> {
 }
 
 fn sg_rows(pins: &Pins) -> Result<Vec<SgRow>, ControlError> {
-    let ids = sg_maps::group_ids(pins)?;
-    let pods = dataplane::list_pods(pins)?;
+    let ids = sg::group_ids(pins)?;
+    let pods = list_pods(pins)?;
     Ok(ids
         .iter()
         .map(|(name, id)| SgRow {
@@ -575,8 +577,8 @@ fn sg_rows(pins: &Pins) -> Result<Vec<SgRow>, ControlError> {
         .collect())
 }
 
-fn find_pod(pins: &Pins, name: &str) -> Result<dataplane::PodEntry, ControlError> {
-    dataplane::list_pods(pins)?
+fn find_pod(pins: &Pins, name: &str) -> Result<PodEntry, ControlError> {
+    list_pods(pins)?
         .into_iter()
         .find(|p| p.name == name)
         .ok_or_else(|| DataplaneError::UnknownPod { name: name.into() }.into())
@@ -584,17 +586,17 @@ fn find_pod(pins: &Pins, name: &str) -> Result<dataplane::PodEntry, ControlError
 
 /// Recompiles the daemon's groups for every registered pod (config pods from the config, the
 /// others keeping their recorded groups, except `skip`, whose record is authoritative).
-fn reapply(pins: &Pins, cfg: &DaemonConfig, skip: Option<&str>) -> Result<sg_maps::ApplyReport, ControlError> {
+fn reapply(pins: &Pins, cfg: &DaemonConfig, skip: Option<&str>) -> Result<sg::ApplyReport, ControlError> {
     let mut assign = cfg.assign.clone();
     if let Some(name) = skip {
         assign.remove(name);
     }
-    Ok(sg_maps::apply(pins, &cfg.groups, &assign, cfg.node.pod_prefix, cfg.node.max_groups_per_pod as usize, false)?)
+    Ok(sg::apply(pins, &cfg.groups, &assign, cfg.node.pod_prefix, cfg.node.max_groups_per_pod as usize, false)?)
 }
 
 fn pod_add(ctx: &Context<'_>, cfg: Option<&DaemonConfig>, p: &PodAdd) -> Result<Value, ControlError> {
     let pins = ctx.pins;
-    let node = dataplane::read_node(pins)?;
+    let node = maps::read_node(pins)?;
     let prefix = Ipv6Net::new(Ipv6Addr::from(node.pod_prefix), 80).map_err(|e| ControlError::Invalid(e.to_string()))?;
     let v4net = Ipv4Net::new(Ipv4Addr::from(node.pod_ipv4_net), node.pod_ipv4_prefix_len as u8)
         .map_err(|e| ControlError::Invalid(e.to_string()))?;
@@ -628,7 +630,7 @@ fn pod_add(ctx: &Context<'_>, cfg: Option<&DaemonConfig>, p: &PodAdd) -> Result<
                 cfg.node.max_groups_per_pod
             )));
         }
-        let pinned = sg_maps::group_ids(pins)?;
+        let pinned = sg::group_ids(pins)?;
         names
             .iter()
             .map(|n| {
@@ -639,10 +641,10 @@ fn pod_add(ctx: &Context<'_>, cfg: Option<&DaemonConfig>, p: &PodAdd) -> Result<
             .collect::<Result<_, _>>()?
     };
 
-    let existed = dataplane::list_pods(pins)?.iter().any(|e| e.name == spec.name);
+    let existed = list_pods(pins)?.iter().any(|e| e.name == spec.name);
     // The pod record carries its group ids from the first packet on, so it is never briefly
     // without its groups (which would mean "send anything").
-    let result = dataplane::add_pod(pins, node.pod_quota, &spec, &ids)
+    let result = pods::add_pod(pins, node.pod_quota, &spec, &ids)
         .map_err(ControlError::from)
         .and_then(|pod| match cfg {
             // Rules that name one of its groups must now match its address too.
@@ -660,7 +662,7 @@ fn pod_add(ctx: &Context<'_>, cfg: Option<&DaemonConfig>, p: &PodAdd) -> Result<
         Err(e) => {
             // All or nothing: a pod that was not there before is not left half-registered.
             if !existed {
-                let _ = dataplane::remove_pod(pins, &spec.name);
+                let _ = pods::remove_pod(pins, &spec.name);
             }
             Err(e)
         }
@@ -675,7 +677,7 @@ fn ct_list(pins: &Pins, f: &CtFilter) -> Result<Value, ControlError> {
             .as_deref()
             .map(|d| d.parse().map_err(|_| ControlError::Invalid(format!("--dst {d}: not an IPv6 address"))))
             .transpose()?;
-        let rows: Vec<_> = sg_maps::flow_rows(pins)?
+        let rows: Vec<_> = sg::flow_rows(pins)?
             .into_iter()
             .filter(|r| pod.as_ref().is_none_or(|p| r.pod_addr.octets() == p.pod.ipv6))
             .filter(|r| f.proto.as_deref().is_none_or(|p| r.proto == p))
@@ -692,7 +694,7 @@ fn ct_list(pins: &Pins, f: &CtFilter) -> Result<Value, ControlError> {
                 .map_err(|_| ControlError::Invalid(format!("--dst {d}: not an IPv4 address (use --ipv6 for IPv6 flows)")))
         })
         .transpose()?;
-    let rows: Vec<_> = nat::flow_rows(pins)?
+    let rows: Vec<_> = snat::flow_rows(pins)?
         .into_iter()
         .filter(|r| pod.as_ref().is_none_or(|p| r.pod_addr.octets() == p.pod.ipv4))
         .filter(|r| f.proto.as_deref().is_none_or(|p| r.proto == p))

@@ -9,7 +9,8 @@ use aya::maps::{HashMap, MapData};
 use podgate_common::{Pod, PodUsage, map_names};
 
 use crate::{
-    dataplane::{DataplaneError, ignore_missing, map_err, open_hash},
+    error::DataplaneError,
+    maps::{ignore_missing, map_err, open_hash},
     pins::Pins,
 };
 

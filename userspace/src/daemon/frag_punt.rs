@@ -25,10 +25,12 @@ use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
 
+use super::metrics::{DaemonMetrics, PuntStats};
 use crate::{
-    dataplane::{self, DataplaneError, map_err},
-    metrics::DaemonMetrics,
-    nat::boottime_ns,
+    attach::UPLINK_XDP,
+    error::DataplaneError,
+    maps::{self, map_err},
+    util::boottime_ns,
     pins::Pins,
 };
 
@@ -59,22 +61,6 @@ impl Default for Limits {
             max_age_ns: FRAG_TIMEOUT_NS,
         }
     }
-}
-
-/// What the daemon did with orphans (Prometheus: `podgate_frag_punt_*`).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PuntStats {
-    /// Fragments and their bytes held now.
-    pub held: u64,
-    pub held_bytes: u64,
-    /// Fragments handed back to the program once their first fragment was translated.
-    pub released: u64,
-    /// Fragments whose first fragment never came within `max_age_ns`.
-    pub expired: u64,
-    /// Fragments refused or evicted by the limits.
-    pub dropped: u64,
-    /// Failed re-runs of the program.
-    pub reinject_errors: u64,
 }
 
 struct Held {
@@ -225,9 +211,9 @@ pub struct Reinjector {
 
 impl Reinjector {
     pub fn open(pins: &Pins) -> Result<Self, PuntError> {
-        let prog = Xdp::from_pin(pins.prog(dataplane::UPLINK_XDP), XdpAttachType::Interface)
-            .map_err(|source| PuntError::Reinject { prog: dataplane::UPLINK_XDP, source })?;
-        let uplink_ifindex = dataplane::read_node(pins)?.uplink_ifindex;
+        let prog = Xdp::from_pin(pins.prog(UPLINK_XDP), XdpAttachType::Interface)
+            .map_err(|source| PuntError::Reinject { prog: UPLINK_XDP, source })?;
+        let uplink_ifindex = maps::read_node(pins)?.uplink_ifindex;
         Ok(Self { prog, uplink_ifindex })
     }
 
@@ -244,7 +230,7 @@ impl Reinjector {
         self.prog
             .test_run(opts)
             .map(|_| ())
-            .map_err(|source| PuntError::Reinject { prog: dataplane::UPLINK_XDP, source })
+            .map_err(|source| PuntError::Reinject { prog: UPLINK_XDP, source })
     }
 }
 
@@ -323,13 +309,13 @@ pub async fn run(pins: Pins, metrics: Arc<Mutex<DaemonMetrics>>) {
 
 impl Punt {
     fn open(pins: &Pins) -> Result<Self, PuntError> {
-        let ring = RingBuf::try_from(dataplane::open_map(pins, map_names::FRAG4_PUNT)?)
+        let ring = RingBuf::try_from(maps::open_map(pins, map_names::FRAG4_PUNT)?)
             .map_err(map_err(map_names::FRAG4_PUNT))?;
         // SAFETY: the ring map owns its fd and keeps it, unchanged, for as long as it lives.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| PuntError::Ring(e.into()))?;
-        let frag4 = dataplane::open_hash(pins, nat_names::FRAG4)?;
-        let alive = Array::try_from(dataplane::open_map(pins, map_names::FRAG4_PUNT_ALIVE)?)
+        let frag4 = maps::open_hash(pins, nat_names::FRAG4)?;
+        let alive = Array::try_from(maps::open_map(pins, map_names::FRAG4_PUNT_ALIVE)?)
             .map_err(map_err(map_names::FRAG4_PUNT_ALIVE))?;
         let reinjector = Reinjector::open(pins)?;
         let mut alive = Alive(alive);

@@ -8,7 +8,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+/// 1.1.0 is advertised because STATUS and GC are implemented (see `cli/cni.rs`).
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+
+/// What `podgate cni` prints when a person runs it (no CNI_COMMAND, or `--help`), in the manner
+/// of the reference plugins' "about" text.
+pub fn usage() -> String {
+    format!(
+        "CNI podgate plugin (chained): registers the pod that the previous plugin's result \
+describes with the podgate daemon\n\
+(IPv4 egress SNAT to the node's address, IPv6 security groups on the pod's veth).\n\
+CNI protocol versions supported: {}\n\
+Commands (CNI_COMMAND): ADD, DEL, CHECK, VERSION, STATUS (does the daemon answer?), \
+GC (removes pods whose attachment is not in cni.dev/valid-attachments).\n\
+Run by a container runtime with the network configuration on stdin, e.g. in a conflist:\n\
+  {{\"type\": \"podgate\", \"securityGroups\": [\"web\"], \"socket\": \"/run/podgate/podgate.sock\"}}\n\
+Per pod: CNI_ARGS PODGATE_SECURITY_GROUPS=a,b. See README.md (CNI plugin).",
+        SUPPORTED_VERSIONS.join(", ")
+    )
+}
 
 /// CNI error codes (spec §Error): 1-99 are the spec's, 100+ the plugin's.
 #[derive(Debug, Error)]
@@ -21,6 +39,9 @@ pub enum CniError {
     Decode(String),
     #[error("invalid network configuration: {0}")]
     InvalidConfig(String),
+    /// STATUS: the plugin cannot serve ADD now (spec 1.1 code 50).
+    #[error("podgate is not available: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Plugin(String),
 }
@@ -32,6 +53,7 @@ impl CniError {
             CniError::InvalidEnv(_) => 4,
             CniError::Decode(_) => 6,
             CniError::InvalidConfig(_) => 7,
+            CniError::Unavailable(_) => 50,
             CniError::Plugin(_) => 100,
         }
     }
@@ -65,6 +87,31 @@ pub struct NetConf {
     pub security_groups: Vec<String>,
     #[serde(default)]
     pub prev_result: Option<PrevResult>,
+    /// GC (spec 1.1): the attachments the runtime still has; every other one is garbage.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
+}
+
+/// The CNI-made pods (names from [`pod_name`], ending `@cid12`) whose container is not among the
+/// valid attachments. Pods without `@` were configured by hand (podgate.toml, `pod add`) and are
+/// never collected: GC only owns what ADD made.
+pub fn gc_victims(pods: &[String], valid: &[Attachment]) -> Vec<String> {
+    let live: Vec<String> = valid.iter().map(|a| a.container_id.chars().take(12).collect()).collect();
+    pods.iter()
+        .filter(|name| match name.rsplit_once('@') {
+            Some((_, cid)) if !cid.is_empty() => !live.iter().any(|l| l == cid),
+            _ => false,
+        })
+        .cloned()
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -249,6 +296,31 @@ mod tests {
         );
         let pod = derive_pod(&p, "n".into()).unwrap();
         assert_eq!((pod.veth.as_str(), pod.veth_v4.as_deref()), ("vethA", Some("vethB")));
+    }
+
+    #[test]
+    fn gc_collects_only_cni_pods_without_an_attachment() {
+        let n: NetConf = serde_json::from_str(
+            r#"{"cniVersion":"1.1.0","name":"n","type":"podgate",
+               "cni.dev/valid-attachments":[{"containerID":"0123456789abcdef","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        let valid = n.valid_attachments.unwrap();
+        let pods: Vec<String> =
+            ["pod0", "default/web-0@0123456789ab", "cni@fedcba987654", "shop/db-0@aaaaaaaaaaaa", "odd@"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        assert_eq!(gc_victims(&pods, &valid), vec!["cni@fedcba987654", "shop/db-0@aaaaaaaaaaaa"]);
+        assert_eq!(gc_victims(&pods, &[]).len(), 3);
+    }
+
+    #[test]
+    fn usage_names_every_command_and_version() {
+        let u = usage();
+        for w in ["ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC", "1.1.0", "podgate"] {
+            assert!(u.contains(w), "{w} missing from {u}");
+        }
     }
 
     #[test]

@@ -170,6 +170,14 @@ fn cni_add_check_del_with_the_reference_plugins() {
     let out = cni(&lab, PODGATE, "VERSION", "", "", "", "");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["supportedVersions"].as_array().unwrap().iter().any(|s| s == "1.0.0"));
+
+    // Run by a person: what it is, exit 0, no JSON decode error.
+    let out = Command::new(PODGATE).args(["cni", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CNI protocol versions supported"), "{out:?}");
+    let out = Command::new(PODGATE).arg("cni").env_remove("CNI_COMMAND").stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STATUS"), "{out:?}");
 }
 
 /// Security groups from the conflist (`securityGroups`) and from CNI_ARGS
@@ -232,6 +240,26 @@ fn cni_add_with_security_groups_through_the_daemon() {
     let out = cni(&lab, PODGATE, "CHECK", container, &netns.path(), "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=db-0", &chained(&["web"]));
     assert!(!out.status.success(), "CHECK with other groups passed: {}", String::from_utf8_lossy(&out.stdout));
 
+    // CNI 1.1 STATUS: ready while the daemon answers.
+    let status_conf = serde_json::json!({"cniVersion": "1.1.0", "name": "podgate-test", "type": "podgate", "pin_root": root}).to_string();
+    let out = cni(&lab, PODGATE, "STATUS", "", "", "", &status_conf);
+    assert!(out.status.success(), "STATUS with a daemon: {}", String::from_utf8_lossy(&out.stdout));
+    // CNI 1.1 GC: a pod whose attachment is still valid stays, one whose is not goes; the lab's
+    // hand-made pod0 is never collected.
+    let gc = |valid: serde_json::Value| {
+        serde_json::json!({"cniVersion": "1.1.0", "name": "podgate-test", "type": "podgate", "pin_root": root,
+                           "cni.dev/valid-attachments": valid})
+        .to_string()
+    };
+    let out = cni(&lab, PODGATE, "GC", "", "", "", &gc(serde_json::json!([{"containerID": container, "ifname": "eth0"}])));
+    assert!(out.status.success(), "GC: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(pod_names(&lab).iter().any(|n| n == name), "GC removed a valid attachment: {:?}", pod_names(&lab));
+    let out = cni(&lab, PODGATE, "GC", "", "", "", &gc(serde_json::json!([{"containerID": "0000aaaa0000", "ifname": "eth0"}])));
+    assert!(out.status.success(), "GC: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(pod_names(&lab), vec!["pod0".to_string()], "GC left a stale attachment or took pod0");
+    let out = cni(&lab, PODGATE, "ADD", container, &netns.path(), k8s, &chained(&["web"]));
+    assert!(out.status.success(), "podgate ADD after GC: {}", String::from_utf8_lossy(&out.stdout));
+
     // Without a daemon: groups cannot be resolved (nothing registered); DEL works on the pins.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGKILL) };
     drop(daemon);
@@ -240,6 +268,10 @@ fn cni_add_with_security_groups_through_the_daemon() {
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(err["msg"].as_str().unwrap().contains("need the podgate daemon"), "{err}");
     assert_eq!(pod_list(&lab).len(), 2);
+    let out = cni(&lab, PODGATE, "STATUS", "", "", "", &status_conf);
+    assert!(!out.status.success(), "STATUS without a daemon passed");
+    let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("error JSON on stdout");
+    assert_eq!(err["code"], 50, "{err}");
     let out = cni(&lab, PODGATE, "DEL", container, &netns.path(), k8s, &chained(&["web"]));
     assert!(out.status.success(), "DEL: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!pod_list(&lab).iter().any(|p| p["name"] == name));

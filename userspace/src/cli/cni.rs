@@ -1,4 +1,5 @@
-//! `podgate cni`: the chained CNI plugin entry point (spec 1.0: ADD, DEL, CHECK, VERSION).
+//! `podgate cni`: the chained CNI plugin entry point (spec 1.1: ADD, DEL, CHECK, VERSION,
+//! STATUS, GC).
 //! Everything it prints on stdout is CNI JSON; failures are CNI error objects with exit 1.
 //! Requests go to the daemon's control socket; without a daemon, a pod without security groups
 //! is registered on the pinned maps directly (groups need the daemon's definitions).
@@ -16,6 +17,17 @@ use serde_json::Value;
 pub fn main() -> ExitCode {
     let mut input = String::new();
     let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "cni").collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", cni::usage());
+        return ExitCode::SUCCESS;
+    }
+    // A person at a terminal, not a runtime: say what this is (to stderr, exit 0, as the
+    // reference plugins' skel does) instead of blocking on stdin or printing a decode error.
+    if command.is_empty() {
+        eprintln!("{}", cni::usage());
+        return ExitCode::SUCCESS;
+    }
     let version_hint = if command == "VERSION" {
         "1.0.0".to_string()
     } else {
@@ -86,11 +98,35 @@ fn run(command: &str, input: &str) -> Result<Option<String>, CniError> {
     }
     let conf: NetConf = serde_json::from_str(input).map_err(|e| CniError::Decode(e.to_string()))?;
     cni::check_version(&conf.cni_version)?;
+    let target = Target::of(&conf);
+    match command {
+        // Ready means the daemon answers: without it, groups cannot be resolved and nothing
+        // re-attaches what a reset detached.
+        "STATUS" => {
+            return match control::call(&target.socket, Some(&target.root), &Request::Status) {
+                Ok(Some(_)) => Ok(None),
+                Ok(None) => Err(CniError::Unavailable(format!("no daemon on {}", target.socket.display()))),
+                Err(e) => Err(CniError::Unavailable(control::error_chain(&e))),
+            };
+        }
+        "GC" => {
+            if !target.pins.exists() {
+                return Ok(None);
+            }
+            let valid = conf.valid_attachments.clone().unwrap_or_default();
+            let names: Vec<String> =
+                target.pods()?.iter().filter_map(|p| p["name"].as_str().map(str::to_string)).collect();
+            for n in cni::gc_victims(&names, &valid) {
+                target.call(Request::PodDel { name: n }, "collecting a stale pod")?;
+            }
+            return Ok(None);
+        }
+        _ => {}
+    }
     let container_id = env("CNI_CONTAINERID")?;
     let cni_args = std::env::var("CNI_ARGS").unwrap_or_default();
     let name = cni::pod_name(&container_id, &cni_args);
     let groups = cni::security_groups(&conf.security_groups, &cni_args);
-    let target = Target::of(&conf);
     match command {
         "ADD" => {
             env("CNI_NETNS")?;

@@ -28,3 +28,15 @@ pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
     };
     (lo <= hi).then_some((lo, hi))
 }
+
+/// An error with its causes, like anyhow's `{:#}`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}

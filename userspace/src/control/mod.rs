@@ -817,17 +817,7 @@ pub fn handle_line(pins: &Pins, daemon: &Daemon, line: &str) -> String {
     resp.to_string()
 }
 
-/// An error with its causes, like anyhow's `{:#}`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
+pub use crate::util::error_chain;
 
 /// Serves the control socket until the task is dropped. Requests run on blocking threads (map
 /// syscalls and netlink), several connections at once; mutations queue on the daemon's lock.

@@ -166,7 +166,7 @@ pub fn check_and_repair(pins: &Pins, node: &NodeSettings, h: &mut Health) {
                 }
                 Err(e) => {
                     h.reattach_errors += 1;
-                    tracing::warn!(interface = %w.ifname, program = w.prog, "attaching again failed: {:#}", anyhow_chain(&e));
+                    tracing::warn!(interface = %w.ifname, program = w.prog, "attaching again failed: {:#}", crate::util::error_chain(&e));
                 }
             }
         }
@@ -180,21 +180,10 @@ pub fn check_and_repair(pins: &Pins, node: &NodeSettings, h: &mut Health) {
         }
         Err(e) => {
             h.missing.clear();
-            h.error = Some(anyhow_chain(&e));
+            h.error = Some(crate::util::error_chain(&e));
         }
     }
     h.last_check = Some(std::time::Instant::now());
-}
-
-fn anyhow_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 #[cfg(test)]
